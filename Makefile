@@ -1,0 +1,53 @@
+# GovESB developer commands. Every target sets up what it needs on a fresh machine
+# (Python venv, pinned packages, Kafka + Apicurio jars from Maven Central into .cache/).
+# Needs: Python 3.11+, Java 17+, Maven.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CACHE  ?= .cache
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-unit test-chaos demo kafka lint format typecheck clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/.installed ## Create the venv, install pinned packages, fetch Kafka + Apicurio once
+	$(BIN)/python -m deploy.kafka.launcher --cache $(CACHE) fetch
+
+test: setup ## Run the test suite (unit + integration on a real broker and registry; not chaos)
+	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+test-unit: $(BIN)/.installed ## Run only the fast unit tests (no network)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-chaos: setup ## Run every test, fault-injection (chaos) ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup ## Start broker + registry, publish and consume a sample government event
+	$(BIN)/python -m deploy.demo
+
+kafka: setup ## Run a local broker + registry in the foreground (data in .cache/data) until Ctrl-C
+	$(BIN)/python -m deploy.kafka.launcher --cache $(CACHE) up --data-dir $(CACHE)/data/dev
+
+lint: $(BIN)/.installed ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(BIN)/.installed ## mypy --strict on streams/, connectors/ and the launcher
+	$(BIN)/mypy
+
+clean: ## Remove the venv and every cache (downloads included)
+	rm -rf $(VENV) $(CACHE) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
