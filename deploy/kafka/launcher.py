@@ -75,7 +75,7 @@ def _port_is_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the JVM if its parent dies (kill -9 of a
     # test run included), so no broker outlives the run that started it.
     if sys.platform.startswith("linux"):
@@ -109,7 +109,7 @@ class _JavaProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def check_alive(self) -> None:
@@ -459,15 +459,22 @@ class LocalBus:
 
 
 @contextlib.contextmanager
-def _signals_raise_interrupt() -> Iterator[None]:
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM both end ``up`` through KeyboardInterrupt, so the bus is stopped.
+
+    SIGINT is set explicitly: a process started in the background by a shell inherits it
+    ignored, and Ctrl-C / ``kill -INT`` must still stop the bus then.
+    """
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"apicurio {runtime.apicurio_version}: {runtime.apicurio_jar}")
             return 0
         bus = LocalBus(args.data_dir, args.kafka_port, args.registry_port, args.cache)
-        with _signals_raise_interrupt(), bus:
+        with _stop_signals_interrupt(), bus:
             print(f"GOVESB_TEST_BOOTSTRAP={bus.bootstrap}", flush=True)
             print(f"GOVESB_TEST_REGISTRY={bus.registry_url}", flush=True)
             print("press Ctrl-C to stop", flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from deploy.kafka.launcher import REPO, LocalBus, metadata_ready, registry_ready
+from deploy.kafka.launcher import REPO, LocalBus, die_with_parent, metadata_ready, registry_ready
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.slow]
 
@@ -50,6 +50,7 @@ def _start_launcher(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, st
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=die_with_parent,  # an interrupted test run must not leave a launcher behind
     )
     assert process.stdout is not None
     addresses: dict[str, str] = {}
