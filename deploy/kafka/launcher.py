@@ -338,6 +338,8 @@ class ApicurioRegistry:
             [java, f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
              f"-Dapicurio.datasource.url={storage}",
+             # Same schema in other whitespace = same version, as Confluent clients expect.
+             "-Dapicurio.ccompat.use-canonical-hash=true",
              "-Dquarkus.log.level=WARN", "-Dquarkus.http.access-log.enabled=false",
              "-jar", str(self.jar)],
             cwd=self.jar.parent,

@@ -1,0 +1,161 @@
+"""The event catalogue: ``schemas/catalog.yaml`` and the Avro schemas it names.
+
+Schemas are loaded from disk, never copied into code. Each event type has exactly one owner
+(the only institution that may publish it), a business-key field and its PII fields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import yaml
+
+from streams.settings import DEFAULT_CATALOG
+
+COMPATIBILITY_LEVELS = (
+    "BACKWARD",
+    "BACKWARD_TRANSITIVE",
+    "FORWARD",
+    "FORWARD_TRANSITIVE",
+    "FULL",
+    "FULL_TRANSITIVE",
+    "NONE",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of a check: where (a file or YAML path) and what is wrong there."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class CatalogError(ValueError):
+    """The catalogue or one of its schemas is wrong; the message says where."""
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One event type of the catalogue."""
+
+    name: str
+    owner: str
+    schema_path: Path
+    schema: dict[str, Any]
+    key: str
+    pii: tuple[str, ...] = ()
+    compatibility: str = "BACKWARD"
+    description: str = ""
+
+    @cached_property
+    def parsed(self) -> Any:
+        """The schema parsed by fastavro (parsed once)."""
+        return fastavro.parse_schema(self.schema)
+
+    @cached_property
+    def schema_text(self) -> str:
+        """Canonical JSON text of the schema, as registered."""
+        return json.dumps(self.schema, separators=(",", ":"), sort_keys=False)
+
+    @cached_property
+    def field_names(self) -> tuple[str, ...]:
+        """Top-level field names in schema order."""
+        return tuple(f["name"] for f in self.schema.get("fields", []))
+
+    @property
+    def subject(self) -> str:
+        """Registry subject (RecordNameStrategy): the record's full name."""
+        return self.name
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """All event types, by full name."""
+
+    path: Path
+    event_types: dict[str, EventType] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[EventType]:
+        return iter(self.event_types.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.event_types
+
+    def __len__(self) -> int:
+        return len(self.event_types)
+
+    def get(self, name: str) -> EventType | None:
+        """The event type called ``name``, or None."""
+        return self.event_types.get(name)
+
+    def owned_by(self, institution: str) -> list[EventType]:
+        """Event types ``institution`` may publish."""
+        return [t for t in self if t.owner == institution]
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_CATALOG) -> Catalog:
+        """Read the catalogue and every schema it names; raise :class:`CatalogError`."""
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise CatalogError(f"{path}: cannot read the catalogue: {error}") from error
+        entries = document.get("event_types") if isinstance(document, dict) else None
+        if not isinstance(entries, dict):
+            raise CatalogError(f"{path}: expected a mapping 'event_types'")
+        event_types = {}
+        for name, entry in entries.items():
+            where = f"{path}: event_types.{name}"
+            if not isinstance(entry, dict):
+                raise CatalogError(f"{where}: expected a mapping")
+            for required in ("owner", "schema", "key"):
+                if not entry.get(required):
+                    raise CatalogError(f"{where}.{required}: missing")
+            schema_path = path.parent / str(entry["schema"])
+            schema = load_schema(schema_path)
+            full_name = f"{schema.get('namespace', '')}.{schema.get('name', '')}".lstrip(".")
+            if full_name != name:
+                raise CatalogError(f"{where}.schema: {schema_path} defines {full_name}")
+            compatibility = str(entry.get("compatibility", "BACKWARD")).upper()
+            if compatibility not in COMPATIBILITY_LEVELS:
+                raise CatalogError(
+                    f"{where}.compatibility: {compatibility!r} is not one of "
+                    + ", ".join(COMPATIBILITY_LEVELS)
+                )
+            event_types[name] = EventType(
+                name=name,
+                owner=str(entry["owner"]),
+                schema_path=schema_path,
+                schema=schema,
+                key=str(entry["key"]),
+                pii=tuple(entry.get("pii") or ()),
+                compatibility=compatibility,
+                description=str(entry.get("description", "")),
+            )
+        return cls(path, event_types)
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """Read one ``.avsc`` file; check it parses; raise :class:`CatalogError` otherwise."""
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CatalogError(f"{path}: cannot read: {error}") from error
+    except json.JSONDecodeError as error:
+        raise CatalogError(f"{path}: not JSON: {error}") from error
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        raise CatalogError(f"{path}: the top level must be one Avro record")
+    try:
+        fastavro.parse_schema(schema)
+    except Exception as error:  # fastavro raises several unrelated types
+        raise CatalogError(f"{path}: not a valid Avro schema: {error}") from error
+    return schema

@@ -1,0 +1,98 @@
+"""JSON values to the Python values fastavro writes, guided by the Avro schema, and back.
+
+JSON has no dates, timestamps, bytes or decimals: ``"1990-01-14"`` becomes a ``date`` where
+the schema says ``{"type": "int", "logicalType": "date"}``, an RFC 3339 string a
+``datetime`` for ``timestamp-millis``/``-micros``, a decimal string a ``Decimal`` for
+``decimal``. Anything the schema does not expect is left for fastavro's validation to report.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+
+
+def _named(schema: Any, names: dict[str, Any], namespace: str) -> Any:
+    if isinstance(schema, str) and schema not in _PRIMITIVES:
+        return names.get(schema) or names.get(f"{namespace}.{schema}", schema)
+    return schema
+
+
+def _convert(value: Any, schema: Any, names: dict[str, Any], namespace: str) -> Any:
+    schema = _named(schema, names, namespace)
+    if isinstance(schema, list):
+        if value is None and "null" in schema:
+            return None
+        for branch in schema:
+            if branch == "null":
+                continue
+            try:
+                return _convert(value, branch, names, namespace)
+            except (ValueError, TypeError, decimal.InvalidOperation):
+                continue
+        return value
+    if not isinstance(schema, dict):
+        return value
+    kind, logical = schema.get("type"), schema.get("logicalType")
+    if kind in ("record", "error", "enum", "fixed") and "name" in schema:
+        namespace = schema.get("namespace", namespace)
+        full_name = schema["name"] if "." in schema["name"] else f"{namespace}.{schema['name']}"
+        names[full_name] = schema
+    if kind == "record" and isinstance(value, dict):
+        fields = {f["name"]: f["type"] for f in schema["fields"]}
+        return {
+            key: _convert(item, fields[key], names, namespace) if key in fields else item
+            for key, item in value.items()
+        }
+    if kind == "array" and isinstance(value, list):
+        return [_convert(item, schema["items"], names, namespace) for item in value]
+    if kind == "map" and isinstance(value, dict):
+        return {k: _convert(v, schema["values"], names, namespace) for k, v in value.items()}
+    if isinstance(value, str):
+        if logical == "date":
+            return dt.date.fromisoformat(value)
+        if logical in ("timestamp-millis", "timestamp-micros"):
+            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                raise ValueError(f"{value!r} has no UTC offset")
+            return moment
+        if logical == "decimal":
+            return decimal.Decimal(value)
+        if logical == "uuid":
+            return str(uuid.UUID(value))
+        if kind in ("bytes", "fixed"):
+            return base64.b64decode(value, validate=True)
+    if isinstance(value, int | float) and logical == "decimal":
+        return decimal.Decimal(str(value))
+    if isinstance(schema, dict) and isinstance(kind, dict | list):
+        return _convert(value, kind, names, namespace)
+    return value
+
+
+def from_json(schema: dict[str, Any], value: Any) -> Any:
+    """Convert a JSON-decoded ``value`` to what fastavro expects for ``schema``."""
+    return _convert(value, schema, {}, str(schema.get("namespace", "")))
+
+
+def to_json(value: Any) -> Any:
+    """Convert a decoded Avro value to JSON-compatible values (the inverse of ``from_json``)."""
+    if isinstance(value, dict):
+        return {key: to_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(item) for item in value]
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value

@@ -1,0 +1,64 @@
+"""The bus's topics, named and configured in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streams.settings import TopicSettings
+
+REGISTRY = "esb.registry"
+AUDIT = "esb.audit"
+_DAY_MS = 24 * 60 * 60 * 1000
+
+
+def ingress(institution: str) -> str:
+    """Where ``institution`` publishes (many event types)."""
+    return f"esb.ingress.{institution}"
+
+
+def rejected(institution: str) -> str:
+    """Where the pipeline returns ``institution``'s rejected records, with reasons."""
+    return f"esb.rejected.{institution}"
+
+
+def deliver(institution: str) -> str:
+    """What ``institution`` receives under its agreements."""
+    return f"esb.deliver.{institution}"
+
+
+def dlq(institution: str) -> str:
+    """Deliveries to ``institution``'s HTTP endpoint that failed after every retry."""
+    return f"esb.dlq.{institution}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: name, partitions and topic-level configuration."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def institution_topics(institution: str, settings: TopicSettings) -> list[TopicSpec]:
+    """The four topics every institution has."""
+    keep = str(settings.retention_days * _DAY_MS)
+    keep_long = str(settings.rejected_retention_days * _DAY_MS)
+    return [
+        TopicSpec(ingress(institution), settings.ingress_partitions, {"retention.ms": keep}),
+        TopicSpec(deliver(institution), settings.deliver_partitions, {"retention.ms": keep}),
+        TopicSpec(rejected(institution), settings.rejected_partitions, {"retention.ms": keep_long}),
+        TopicSpec(dlq(institution), settings.dlq_partitions, {"retention.ms": keep_long}),
+    ]
+
+
+def shared_topics(settings: TopicSettings) -> list[TopicSpec]:
+    """The audit log (kept forever) and the compacted registry of institutions."""
+    return [
+        TopicSpec(AUDIT, settings.audit_partitions, {"retention.ms": "-1"}),
+        TopicSpec(
+            REGISTRY,
+            1,  # one partition: every process reads the whole registry in order
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "retention.ms": "-1"},
+        ),
+    ]
