@@ -9,7 +9,7 @@ CACHE  ?= .cache
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit test-chaos demo kafka lint format typecheck clean
+.PHONY: help setup test test-unit test-chaos demo bench kafka lint format typecheck clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ test-chaos: setup ## Run every test, fault-injection (chaos) ones included
 
 demo: setup ## Start broker + registry, publish and consume a sample government event
 	$(BIN)/python -m deploy.demo
+
+bench: $(BIN)/.installed ## Benchmarks, side by side with bare baselines (not part of make test)
+	$(BIN)/python -m tests.benchmarks.bench_codec
 
 kafka: setup ## Run a local broker + registry in the foreground (data in .cache/data) until Ctrl-C
 	$(BIN)/python -m deploy.kafka.launcher --cache $(CACHE) up --data-dir $(CACHE)/data/dev

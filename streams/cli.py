@@ -290,7 +290,7 @@ def publish(
     correlation_id: Annotated[str | None, typer.Option(help="ce_correlationid")] = None,
 ) -> None:
     """Validate, encode, sign and publish one event; print its id after the broker ack."""
-    from streams.jsonavro import from_json
+    from streams.jsonavro import JsonAvroError, from_json
     from streams.publisher import Publisher, PublishError, publishable
     from streams.signing import SigningError, key_id_for, load_private_key
 
@@ -307,7 +307,11 @@ def publish(
     except PublishError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
-    payload = from_json(entry.schema, payload)
+    try:
+        payload = from_json(entry.schema, payload)
+    except JsonAvroError as error:
+        err.print(f"[red]error:[/red] {event_type} payload does not match its schema: {error}")
+        raise typer.Exit(1) from None
 
     async def send() -> str:
         publisher = Publisher.connect(

@@ -3,12 +3,15 @@
 JSON has no dates, timestamps, bytes or decimals: ``"1990-01-14"`` becomes a ``date`` where
 the schema says ``{"type": "int", "logicalType": "date"}``, an RFC 3339 string a
 ``datetime`` for ``timestamp-millis``/``-micros``, a decimal string a ``Decimal`` for
-``decimal``. Anything the schema does not expect is left for fastavro's validation to report.
+``decimal``. A string that should convert but does not is a :class:`JsonAvroError` naming
+the field (never the value, which may be personal data); anything else the schema does not
+expect is left for fastavro's validation to report.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import decimal
 import uuid
@@ -17,24 +20,63 @@ from typing import Any
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
+class JsonAvroError(ValueError):
+    """A JSON value cannot become what its Avro field needs; ``path`` names the field."""
+
+    def __init__(self, path: str, expected: str) -> None:
+        super().__init__(f"{path}: expected {expected}")
+        self.path = path
+        self.expected = expected
+
+
 def _named(schema: Any, names: dict[str, Any], namespace: str) -> Any:
     if isinstance(schema, str) and schema not in _PRIMITIVES:
         return names.get(schema) or names.get(f"{namespace}.{schema}", schema)
     return schema
 
 
-def _convert(value: Any, schema: Any, names: dict[str, Any], namespace: str) -> Any:
+def _from_string(value: str, kind: Any, logical: Any, path: str) -> Any:
+    try:
+        if logical == "date":
+            return dt.date.fromisoformat(value)
+        if logical in ("timestamp-millis", "timestamp-micros"):
+            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                raise ValueError("no UTC offset")
+            return moment
+        if logical == "decimal":
+            return decimal.Decimal(value)
+        if logical == "uuid":
+            return str(uuid.UUID(value))
+        if kind in ("bytes", "fixed"):
+            return base64.b64decode(value, validate=True)
+    except (ValueError, decimal.InvalidOperation, binascii.Error):
+        expected = {
+            "date": "an ISO date (YYYY-MM-DD)",
+            "timestamp-millis": "an RFC 3339 time with offset (e.g. 2026-11-27T08:15:00Z)",
+            "timestamp-micros": "an RFC 3339 time with offset (e.g. 2026-11-27T08:15:00Z)",
+            "decimal": "a decimal number",
+            "uuid": "a UUID",
+        }.get(logical, "base64-encoded bytes")
+        raise JsonAvroError(path, expected) from None
+    return value
+
+
+def _convert(value: Any, schema: Any, names: dict[str, Any], namespace: str, path: str) -> Any:
     schema = _named(schema, names, namespace)
     if isinstance(schema, list):
         if value is None and "null" in schema:
             return None
+        first_error: JsonAvroError | None = None
         for branch in schema:
             if branch == "null":
                 continue
             try:
-                return _convert(value, branch, names, namespace)
-            except (ValueError, TypeError, decimal.InvalidOperation):
-                continue
+                return _convert(value, branch, names, namespace, path)
+            except JsonAvroError as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
         return value
     if not isinstance(schema, dict):
         return value
@@ -46,37 +88,38 @@ def _convert(value: Any, schema: Any, names: dict[str, Any], namespace: str) -> 
     if kind == "record" and isinstance(value, dict):
         fields = {f["name"]: f["type"] for f in schema["fields"]}
         return {
-            key: _convert(item, fields[key], names, namespace) if key in fields else item
+            key: _convert(item, fields[key], names, namespace, f"{path}.{key}")
+            if key in fields
+            else item
             for key, item in value.items()
         }
     if kind == "array" and isinstance(value, list):
-        return [_convert(item, schema["items"], names, namespace) for item in value]
+        return [
+            _convert(item, schema["items"], names, namespace, f"{path}[{index}]")
+            for index, item in enumerate(value)
+        ]
     if kind == "map" and isinstance(value, dict):
-        return {k: _convert(v, schema["values"], names, namespace) for k, v in value.items()}
+        return {
+            k: _convert(v, schema["values"], names, namespace, f"{path}.{k}")
+            for k, v in value.items()
+        }
     if isinstance(value, str):
-        if logical == "date":
-            return dt.date.fromisoformat(value)
-        if logical in ("timestamp-millis", "timestamp-micros"):
-            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if moment.tzinfo is None:
-                raise ValueError(f"{value!r} has no UTC offset")
-            return moment
-        if logical == "decimal":
-            return decimal.Decimal(value)
-        if logical == "uuid":
-            return str(uuid.UUID(value))
-        if kind in ("bytes", "fixed"):
-            return base64.b64decode(value, validate=True)
-    if isinstance(value, int | float) and logical == "decimal":
+        return _from_string(value, kind, logical, path)
+    if isinstance(value, int | float) and not isinstance(value, bool) and logical == "decimal":
         return decimal.Decimal(str(value))
-    if isinstance(schema, dict) and isinstance(kind, dict | list):
-        return _convert(value, kind, names, namespace)
+    if isinstance(kind, dict | list):
+        return _convert(value, kind, names, namespace, path)
     return value
 
 
 def from_json(schema: dict[str, Any], value: Any) -> Any:
-    """Convert a JSON-decoded ``value`` to what fastavro expects for ``schema``."""
-    return _convert(value, schema, {}, str(schema.get("namespace", "")))
+    """Convert a JSON-decoded ``value`` to what fastavro expects for ``schema``.
+
+    Raises:
+        JsonAvroError: a string could not become the date, time, decimal, UUID or bytes its
+            field needs.
+    """
+    return _convert(value, schema, {}, str(schema.get("namespace", "")), str(schema.get("name")))
 
 
 def to_json(value: Any) -> Any:

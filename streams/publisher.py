@@ -169,6 +169,11 @@ class Publisher:
             raise PublishError(
                 f"{event_type.name} payload does not match its schema: {problems}"
             ) from None
+        except (ValueError, TypeError) as error:  # fastavro's logical-type conversions
+            raise PublishError(
+                f"{event_type.name} payload does not match its schema "
+                f"({type(error).__name__} in a date, time or decimal field)"
+            ) from None
         business_key = record.get(event_type.key)
         if not isinstance(business_key, str) or not business_key:
             raise PublishError(f"{event_type.name}: key field {event_type.key!r} must be set")

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams import topics
+from streams.consuming import assign_whole_topic
 from streams.registry_model import BusRegistry, Institution, Subscription
 from streams.settings import KafkaSettings, TopicSettings
 from streams.signing import KeyFormatError, KeyRing, load_public_key
@@ -170,17 +171,12 @@ class RegistryView:
         await consumer.start()
         self._consumer = consumer
         try:
-            partitions = consumer.partitions_for_topic(self._topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()  # no public API for this
-                partitions = consumer.partitions_for_topic(self._topic)
-            if not partitions:
+            try:
+                assigned = await assign_whole_topic(consumer, self._topic)
+            except LookupError:
                 raise LookupError(
                     f"topic {self._topic} does not exist: run `govesb registry apply` first"
-                )
-            assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_beginning(*assigned)
+                ) from None
             end = await consumer.end_offsets(assigned)
             await asyncio.wait_for(self._read_until(consumer, end), self.LOAD_TIMEOUT_S)
         except BaseException:

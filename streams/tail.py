@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from streams.codec import RegistryUnavailableError, SchemaStore
+from streams.consuming import assign_whole_topic
 from streams.jsonavro import to_json
 from streams.reasons import EventError
 from streams.settings import KafkaSettings, SchemaRegistrySettings
@@ -60,18 +61,7 @@ async def tail_topic(
     await consumer.start()
     count = 0
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # no public API for this
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise LookupError(f"topic {topic} does not exist")
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        if from_beginning:
-            await consumer.seek_to_beginning(*assigned)
-        else:
-            await consumer.seek_to_end(*assigned)
+        await assign_whole_topic(consumer, topic, from_beginning=from_beginning)
         last_record = time.monotonic()
         while not max_records or count < max_records:
             batches = await consumer.getmany(timeout_ms=500)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -18,6 +19,9 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.kafka.launcher import LauncherError, LocalBus, metadata_ready, registry_ready
+from streams.settings import REPO_ROOT
+
+EXAMPLE_REGISTRY = REPO_ROOT / "deploy" / "registry.example.yaml"
 
 
 class TestEnvironment(BaseSettings):
@@ -120,3 +124,27 @@ def kcat(test_environment: TestEnvironment) -> str:
     if found is None:
         _unavailable(test_environment, "kcat is not installed and apt-get could not install it")
     return str(found)
+
+
+@pytest.fixture(scope="session")
+def cli_options(kafka: str, registry: str) -> list[str]:
+    """Top-level ``govesb`` options that point the CLI at the test broker and registry."""
+    return ["--bootstrap", kafka, "--schema-registry", registry]
+
+
+@pytest.fixture(scope="session")
+def applied_registry(cli_options: list[str]) -> Path:
+    """The example registry applied and the catalogue's schemas registered, once per session.
+
+    Returns the path of the applied registry YAML.
+    """
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    runner = CliRunner()
+    registered = runner.invoke(app, [*cli_options, "schemas", "register"])
+    assert registered.exit_code == 0, registered.output
+    applied = runner.invoke(app, [*cli_options, "registry", "apply", str(EXAMPLE_REGISTRY)])
+    assert applied.exit_code == 0, applied.output
+    return EXAMPLE_REGISTRY

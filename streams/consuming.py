@@ -1,0 +1,29 @@
+"""Reading whole topics without a consumer group (registry view, tail, audit checks)."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+async def assign_whole_topic(
+    consumer: AIOKafkaConsumer, topic: str, *, from_beginning: bool = True
+) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` to a started group-less consumer and seek.
+
+    Raises:
+        LookupError: the topic does not exist.
+    """
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        # A group-less consumer knows only topics it was asked about: fetch them once.
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise LookupError(f"topic {topic} does not exist")
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    if from_beginning:
+        await consumer.seek_to_beginning(*assigned)
+    else:
+        await consumer.seek_to_end(*assigned)
+    return assigned
