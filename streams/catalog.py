@@ -56,6 +56,13 @@ class EventType:
     pii: tuple[str, ...] = ()
     compatibility: str = "BACKWARD"
     description: str = ""
+    history: tuple[dict[str, Any], ...] = ()
+    history_paths: tuple[Path, ...] = ()
+
+    @property
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version of the schema, oldest first; the current one last."""
+        return [*self.history, self.schema]
 
     @cached_property
     def parsed(self) -> Any:
@@ -131,6 +138,12 @@ class Catalog:
                     f"{where}.compatibility: {compatibility!r} is not one of "
                     + ", ".join(COMPATIBILITY_LEVELS)
                 )
+            history_paths = tuple(path.parent / str(p) for p in entry.get("history") or ())
+            history = tuple(load_schema(p) for p in history_paths)
+            for old_path, old in zip(history_paths, history, strict=True):
+                old_name = f"{old.get('namespace', '')}.{old.get('name', '')}".lstrip(".")
+                if old_name != name:
+                    raise CatalogError(f"{where}.history: {old_path} defines {old_name}")
             event_types[name] = EventType(
                 name=name,
                 owner=str(entry["owner"]),
@@ -140,6 +153,8 @@ class Catalog:
                 pii=tuple(entry.get("pii") or ()),
                 compatibility=compatibility,
                 description=str(entry.get("description", "")),
+                history=history,
+                history_paths=history_paths,
             )
         return cls(path, event_types)
 

@@ -15,8 +15,9 @@ async def assign_whole_topic(
     """
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        # A group-less consumer knows only topics it was asked about: fetch them once.
-        await consumer._client.force_metadata_update()
+        # A group-less consumer's metadata covers only the topics its client tracks: add this
+        # one (which refreshes the metadata) and look again.
+        await consumer._client.add_topic(topic)
         partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         raise LookupError(f"topic {topic} does not exist")

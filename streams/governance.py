@@ -9,6 +9,7 @@ enforce it (Apicurio's Confluent-compatible API accepts incompatible versions).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,15 +50,17 @@ def _documented(schema: Any, path: str) -> Iterator[str]:
 
 
 def check_schema_file(path: Path, schemas_root: Path) -> list[Problem]:
-    """Static checks of one ``schemas/<institution>/<Event>.avsc``."""
+    """Static checks of one ``schemas/<institution>/[history/]<Event>[.vN].avsc``."""
     where = str(path.relative_to(schemas_root.parent))
     try:
         schema = load_schema(path)
     except CatalogError as error:
         return [Problem(where, str(error).split(": ", 1)[-1])]
     problems = []
-    institution = path.parent.name
-    if schema.get("name") != path.stem:
+    in_history = path.parent.name == "history"
+    institution = path.parent.parent.name if in_history else path.parent.name
+    expected_name = path.stem.split(".")[0] if in_history else path.stem
+    if schema.get("name") != expected_name:
         problems.append(Problem(where, f"record name {schema.get('name')!r} != file name"))
     if schema.get("namespace") != f"tz.go.{institution}":
         problems.append(
@@ -78,7 +81,7 @@ def check_catalog_consistency(catalog: Catalog) -> list[Problem]:
     """Every declared field exists; every schema file is declared; owners match namespaces."""
     problems = []
     root = catalog.path.parent
-    declared = {t.schema_path.resolve() for t in catalog}
+    declared = {p.resolve() for t in catalog for p in (t.schema_path, *t.history_paths)}
     for path in sorted(root.rglob("*.avsc")):
         problems.extend(check_schema_file(path, root))
         if path.resolve() not in declared:
@@ -101,6 +104,15 @@ def check_catalog_consistency(catalog: Catalog) -> list[Problem]:
         for index, name in enumerate(event_type.pii):
             if name not in fields:
                 problems.append(Problem(f"{where}.pii[{index}]", f"no field {name!r}"))
+        # The declared history must itself have evolved by the declared rule.
+        for version in range(1, len(event_type.versions)):
+            step = dataclasses.replace(
+                event_type,
+                schema=event_type.versions[version],
+                history=tuple(event_type.versions[:version]),
+            )
+            known = list(enumerate(event_type.versions[:version], start=1))
+            problems.extend(check_evolution(step, known, label="version"))
     return problems
 
 
@@ -149,9 +161,11 @@ def compatibility_problems(
 
 
 def check_evolution(
-    event_type: EventType, history: list[tuple[int, dict[str, Any]]]
+    event_type: EventType,
+    history: list[tuple[int, dict[str, Any]]],
+    label: str = "registered version",
 ) -> list[Problem]:
-    """Check ``event_type``'s schema against its registered ``(version, schema)`` history."""
+    """Check ``event_type``'s schema against its ``(version, schema)`` history."""
     level = event_type.compatibility
     if level == "NONE" or not history:
         return []
@@ -162,7 +176,7 @@ def check_evolution(
     for version, old in versions:
         if old == event_type.schema:
             continue
-        registered = f"registered version {version}"
+        registered = f"{label} {version}"
         if base in ("BACKWARD", "FULL"):
             rule = f"the new schema must read events written with {registered}"
             for message in compatibility_problems(
@@ -232,10 +246,17 @@ async def register_catalog(
         return [], problems
     done = []
     for event_type in catalog:
-        already = any(schema == event_type.schema for _, schema in histories[event_type.name])
+        registered = [schema for _, schema in histories[event_type.name]]
+        # Superseded versions first, so that version numbers are the same in every registry.
+        for version in event_type.versions:
+            if version in registered:
+                continue
+            text = json.dumps(version, separators=(",", ":"))
+            await client.register_schema(event_type.subject, Schema(text, "AVRO"))
+            registered.append(version)
         schema = Schema(event_type.schema_text, "AVRO")
-        schema_id = await client.register_schema(event_type.subject, schema)
         found = await client.lookup_schema(event_type.subject, schema)
         await client.set_compatibility(event_type.subject, event_type.compatibility)
-        done.append(Registration(event_type.name, schema_id, found.version or 0, not already))
+        new = event_type.schema not in [s for _, s in histories[event_type.name]]
+        done.append(Registration(event_type.name, found.schema_id or 0, found.version or 0, new))
     return done, []

@@ -29,8 +29,14 @@ def test_the_catalogue_registers_once_and_then_is_unchanged(
 
     client = SchemaRegistryClient({"url": registry})
     for event_type in Catalog.load():
-        assert client.get_versions(event_type.subject) == [1]
+        versions = client.get_versions(event_type.subject)
+        assert versions == list(range(1, len(event_type.versions) + 1))
+        for number, schema in zip(versions, event_type.versions, strict=True):
+            registered = client.get_version(event_type.subject, number).schema.schema_str
+            assert json.loads(registered) == schema
         assert client.get_compatibility(event_type.subject) == event_type.compatibility
+    payment_versions = client.get_versions("tz.go.tra.TaxPaymentReceived")
+    assert payment_versions == [1, 2]  # v1 from schemas/tra/history, v2 the current file
     check = runner.invoke(app, [*cli_options, "schemas", "check"])
     assert check.exit_code == 0, check.output
     assert "no problems" in check.output

@@ -34,6 +34,7 @@ class Payment:
     paidAt: dt.datetime
     receivedAt: dt.datetime
     taxOffice: str | None = None
+    billReference: str | None = None
 
 
 PAYMENT = Payment(

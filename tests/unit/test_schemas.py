@@ -184,3 +184,28 @@ def test_transitive_levels_check_every_registered_version() -> None:
     assert "field 'fee' changed incompatibly" in problems[0].message
     # Non-transitive FORWARD only looks at the latest (v2), which reads v3 fine.
     assert check_evolution(_event_type(v3, "FORWARD"), [(1, V1), (2, v2)]) == []
+
+
+def test_superseded_versions_are_kept_in_order_and_evolved_by_the_rule(
+    catalog_copy: Path,
+) -> None:
+    payment = Catalog.load().get("tz.go.tra.TaxPaymentReceived")
+    assert payment is not None
+    assert len(payment.versions) == 2
+    assert "billReference" not in {f["name"] for f in payment.versions[0]["fields"]}
+    assert payment.versions[-1] == payment.schema
+
+    # A history whose step breaks the declared rule (FULL_TRANSITIVE) is reported.
+    _edit_schema(
+        catalog_copy,
+        "tra/history/TaxPaymentReceived.v1.avsc",
+        lambda s: s["fields"].append({"name": "legacyCode", "type": "string", "doc": "Old."}),
+    )
+    problems = [
+        str(p) for p in check_catalog_consistency(Catalog.load(catalog_copy / "catalog.yaml"))
+    ]
+    assert problems == [
+        "tra/TaxPaymentReceived.avsc: field 'legacyCode' has no default in version 1 and is "
+        "absent from the new schema — breaks FULL_TRANSITIVE (readers on version 1 must read "
+        "events written with the new schema)"
+    ]
