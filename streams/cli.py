@@ -249,6 +249,33 @@ def registry_apply(
         out.print(f"  - {key}")
 
 
+# --------------------------------------------------------------------------- worker
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    web_port: Annotated[int | None, typer.Option(help="port of /health and /metrics")] = None,
+    loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
+) -> None:
+    """Run the pipeline worker (validate, route, transform, fan out) until SIGTERM."""
+    from streams.app import run_worker
+    from streams.settings import WorkerSettings
+
+    cli = settings_of(ctx)
+    overrides: dict[str, Any] = {"kafka": cli.kafka, "schema_registry": cli.schema_registry}
+    if web_port is not None:
+        overrides["web_port"] = web_port
+    settings = WorkerSettings().model_copy(update=overrides)
+    if settings.signing_key_file is None or not settings.signing_key_id:
+        err.print(
+            "[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID: "
+            "the bus re-signs every delivery"
+        )
+        raise typer.Exit(2)
+    run_worker(settings, loglevel)
+
+
 # --------------------------------------------------------------------------- publish, tail
 
 

@@ -96,6 +96,7 @@ class SchemaStore:
         self._client = client
         self._by_id: dict[int, WriterSchema] = {}
         self._ids: dict[tuple[str, str], int] = {}
+        self._texts: dict[tuple[str, str], str] = {}
 
     @property
     def client(self) -> AsyncSchemaRegistryClient:
@@ -166,6 +167,35 @@ class SchemaStore:
             schema_id,
             WriterSchema(schema_id, event_type.name, event_type.parsed, event_type.schema_text),
         )
+        return schema_id
+
+    async def version_text(self, subject: str, version: int) -> str:
+        """The schema text of ``subject``'s registered ``version`` (cached)."""
+        key = (subject, f"#{version}")
+        if key in self._texts:
+            return self._texts[key]
+        try:
+            registered = await self._client.get_version(subject, version)
+        except SchemaRegistryError as error:
+            if error.http_status_code == 404:
+                raise LookupError(f"{subject} has no registered version {version}") from None
+            raise RegistryUnavailableError(f"schema registry: {error}") from error
+        except Exception as error:
+            raise RegistryUnavailableError(f"schema registry unreachable: {error}") from error
+        self._texts[key] = registered.schema.schema_str or ""
+        return self._texts[key]
+
+    async def register(self, subject: str, schema: dict[str, Any]) -> int:
+        """Register ``schema`` under ``subject`` (idempotent) and return its id (cached)."""
+        text = json.dumps(schema, separators=(",", ":"))
+        known = self._ids.get((subject, text))
+        if known is not None:
+            return known
+        try:
+            schema_id = await self._client.register_schema(subject, Schema(text, "AVRO"))
+        except Exception as error:
+            raise RegistryUnavailableError(f"schema registry: {error}") from error
+        self._ids[(subject, text)] = schema_id
         return schema_id
 
     async def decode(self, data: bytes) -> Decoded:

@@ -110,6 +110,11 @@ class RegistryView:
         """Call ``listener(key)`` after every applied record."""
         self._listeners.append(listener)
 
+    @property
+    def key_owners(self) -> dict[str, str]:
+        """Institution of every non-revoked key id."""
+        return self._key_owner
+
     def key_owner(self, key_id: str) -> str | None:
         """The institution a (non-revoked) key id belongs to."""
         return self._key_owner.get(key_id)

@@ -98,3 +98,27 @@ class CliSettings(BaseSettings):
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     topics: TopicSettings = TopicSettings()
     catalog: Path = DEFAULT_CATALOG
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of the pipeline worker (``govesb worker``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOVESB_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    app_id: str = "govesb-pipeline"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    signing_key_file: Path | None = Field(
+        default=None, description="PEM or base64 DER private key the bus re-signs deliveries with"
+    )
+    signing_key_id: str | None = None
+    max_in_flight: int = Field(default=2000, description="events processed but not yet acked")
+    max_value_bytes: int = 1_000_000
+    max_future_skew_s: float = 300.0
+    duplicate_window_s: float = 24 * 3600.0
+    shutdown_timeout_s: float = 20.0
+    commit_interval_s: float = 1.0

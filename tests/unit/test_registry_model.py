@@ -60,7 +60,7 @@ def test_unknown_subscriber_type_and_field_are_named_with_their_paths(
 
 
 def test_duplicate_ids_are_refused(tmp_path: Path, example: dict) -> None:
-    example["institutions"].append(dict(example["institutions"][0]))
+    example["institutions"].append(dict(example["institutions"][1]))
     example["subscriptions"].append(dict(example["subscriptions"][0]))
     problems = _problems(tmp_path, example)
     assert "institutions: duplicate institution id 'nida'" in problems
@@ -103,14 +103,14 @@ def test_lint_command_exits_1_and_prints_each_problem(tmp_path: Path, example: d
     assert "subscriptions[0].subscriber: unknown institution 'nhif'" in result.output
     ok = CliRunner().invoke(app, ["registry", "lint", str(EXAMPLE)])
     assert ok.exit_code == 0
-    assert "7 institutions, 9 event types, 9 subscriptions" in ok.output
+    assert "8 institutions, 9 event types, 9 subscriptions" in ok.output
 
 
 def test_applying_the_same_registry_twice_changes_nothing() -> None:
     registry, _ = load_registry(EXAMPLE)
     assert registry is not None
     records = registry_records(registry)
-    assert len(records) == 7 + 9 + 9
+    assert len(records) == 8 + 9 + 9
     assert plan_changes(records, {}) == records
     assert plan_changes(records, dict(records)) == {}
     smaller = {k: v for k, v in records.items() if k != "subscription/nida-births"}

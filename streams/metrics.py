@@ -1,0 +1,57 @@
+"""Prometheus metrics of the pipeline worker; every name starts with ``govesb_``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class PipelineMetrics:
+    """The worker's metrics, in their own registry (one per app, so tests can make many)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.events = Counter(
+            "govesb_pipeline_events",
+            "Ingress events handled, by publisher, event type and outcome.",
+            ["publisher", "event_type", "outcome"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "govesb_pipeline_rejections",
+            "Rejected ingress events by publisher and reason code.",
+            ["publisher", "reason"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "govesb_pipeline_deliveries",
+            "Events fanned out to a subscriber's delivery topic.",
+            ["subscriber", "event_type"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "govesb_pipeline_processing_seconds",
+            "From reading an ingress record to the broker acknowledging all its outputs.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "govesb_consumer_lag",
+            "Ingress records not yet processed and acknowledged, per topic partition.",
+            ["group", "topic", "partition"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "govesb_pipeline_in_flight",
+            "Events processed whose outputs the broker has not acknowledged yet.",
+            registry=self.registry,
+        )
+        self.send_retries = Counter(
+            "govesb_pipeline_send_retries",
+            "Outputs sent again after the broker did not acknowledge them.",
+            registry=self.registry,
+        )
+        self.registry_version = Gauge(
+            "govesb_registry_records_applied",
+            "Records of esb.registry applied by this process since it started.",
+            registry=self.registry,
+        )

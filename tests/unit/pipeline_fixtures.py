@@ -1,0 +1,92 @@
+"""Shared builders for pipeline unit tests: the example registry in memory, signed records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import yaml
+
+from streams.catalog import Catalog
+from streams.codec import WriterSchema
+from streams.jsonavro import from_json
+from streams.publisher import PreparedEvent, Publisher
+from streams.registry_model import load_registry
+from streams.registry_sync import RegistryView, registry_records
+from streams.settings import REPO_ROOT, KafkaSettings
+from streams.signing import load_private_key
+from streams.validation import Directory, IngressRecord
+
+CATALOG = Catalog.load()
+SAMPLES = yaml.safe_load((REPO_ROOT / "schemas" / "samples.yaml").read_text())
+KEY_IDS = {
+    "nida": "nida-2e3f1f063154",
+    "rita": "rita-e1ad5e26a22d",
+    "tra": "tra-3509e6ac2798",
+    "brela": "brela-a24c4621961c",
+}
+SCHEMA_IDS = {t.name: 100 + n for n, t in enumerate(CATALOG)}
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+
+
+def registry_view() -> RegistryView:
+    """The example registry, loaded into a view without Kafka."""
+    registry, problems = load_registry(REPO_ROOT / "deploy" / "registry.example.yaml")
+    assert registry is not None, problems
+    view = RegistryView(KafkaSettings())
+    for key, value in registry_records(registry).items():
+        view.apply(key, value)
+    return view
+
+
+def directory(view: RegistryView | None = None) -> Directory:
+    view = view or registry_view()
+    return Directory(view.event_types, view.key_owners, view.keyring)
+
+
+def writer(event_type: str) -> WriterSchema:
+    entry = CATALOG.get(event_type)
+    assert entry is not None
+    return WriterSchema(SCHEMA_IDS[event_type], event_type, entry.parsed, entry.schema_text)
+
+
+def sample(event_type: str, **changes: Any) -> dict[str, Any]:
+    entry = CATALOG.get(event_type)
+    assert entry is not None
+    return {**from_json(entry.schema, SAMPLES[event_type]), **changes}
+
+
+def prepared(
+    institution: str, event_type: str, payload: dict[str, Any] | None = None, **kwargs: Any
+) -> PreparedEvent:
+    key = load_private_key((REPO_ROOT / f"deploy/demo-keys/{institution}.key.pem").read_text())
+    publisher = Publisher(
+        institution=institution,
+        system="test",
+        key_id=KEY_IDS[institution],
+        key=key,
+        catalog=CATALOG,
+        schemas=None,  # type: ignore[arg-type]
+        producer=None,  # type: ignore[arg-type]
+    )
+    entry = CATALOG.get(event_type)
+    assert entry is not None
+    return publisher.prepare(entry, SCHEMA_IDS[event_type], payload or sample(event_type), **kwargs)
+
+
+def as_record(
+    event: PreparedEvent,
+    *,
+    topic: str | None = None,
+    offset: int = 0,
+    value: bytes | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> IngressRecord:
+    return IngressRecord(
+        topic=topic or event.topic,
+        partition=0,
+        offset=offset,
+        key=event.key,
+        value=event.value if value is None else value,
+        headers=tuple(event.headers if headers is None else headers),
+    )

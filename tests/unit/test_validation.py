@@ -1,0 +1,159 @@
+"""Every validation rule: a good event passes; each kind of bad one gets its reason code."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from streams.codec import encode
+from streams.pipeline import RecentEvents
+from streams.reasons import EventError, Reason
+from streams.validation import Limits, validate
+from tests.unit.pipeline_fixtures import (
+    CATALOG,
+    NOW,
+    as_record,
+    directory,
+    prepared,
+    sample,
+    writer,
+)
+
+CITIZEN = "tz.go.nida.CitizenRegistered"
+
+
+def _reason(record, schema=None, limits: Limits | None = None, now=None) -> tuple[Reason, str]:
+    now = now or dt.datetime.now(dt.UTC)
+    with pytest.raises(EventError) as refused:
+        validate(record, directory(), schema or writer(CITIZEN), now, limits or Limits())
+    return refused.value.reason, refused.value.detail
+
+
+def _header(event, name: str, value: bytes | None) -> list[tuple[str, bytes]]:
+    headers = [(k, v) for k, v in event.headers if k != name]
+    return headers if value is None else [*headers, (name, value)]
+
+
+def test_a_good_event_passes_with_its_payload() -> None:
+    event = prepared("nida", CITIZEN)
+    valid = validate(as_record(event), directory(), writer(CITIZEN), dt.datetime.now(dt.UTC))
+    assert valid.publisher == "nida"
+    assert valid.payload == sample(CITIZEN)
+    assert valid.envelope.id == event.envelope.id
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "reason", "detail"),
+    [
+        ("ce_id", None, Reason.MISSING_HEADER, "missing ce_id"),
+        ("ce_specversion", b"0.3", Reason.INVALID_HEADER, "ce_specversion"),
+        ("ce_type", b"tz.go.nida.CitizenMoved", Reason.UNKNOWN_TYPE, "not in the registry"),
+        ("ce_signature", None, Reason.MISSING_HEADER, "ce_signature"),
+        ("ce_sigkeyid", b"nida-000000000000", Reason.UNKNOWN_KEY, "is not registered"),
+        ("ce_sigkeyid", b"rita-e1ad5e26a22d", Reason.UNKNOWN_KEY, "not a key of nida"),
+        ("ce_time", b"2026-11-27T09:00:00.000Z", Reason.BAD_SIGNATURE, "does not verify"),
+        # ce_subject is not signed itself: it must equal the signed payload's key field.
+        ("ce_subject", b"19900114141010000999", Reason.INVALID_PAYLOAD, "payload's key field"),
+    ],
+)
+def test_envelope_rules(header: str, value: bytes | None, reason: Reason, detail: str) -> None:
+    event = prepared("nida", CITIZEN)
+    got_reason, got_detail = _reason(as_record(event, headers=_header(event, header, value)))
+    assert got_reason is reason
+    assert detail in got_detail
+
+
+def test_a_type_of_another_owner_is_refused() -> None:
+    event = prepared("rita", "tz.go.rita.DeathRegistered")
+    headers = _header(event, "ce_source", b"/institutions/nida/systems/crvs")
+    reason, detail = _reason(as_record(event, topic="esb.ingress.nida", headers=headers))
+    assert (reason, detail) == (
+        Reason.NOT_OWNER,
+        "tz.go.rita.DeathRegistered is owned by rita, not nida",
+    )
+
+
+def test_a_source_that_is_not_the_topics_institution_is_refused() -> None:
+    event = prepared("nida", CITIZEN)
+    reason, detail = _reason(as_record(event, topic="esb.ingress.tra"))
+    assert reason is Reason.SOURCE_MISMATCH
+    assert "ce_source names 'nida'" in detail
+
+
+def test_one_changed_payload_byte_breaks_the_signature() -> None:
+    event = prepared("nida", CITIZEN)
+    value = bytearray(event.value)
+    value[-3] ^= 0x01
+    assert _reason(as_record(event, value=bytes(value)))[0] is Reason.BAD_SIGNATURE
+
+
+def test_an_oversize_value_is_refused_before_anything_else() -> None:
+    event = prepared("nida", CITIZEN)
+    reason, detail = _reason(as_record(event), limits=Limits(max_value_bytes=64))
+    assert reason is Reason.OVERSIZE
+    assert "limit is 64" in detail
+
+
+def test_an_event_from_the_future_is_refused() -> None:
+    event = prepared("nida", CITIZEN)
+    reason, _ = _reason(as_record(event), now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert reason is Reason.FUTURE_TIME
+
+
+def _resigned(event, value: bytes):
+    """The same envelope with ``value``, correctly signed (so only the payload is wrong)."""
+    from streams.settings import REPO_ROOT
+    from streams.signing import load_private_key, sign_event
+
+    key = load_private_key((REPO_ROOT / "deploy/demo-keys/nida.key.pem").read_text())
+    env = event.envelope
+    signature = sign_event(key, env.id, env.source, env.type, env.time, value)
+    return as_record(event, value=value, headers=_header(event, "ce_signature", signature.encode()))
+
+
+def test_unknown_schema_id_other_subject_garbage_and_trailing_bytes() -> None:
+    event = prepared("nida", CITIZEN)
+    now = dt.datetime.now(dt.UTC)
+    unknown = _resigned(event, b"\x00\x00\x00\x30\x39" + event.value[5:])
+    with pytest.raises(EventError) as refused:
+        validate(unknown, directory(), None, now)
+    assert refused.value.reason is Reason.UNKNOWN_SCHEMA_ID
+
+    other = writer("tz.go.tra.TaxPaymentReceived")
+    with pytest.raises(EventError) as refused:
+        validate(_resigned(event, event.value), directory(), other, now)
+    assert refused.value.reason is Reason.SCHEMA_MISMATCH
+
+    for value, reason in [
+        (event.value + b"\x00", Reason.TRAILING_BYTES),
+        (event.value[:12], Reason.UNDECODABLE),
+        (b"\x01" + event.value[1:], Reason.WIRE_FORMAT),
+    ]:
+        with pytest.raises(EventError) as refused:
+            validate(_resigned(event, value), directory(), writer(CITIZEN), now)
+        assert refused.value.reason is reason
+
+
+def test_subject_must_be_the_payload_key() -> None:
+    event = prepared("nida", CITIZEN)
+    payload = sample(CITIZEN, nin="19990101000000000001")
+    value = encode(
+        event.value[1:5] and int.from_bytes(event.value[1:5], "big"),
+        CATALOG.get(CITIZEN).parsed,
+        payload,
+    )
+    with pytest.raises(EventError) as refused:
+        validate(_resigned(event, value), directory(), writer(CITIZEN), dt.datetime.now(dt.UTC))
+    assert refused.value.reason is Reason.INVALID_PAYLOAD
+
+
+def test_a_repeated_event_id_is_a_duplicate_but_a_reread_is_not() -> None:
+    recent = RecentEvents(window=dt.timedelta(hours=1))
+    recent.check("id-1", ("esb.ingress.nida", 0, 10), NOW)
+    recent.check("id-1", ("esb.ingress.nida", 0, 10), NOW)  # the same record read again
+    with pytest.raises(EventError) as refused:
+        recent.check("id-1", ("esb.ingress.nida", 2, 99), NOW)
+    assert refused.value.reason is Reason.DUPLICATE
+    assert "esb.ingress.nida[0]@10" in refused.value.detail
+    recent.check("id-1", ("esb.ingress.nida", 2, 99), NOW + dt.timedelta(hours=2))  # expired
