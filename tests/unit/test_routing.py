@@ -102,6 +102,6 @@ def test_a_pinned_version_reads_newer_events_without_the_new_fields() -> None:
     assert "billReference" not in as_v1
     assert as_v1["receiptNumber"] == sample(payment.name)["receiptNumber"]
     stamp = Subscription(
-        id="s", subscriber="ardhi", event_types=[payment.name], fields=["tin", "amount"]
+        id="stamp", subscriber="ardhi", event_types=[payment.name], fields=["tin", "amount"]
     )
     assert minimise(as_v1, stamp) == {"tin": as_v1["tin"], "amount": as_v1["amount"]}
