@@ -40,6 +40,8 @@ registry_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(registry_app, name="registry")
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -247,6 +249,49 @@ def registry_apply(
         out.print(f"  ~ {key}")
     for key in result.deleted:
         out.print(f"  - {key}")
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    topic: Annotated[str, typer.Option(help="audit topic")] = "esb.audit",
+) -> None:
+    """Check every hash chain in the audit log; say where any chain breaks (exit 1)."""
+    from streams.audit_read import verify_topic
+
+    settings = settings_of(ctx)
+
+    async def check() -> Any:
+        try:
+            return await asyncio.wait_for(verify_topic(settings.kafka, topic), 300)
+        except LookupError as error:
+            raise Failure(str(error)) from None
+        except (TimeoutError, OSError, KafkaError) as error:
+            raise Failure(f"Kafka at {settings.kafka.bootstrap_servers}: {error}") from None
+
+    reports = run(check())
+    table = Table("chain", "records", "head", "status")
+    broken = 0
+    for report in reports.values():
+        table.add_row(
+            report.chain,
+            str(report.records),
+            report.head[:16],
+            "[green]intact[/green]"
+            if report.intact
+            else f"[red]{len(report.breaks)} break(s)[/red]",
+        )
+        broken += len(report.breaks)
+    out.print(table)
+    for report in reports.values():
+        for problem in report.breaks:
+            err.print(f"[red]✗[/red] {report.chain}: {problem}")
+    if broken:
+        raise typer.Exit(1)
+    out.print(f"[green]✓[/green] {len(reports)} chain(s) intact")
 
 
 # --------------------------------------------------------------------------- worker

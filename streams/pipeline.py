@@ -112,7 +112,7 @@ class Pipeline:
         self.limits = limits or Limits()
         self.recent = recent or RecentEvents()
         self._pinned: dict[tuple[str, int], Any] = {}
-        self._delivery_ids: dict[tuple[str, str, int], tuple[int, Any]] = {}
+        self._delivery_ids: dict[tuple[str, str, int | str], tuple[int, Any]] = {}
 
     def directory(self) -> Directory:
         """The registry facts validation needs, from the live view."""
@@ -217,7 +217,12 @@ class Pipeline:
         self, event_type: str, subscription: Subscription, event: ValidEvent, reader: Any
     ) -> tuple[int, Any]:
         version = subscription.schema_version
-        key = (subscription.id, event_type, event.writer.id if version == "latest" else version)
+        # Keyed by the whole agreement: a change applied to the registry gets a new schema.
+        key = (
+            subscription.model_dump_json(),
+            event_type,
+            event.writer.id if version == "latest" else version,
+        )
         cached = self._delivery_ids.get(key)
         if cached is not None:
             return cached
