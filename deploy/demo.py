@@ -1,151 +1,307 @@
-"""``make demo``: a local bus, the contracts applied, signed events from every institution.
+"""``make demo``: the bus end to end on this machine.
 
 1. Start a real Kafka broker and Apicurio registry from the cached Maven jars.
-2. Register the catalogue's schemas and apply ``deploy/registry.example.yaml`` (topics and
-   the ``esb.registry`` records), as ``govesb schemas register`` / ``registry apply`` do.
-3. Publish each catalogue sample from its owning institution with its demo key (acks=all).
-4. Read every ingress topic back, decode each event and verify its signature against the
-   keys in ``esb.registry``; print what arrived.
-
-The pipeline (validate, route, transform, fan out) joins this demo as it is built.
+2. Register the catalogue's schemas and apply ``deploy/registry.example.yaml``.
+3. Start the pipeline worker (``govesb worker``) and wait until it holds its partitions.
+4. Publish a mixed stream from several institutions, signed with their demo keys, with some
+   invalid events among them (tampered, unknown key, wrong topic, repeated id, not Avro).
+5. Show, per subscriber, what arrived (and which fields), and per publisher what was
+   rejected and why; verify the audit chain; stop everything that was started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from rich.console import Console
 from rich.table import Table
 
-from deploy.kafka.launcher import REPO, LauncherError, LocalBus
-from streams import topics
+from deploy.kafka.launcher import REPO, LauncherError, LocalBus, die_with_parent, free_port
+from streams.audit_read import verify_topic
 from streams.catalog import Catalog
 from streams.codec import SchemaStore
-from streams.consuming import assign_whole_topic
-from streams.envelope import Envelope
 from streams.governance import register_catalog
 from streams.jsonavro import from_json
 from streams.publisher import Publisher
-from streams.registry_model import load_registry
-from streams.registry_sync import RegistryView, apply_registry
+from streams.registry_model import BusRegistry, load_registry
+from streams.registry_sync import apply_registry
+from streams.routing import route
 from streams.settings import KafkaSettings, SchemaRegistrySettings, TopicSettings
-from streams.signing import SigningError, load_private_key, verify_event
+from streams.signing import load_private_key
 
 REGISTRY_YAML = REPO / "deploy" / "registry.example.yaml"
 KEYS = REPO / "deploy" / "demo-keys"
+BUS_KEY_ID = "ega-d06f8e0a5d19"
+EXPECTED: set[tuple[str, str]] = set()  # (event id, agreement) the routing rules call for
 
 
-async def publish_samples(
-    console: Console, kafka: KafkaSettings, schema_registry: SchemaRegistrySettings
-) -> dict[str, str]:
-    """Publish every sample from its owner; return event id -> event type."""
-    catalog = Catalog.load()
+def start_worker(bootstrap: str, registry_url: str, log_path: Path) -> tuple[Any, int]:
+    """``govesb worker`` as a child process; returns it and its web port once it is ready."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "GOVESB_SCHEMA_REGISTRY__URL": registry_url,
+        "GOVESB_WEB_PORT": str(port),
+        "GOVESB_SIGNING_KEY_FILE": str(KEYS / "ega.key.pem"),
+        "GOVESB_SIGNING_KEY_ID": BUS_KEY_ID,
+    }
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).with_name("govesb")), "worker", "--loglevel", "WARNING"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise LauncherError(f"the worker exited; see {log_path}")
+        try:
+            url = f"http://127.0.0.1:{port}/health"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if json.load(response)["checks"]["partitions"]["assigned"]:
+                    return worker, port
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    worker.kill()
+    raise LauncherError(f"the worker was not ready within 90 s; see {log_path}")
+
+
+async def publish_mixed_stream(
+    registry: BusRegistry, kafka: KafkaSettings, schema_registry: SchemaRegistrySettings
+) -> tuple[set[str], dict[str, str]]:
+    """Good events from every owner plus bad ones; returns (good ids, bad id -> expected reason)."""
+    catalog = registry.catalog
     samples = yaml.safe_load((catalog.path.parent / "samples.yaml").read_text())
-    registry, problems = load_registry(REGISTRY_YAML)
-    if registry is None:
-        raise LauncherError("; ".join(map(str, problems)))
-    published: dict[str, str] = {}
-    for event_type in catalog:
-        institution = registry.institutions[event_type.owner]
-        key = load_private_key((KEYS / f"{institution.id}.key.pem").read_text())
+    good: set[str] = set()
+    bad: dict[str, str] = {}
+    subscriptions = list(registry.subscriptions.values())
+    raw = AIOKafkaProducer(**kafka.aiokafka_options(), acks="all", enable_idempotence=True)
+    await raw.start()
+    try:
+        for event_type in catalog:
+            institution = registry.institutions[event_type.owner]
+            key = load_private_key((KEYS / f"{institution.id}.key.pem").read_text())
+            async with Publisher.connect(
+                institution=institution.id,
+                system=institution.systems[0],
+                key_id=institution.keys[0].id,
+                key=key,
+                kafka=kafka,
+                schema_registry=schema_registry,
+                catalog=catalog,
+            ) as publisher:
+                base = from_json(event_type.schema, samples[event_type.name])
+                for n in range(3):
+                    payload = dict(base)
+                    if event_type.name == "tz.go.tra.TaxPaymentReceived" and n == 0:
+                        payload["taxType"] = "STAMP_DUTY"  # one that ardhi's agreement wants
+                    if event_type.name == "tz.go.rita.DeathRegistered" and n == 2:
+                        payload["deceasedNin"] = None  # filtered out: no NIN to act on
+                    event_id = await publisher.publish(event_type.name, payload)
+                    good.add(event_id)
+                    EXPECTED.update(
+                        (event_id, s.id) for s in route(event_type.name, payload, subscriptions)
+                    )
+                if institution.id not in ("nida", "tra", "brela"):
+                    continue
+                # Invalid events from this publisher, sent as a broken system would.
+                schema_id = await publisher._schemas.id_for(event_type)
+                event = publisher.prepare(event_type, schema_id, base)
+                headers = dict(event.headers)
+                if institution.id == "nida":
+                    again = publisher.prepare(
+                        event_type, schema_id, base, event_id=next(iter(good))
+                    )
+                    await raw.send_and_wait(again.topic, again.value, key=again.key,
+                                            headers=again.headers)  # fmt: skip
+                    bad[again.envelope.id] = "duplicate"
+                    headers["ce_sigkeyid"] = b"nida-000000000000"
+                    bad[event.envelope.id] = "unknown-key"
+                    value = event.value
+                elif institution.id == "tra":
+                    tampered = bytearray(event.value)
+                    tampered[-2] ^= 1
+                    value = bytes(tampered)
+                    bad[event.envelope.id] = "bad-signature"
+                else:
+                    value = b'{"companyName": "not Avro"}'
+                    bad[event.envelope.id] = "wire-format"
+                await raw.send_and_wait(
+                    event.topic, value, key=event.key, headers=list(headers.items())
+                )
+        rita = load_private_key((KEYS / "rita.key.pem").read_text())
         async with Publisher.connect(
-            institution=institution.id,
-            system=institution.systems[0],
-            key_id=institution.keys[0].id,
-            key=key,
-            kafka=kafka,
-            schema_registry=schema_registry,
-            catalog=catalog,
-        ) as publisher:
-            payload = from_json(event_type.schema, samples[event_type.name])
-            event_id = await publisher.publish(event_type.name, payload)
-        published[event_id] = event_type.name
-        console.print(f"  published {event_type.name:<32} as {institution.id:<9} id={event_id}")
-    return published
+            institution="rita", system="crvs", key_id=registry.institutions["rita"].keys[0].id,
+            key=rita, kafka=kafka, schema_registry=schema_registry, catalog=catalog,
+        ) as publisher:  # fmt: skip
+            death = catalog.event_types["tz.go.rita.DeathRegistered"]
+            event = publisher.prepare(
+                death, await publisher._schemas.id_for(death),
+                from_json(death.schema, samples[death.name]),
+            )  # fmt: skip
+            await raw.send_and_wait("esb.ingress.nida", event.value, key=event.key,
+                                    headers=event.headers)  # fmt: skip
+            bad[event.envelope.id] = "source-mismatch"
+    finally:
+        await raw.stop()
+    return good, bad
 
 
-async def read_back(
-    kafka: KafkaSettings, schema_registry: SchemaRegistrySettings, published: dict[str, str]
-) -> Table:
-    """Every published event as found on its ingress topic, signature checked."""
-    view = RegistryView(kafka)
-    await view.start(follow=False)
-    await view.stop()
-    schemas = SchemaStore(AsyncSchemaRegistryClient(schema_registry.client_config()))
-    table = Table(title="events on the bus (esb.ingress.*)")
-    for column in ("ingress topic", "event type", "key", "signed by", "signature", "fields"):
-        table.add_column(column)
+async def collect(
+    kafka: KafkaSettings, topics: list[str], ids: set[str], wait_s: float
+) -> list[Any]:
+    """Records of ``topics`` whose ce_id is in ``ids``; stops when nothing new comes."""
     consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), group_id=None)
     await consumer.start()
+    found: list[Any] = []
     try:
-        for institution in sorted(view.institutions):
-            await assign_whole_topic(consumer, topics.ingress(institution))
-            records = [
-                r for batch in (await consumer.getmany(timeout_ms=3000)).values() for r in batch
-            ]
-            for record in records:
-                envelope = Envelope.from_headers(record.headers)
-                if envelope.id not in published:
-                    continue
-                decoded = await schemas.decode(record.value)
-                try:
-                    verify_event(
-                        view.keyring, envelope.sig_key_id or "", envelope.signature or "",
-                        envelope.id, envelope.source, envelope.type, envelope.time, record.value,
-                    )  # fmt: skip
-                    verdict = "[green]valid[/green]"
-                except SigningError as error:
-                    verdict = f"[red]{type(error).__name__}[/red]"
-                table.add_row(
-                    record.topic,
-                    envelope.type.rsplit(".", 1)[-1],
-                    envelope.subject,
-                    view.key_owner(envelope.sig_key_id or "") or "?",
-                    verdict,
-                    str(len(decoded.record)),
-                )
+        partitions = []
+        for topic in topics:
+            await consumer._client.add_topic(topic)
+            partitions += [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < wait_s:
+            batches = await consumer.getmany(timeout_ms=500)
+            for batch in batches.values():
+                for record in batch:
+                    if dict(record.headers).get("ce_id", b"").decode() in ids:
+                        found.append(record)
+                        quiet_since = time.monotonic()
     finally:
         await consumer.stop()
-    return table
+    return found
 
 
-async def run(console: Console) -> int:
-    """The whole demo on a freshly started local bus."""
-    with LocalBus(say=lambda line: console.print(f"[dim]{line}[/dim]")) as bus:
-        kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
-        schema_registry = SchemaRegistrySettings(url=bus.registry_url)
-        catalog = Catalog.load()
-        done, problems = await register_catalog(
-            catalog, AsyncSchemaRegistryClient(schema_registry.client_config())
+async def show(console: Console, bus: LocalBus, registry: BusRegistry, port: int) -> int:
+    """Publish, then report what arrived where; return the exit code."""
+    kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
+    schema_registry = SchemaRegistrySettings(url=bus.registry_url)
+    good, bad = await publish_mixed_stream(registry, kafka, schema_registry)
+    console.print(f"published {len(good)} valid and {len(bad)} invalid events")
+
+    subscribers = sorted({s.subscriber for s in registry.document.subscriptions})
+    deliveries = await collect(kafka, [f"esb.deliver.{s}" for s in subscribers], good, 4)
+    store = SchemaStore(AsyncSchemaRegistryClient(schema_registry.client_config()))
+    arrived: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for record in deliveries:
+        agreement = dict(record.headers)["esb_subscription"].decode()
+        arrived[(record.topic.removeprefix("esb.deliver."), agreement)].append(record)
+    table = Table(title="delivered, per subscriber (only the fields each agreement allows)")
+    for column in ("subscriber", "agreement", "events", "fields delivered (masked*)"):
+        table.add_column(column)
+    for (subscriber, agreement), records in sorted(arrived.items()):
+        decoded = await store.decode(records[0].value)
+        mask = set(registry.subscriptions[agreement].mask)
+        fields = ", ".join(f + ("*" if f in mask else "") for f in decoded.record)
+        table.add_row(subscriber, agreement, str(len(records)), fields)
+    console.print(table)
+
+    publishers = sorted(registry.institutions)
+    rejections = await collect(kafka, [f"esb.rejected.{p}" for p in publishers], set(bad), 3)
+    table = Table(title="rejected, per publisher (esb.rejected.<publisher>)")
+    for column in ("publisher", "reason", "expected", "detail"):
+        table.add_column(column)
+    got = {}
+    for record in rejections:
+        headers = dict(record.headers)
+        event_id = headers["ce_id"].decode()
+        got[event_id] = headers["esb_reason"].decode()
+        table.add_row(
+            record.topic.removeprefix("esb.rejected."),
+            got[event_id],
+            bad[event_id],
+            headers["esb_detail"].decode()[:70],
         )
-        if problems:
-            raise LauncherError("; ".join(map(str, problems)))
-        console.print(f"registered {len(done)} event schemas")
-        registry, problems = load_registry(REGISTRY_YAML)
-        if registry is None:
-            raise LauncherError("; ".join(map(str, problems)))
-        applied = await apply_registry(registry, kafka, TopicSettings())
-        console.print(
-            f"applied {REGISTRY_YAML.name}: {len(applied.topics_created)} topics, "
-            f"{len(applied.written)} registry records"
-        )
-        published = await publish_samples(console, kafka, schema_registry)
-        table = await read_back(kafka, schema_registry, published)
-        console.print(table)
-        arrived = table.row_count
-        console.print(f"published: {len(published)}, on the bus and verified: {arrived}")
-        return 0 if arrived == len(published) else 1
+    console.print(table)
+
+    reports = await verify_topic(kafka, "esb.audit")
+    intact = all(r.intact for r in reports.values())
+    console.print(
+        f"audit: {sum(r.records for r in reports.values())} records in {len(reports)} chain(s), "
+        + ("[green]intact[/green]" if intact else "[red]BROKEN[/red]")
+    )
+    metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    routed = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("govesb_pipeline_events_total{") and 'outcome="routed"' in line
+    )
+    console.print(f"worker metrics: {int(routed)} events routed")
+    delivered = {
+        (dict(r.headers)["ce_id"].decode(), dict(r.headers)["esb_subscription"].decode())
+        for r in deliveries
+    }
+    lost = len(EXPECTED - delivered) + len(set(bad) - set(got))
+    wrong = {i: r for i, r in got.items() if bad.get(i) != r}
+    console.print(
+        f"delivered: {len(delivered & EXPECTED)}/{len(EXPECTED)}, rejected: {len(got)} "
+        f"(expected {len(bad)}), lost: {lost}"
+    )
+    return 0 if intact and not wrong and not lost and delivered <= EXPECTED else 1
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own http URL
+        return str(response.read().decode())
+
+
+async def prepare(bus: LocalBus) -> BusRegistry:
+    """Register the schemas and apply the example registry."""
+    kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
+    catalog = Catalog.load()
+    _, problems = await register_catalog(
+        catalog, AsyncSchemaRegistryClient({"url": bus.registry_url})
+    )
+    registry, lint = load_registry(REGISTRY_YAML)
+    if problems or registry is None:
+        raise LauncherError("; ".join(map(str, [*problems, *lint])))
+    await apply_registry(registry, kafka, TopicSettings())
+    return registry
 
 
 def main() -> int:
     """Entry point of ``python -m deploy.demo``."""
-    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
     try:
-        return asyncio.run(run(console))
+        with LocalBus(say=lambda line: console.print(f"[dim]{line}[/dim]")) as bus:
+            registry = asyncio.run(prepare(bus))
+            console.print(
+                f"registered {len(registry.catalog)} event types; applied "
+                f"{len(registry.institutions)} institutions, "
+                f"{len(registry.subscriptions)} agreements"
+            )
+            log_path = REPO / ".cache" / "demo-worker.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            worker, port = start_worker(bus.bootstrap, bus.registry_url, log_path)
+            console.print(
+                f"worker ready: http://127.0.0.1:{port}/health, /metrics (log {log_path})"
+            )
+            try:
+                code = asyncio.run(show(console, bus, registry, port))
+            finally:
+                started = time.monotonic()
+                worker.terminate()
+                worker.wait(30)
+                console.print(f"worker stopped in {time.monotonic() - started:.1f}s")
+            return code
     except LauncherError as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
