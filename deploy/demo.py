@@ -12,26 +12,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from rich.console import Console
 from rich.table import Table
 
-from deploy.kafka.launcher import REPO, LauncherError, LocalBus, die_with_parent, free_port
+from deploy.kafka.launcher import REPO, LauncherError, LocalBus
+from deploy.worker import WorkerProcess, start_worker
 from streams.audit_read import verify_topic
 from streams.catalog import Catalog
 from streams.codec import SchemaStore
+from streams.consuming import assign_topics
 from streams.governance import register_catalog
 from streams.jsonavro import from_json
 from streams.publisher import Publisher
@@ -45,41 +42,6 @@ REGISTRY_YAML = REPO / "deploy" / "registry.example.yaml"
 KEYS = REPO / "deploy" / "demo-keys"
 BUS_KEY_ID = "ega-d06f8e0a5d19"
 EXPECTED: set[tuple[str, str]] = set()  # (event id, agreement) the routing rules call for
-
-
-def start_worker(bootstrap: str, registry_url: str, log_path: Path) -> tuple[Any, int]:
-    """``govesb worker`` as a child process; returns it and its web port once it is ready."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "GOVESB_SCHEMA_REGISTRY__URL": registry_url,
-        "GOVESB_WEB_PORT": str(port),
-        "GOVESB_SIGNING_KEY_FILE": str(KEYS / "ega.key.pem"),
-        "GOVESB_SIGNING_KEY_ID": BUS_KEY_ID,
-    }
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).with_name("govesb")), "worker", "--loglevel", "WARNING"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise LauncherError(f"the worker exited; see {log_path}")
-        try:
-            url = f"http://127.0.0.1:{port}/health"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if json.load(response)["checks"]["partitions"]["assigned"]:
-                    return worker, port
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.5)
-    worker.kill()
-    raise LauncherError(f"the worker was not ready within 90 s; see {log_path}")
 
 
 async def publish_mixed_stream(
@@ -171,12 +133,7 @@ async def collect(
     await consumer.start()
     found: list[Any] = []
     try:
-        partitions = []
-        for topic in topics:
-            await consumer._client.add_topic(topic)
-            partitions += [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        await assign_topics(consumer, topics)
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < wait_s:
             batches = await consumer.getmany(timeout_ms=500)
@@ -190,7 +147,9 @@ async def collect(
     return found
 
 
-async def show(console: Console, bus: LocalBus, registry: BusRegistry, port: int) -> int:
+async def show(
+    console: Console, bus: LocalBus, registry: BusRegistry, worker: WorkerProcess
+) -> int:
     """Publish, then report what arrived where; return the exit code."""
     kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
     schema_registry = SchemaRegistrySettings(url=bus.registry_url)
@@ -238,7 +197,7 @@ async def show(console: Console, bus: LocalBus, registry: BusRegistry, port: int
         f"audit: {sum(r.records for r in reports.values())} records in {len(reports)} chain(s), "
         + ("[green]intact[/green]" if intact else "[red]BROKEN[/red]")
     )
-    metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    metrics = await asyncio.to_thread(worker.metrics)
     routed = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
@@ -256,11 +215,6 @@ async def show(console: Console, bus: LocalBus, registry: BusRegistry, port: int
         f"(expected {len(bad)}), lost: {lost}"
     )
     return 0 if intact and not wrong and not lost and delivered <= EXPECTED else 1
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own http URL
-        return str(response.read().decode())
 
 
 async def prepare(bus: LocalBus) -> BusRegistry:
@@ -290,17 +244,16 @@ def main() -> int:
             )
             log_path = REPO / ".cache" / "demo-worker.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            worker, port = start_worker(bus.bootstrap, bus.registry_url, log_path)
+            worker = start_worker(bus.bootstrap, bus.registry_url, log_path)
             console.print(
-                f"worker ready: http://127.0.0.1:{port}/health, /metrics (log {log_path})"
+                f"worker ready: http://127.0.0.1:{worker.web_port}/health, /metrics "
+                f"(log {log_path})"
             )
             try:
-                code = asyncio.run(show(console, bus, registry, port))
+                code = asyncio.run(show(console, bus, registry, worker))
             finally:
-                started = time.monotonic()
-                worker.terminate()
-                worker.wait(30)
-                console.print(f"worker stopped in {time.monotonic() - started:.1f}s")
+                exit_code, took = worker.stop()
+                console.print(f"worker stopped in {took:.1f}s (exit {exit_code})")
             return code
     except LauncherError as error:
         console.print(f"[red]error:[/red] {error}")

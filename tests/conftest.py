@@ -7,19 +7,11 @@ integration test is skipped locally, but fails when ``CI=true``: CI never passes
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -27,6 +19,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.kafka.launcher import LauncherError, LocalBus, metadata_ready, registry_ready
+from deploy.worker import WorkerProcess
+from deploy.worker import start_worker as start_worker_process
 from streams.settings import REPO_ROOT
 
 EXAMPLE_REGISTRY = REPO_ROOT / "deploy" / "registry.example.yaml"
@@ -158,83 +152,26 @@ def applied_registry(cli_options: list[str]) -> Path:
     return EXAMPLE_REGISTRY
 
 
-@dataclass
-class RunningWorker:
-    """A ``govesb worker`` process started by a test."""
-
-    process: subprocess.Popen[bytes]
-    app_id: str
-    web_port: int
-    log_path: Path
-
-    def health(self) -> dict[str, Any] | None:
-        """The worker's /health body, or None while it does not answer."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as r:
-                return dict(json.load(r))
-        except (OSError, ValueError):
-            return None
-
-    def metrics(self) -> str:
-        """The worker's /metrics text."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-    def stop(self, bound_s: float = 30.0) -> tuple[int, float]:
-        """SIGTERM; return (exit code, seconds it took). Killed if past ``bound_s``."""
-        started = time.monotonic()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(bound_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode, time.monotonic() - started
-
-
 @pytest.fixture
 def start_worker(
     kafka: str, registry: str, applied_registry: Path, tmp_path: Path
-) -> Iterator[Callable[..., RunningWorker]]:
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real ``govesb worker`` processes; each is ready (partitions assigned) on return."""
-    from deploy.kafka.launcher import die_with_parent, free_port
+    workers: list[WorkerProcess] = []
 
-    workers: list[RunningWorker] = []
-
-    def start(app_id: str | None = None, ready_timeout: float = 90.0) -> RunningWorker:
-        app_id = app_id or f"test-pipeline-{uuid.uuid4().hex[:8]}"
-        port = free_port()
-        log_path = tmp_path / f"worker-{len(workers)}.log"
-        env = {
-            **os.environ,
-            "GOVESB_KAFKA__BOOTSTRAP_SERVERS": kafka,
-            "GOVESB_SCHEMA_REGISTRY__URL": registry,
-            "GOVESB_APP_ID": app_id,
-            "GOVESB_WEB_PORT": str(port),
-            "GOVESB_SIGNING_KEY_FILE": str(REPO_ROOT / "deploy/demo-keys/ega.key.pem"),
-            "GOVESB_SIGNING_KEY_ID": "ega-d06f8e0a5d19",
-            "GOVESB_COMMIT_INTERVAL_S": "0.5",
-        }
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [str(Path(sys.executable).with_name("govesb")), "worker", "--loglevel", "WARNING"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
+    def start(app_id: str | None = None) -> WorkerProcess:
+        try:
+            worker = start_worker_process(
+                kafka,
+                registry,
+                tmp_path / f"worker-{len(workers)}.log",
+                app_id=app_id or f"test-pipeline-{uuid.uuid4().hex[:8]}",
+                extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5"},
             )
-        worker = RunningWorker(process, app_id, port, log_path)
+        except LauncherError as error:
+            pytest.fail(str(error))
         workers.append(worker)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"worker exited with {process.returncode}:\n{log_path.read_text()}")
-            body = worker.health()
-            if body and body["status"] == "ok" and body["checks"]["partitions"]["assigned"]:
-                return worker
-            time.sleep(0.5)
-        pytest.fail(f"worker not ready in {ready_timeout}s:\n{log_path.read_text()[-3000:]}")
+        return worker
 
     yield start
     for worker in workers:

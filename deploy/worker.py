@@ -1,0 +1,101 @@
+"""``govesb worker`` as a child process, for the demo and the tests (what an operator runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
+
+DEMO_BUS_KEY = REPO / "deploy" / "demo-keys" / "ega.key.pem"
+DEMO_BUS_KEY_ID = "ega-d06f8e0a5d19"
+
+
+@dataclass
+class WorkerProcess:
+    """A running ``govesb worker`` and where it serves /health and /metrics."""
+
+    process: subprocess.Popen[bytes]
+    app_id: str
+    web_port: int
+    log_path: Path
+
+    def _get(self, path: str) -> bytes:
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bytes(response.read())
+
+    def health(self) -> dict[str, Any] | None:
+        """The /health body, or None while the worker does not answer."""
+        try:
+            return dict(json.loads(self._get("/health")))
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self) -> str:
+        """The /metrics text."""
+        return self._get("/metrics").decode()
+
+    def stop(self, bound_s: float = 30.0) -> tuple[int, float]:
+        """SIGTERM; return (exit code, seconds it took); killed if past ``bound_s``."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(bound_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode, time.monotonic() - started
+
+
+def start_worker(
+    bootstrap: str,
+    registry_url: str,
+    log_path: Path,
+    *,
+    app_id: str = "govesb-pipeline",
+    extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 90.0,
+) -> WorkerProcess:
+    """Start a worker with the demo bus key; return once it holds partitions."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "GOVESB_SCHEMA_REGISTRY__URL": registry_url,
+        "GOVESB_APP_ID": app_id,
+        "GOVESB_WEB_PORT": str(port),
+        "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
+        "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
+        **(extra_env or {}),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("govesb")), "worker", "--loglevel", "WARNING"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    worker = WorkerProcess(process, app_id, port, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LauncherError(
+                f"the worker exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
+        body = worker.health()
+        if body and body["status"] == "ok" and body["checks"]["partitions"]["assigned"]:
+            return worker
+        time.sleep(0.5)
+    worker.stop()
+    raise LauncherError(f"the worker was not ready within {ready_timeout:.0f}s; see {log_path}")
