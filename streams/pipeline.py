@@ -14,7 +14,7 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import fastavro
 
@@ -79,10 +79,19 @@ class RecentEvents:
             self._seen[event_id] = (position, now)
         elif first[0] != position:
             topic, partition, offset = first[0]
-            raise EventError(
-                Reason.DUPLICATE,
-                f"event id already received at {topic}[{partition}]@{offset}",
-            )
+            raise duplicate_error(f"{topic}[{partition}]@{offset}")
+
+
+class SeenEvents(Protocol):
+    """Where the duplicate check remembers event ids (in memory, or a Faust windowed table)."""
+
+    def check(self, event_id: str, position: tuple[str, int, int], now: dt.datetime) -> None:
+        """Raise ``duplicate`` if ``event_id`` was first read at another position."""
+
+
+def duplicate_error(first: str) -> EventError:
+    """The rejection for an event id first read at ``first`` (``topic[partition]@offset``)."""
+    return EventError(Reason.DUPLICATE, f"event id already received at {first}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ class Pipeline:
         bus_key: BusKey,
         chain: AuditChain,
         limits: Limits | None = None,
-        recent: RecentEvents | None = None,
+        recent: SeenEvents | None = None,
     ) -> None:
         self.view = view
         self.schemas = schemas
