@@ -42,6 +42,8 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(registry_app, name="registry")
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+connect_app = typer.Typer(help="Connectors between the bus and HTTP systems.", no_args_is_help=True)
+app.add_typer(connect_app, name="connect")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -319,6 +321,35 @@ def worker(
         )
         raise typer.Exit(2)
     run_worker(settings, loglevel)
+
+
+@connect_app.command("http-sink")
+def connect_http_sink(
+    ctx: typer.Context,
+    subscriber: Annotated[str, typer.Option(help="institution whose deliveries to send")],
+    web_port: Annotated[int | None, typer.Option(help="port of /health and /metrics")] = None,
+) -> None:
+    """Deliver esb.deliver.<subscriber> to the subscriber's HTTP endpoint until SIGTERM."""
+    import logging
+
+    from connectors.settings import SinkSettings
+    from connectors.sink_runner import SinkError, run_sink
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    cli = settings_of(ctx)
+    overrides: dict[str, Any] = {
+        "kafka": cli.kafka,
+        "schema_registry": cli.schema_registry,
+        "subscriber": subscriber,
+    }
+    if web_port is not None:
+        overrides["web_port"] = web_port
+    settings = SinkSettings().model_copy(update=overrides)
+    try:
+        asyncio.run(run_sink(settings))
+    except SinkError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
 
 
 # --------------------------------------------------------------------------- publish, tail

@@ -1,0 +1,263 @@
+"""The HTTP sink: ``esb.deliver.<subscriber>`` to the subscriber's legacy HTTP endpoint.
+
+One consumer group per subscriber endpoint. Records of one key are delivered in order, keys
+in parallel (bounded). Timeouts, connection errors, 408/425/429 (``Retry-After`` honoured) and
+5xx are retried with exponential backoff and jitter; other 4xx, and records whose attempts are
+spent, go to ``esb.dlq.<subscriber>`` with the error. Offsets are committed only after every
+record of a batch was delivered or dead-lettered. A circuit breaker per endpoint pauses
+consumption while the endpoint is down instead of spending attempts; attempts made while the
+breaker is not closed are not counted against a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from connectors.delivery import (
+    CircuitBreaker,
+    HttpRequest,
+    RetryPolicy,
+    basic_auth,
+    cloudevents_request,
+    govesb_request,
+    hmac_signature,
+    retry_after_s,
+    verdict,
+)
+from streams import topics
+from streams.audit import AuditChain
+from streams.codec import SchemaStore
+from streams.envelope import Envelope
+from streams.reasons import EventError
+from streams.registry_model import Endpoint
+from streams.signing import PrivateKey
+
+log = logging.getLogger(__name__)
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class SinkMetrics:
+    """Metrics of one sink process; names start with ``govesb_sink_``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter(
+            "govesb_sink_deliveries",
+            "Records finished, by outcome (delivered, dead-lettered) and last HTTP status.",
+            ["subscriber", "outcome", "status"],
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "govesb_sink_attempts",
+            "HTTP requests sent, by status ('error' for connection errors and timeouts).",
+            ["subscriber", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "govesb_sink_request_seconds",
+            "Duration of one HTTP request to the endpoint.",
+            ["subscriber"],
+            registry=self.registry,
+        )
+        self.breaker = Gauge(
+            "govesb_sink_breaker_state",
+            "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
+            ["subscriber"],
+            registry=self.registry,
+        )
+        self.dlq = Counter(
+            "govesb_sink_dlq",
+            "Records written to esb.dlq.<subscriber>.",
+            ["subscriber"],
+            registry=self.registry,
+        )
+
+
+@dataclass
+class Credentials:
+    """Secrets for the endpoint's auth, resolved from the sink's settings (never logged)."""
+
+    secret: str | None = None
+    username: str | None = None
+
+
+@dataclass
+class HttpSink:
+    """Delivers deliver-topic records to one endpoint: ``add`` then ``flush``, ``close``."""
+
+    subscriber: str
+    endpoint: Endpoint
+    session: aiohttp.ClientSession
+    producer: AIOKafkaProducer
+    schemas: SchemaStore
+    bus_key: PrivateKey
+    bus_key_id: str
+    chain: AuditChain
+    credentials: Credentials = field(default_factory=Credentials)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    concurrency: int = 16
+    metrics: SinkMetrics = field(default_factory=SinkMetrics)
+    _pending: OrderedDict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = field(
+        default_factory=OrderedDict
+    )
+    _acks: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Queue a record; records of one key keep their order."""
+        self._pending.setdefault(record.key, []).append(record)
+
+    async def flush(self) -> None:
+        """Deliver or dead-letter everything queued; return when all are done."""
+        pending, self._pending = self._pending, OrderedDict()
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one_key(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+            async with limit:
+                for record in records:
+                    await self._deliver(record)
+
+        await asyncio.gather(*(one_key(records) for records in pending.values()))
+        # Dead letters and receipts must be acknowledged before the offsets move on.
+        acks, self._acks = self._acks, []
+        await asyncio.gather(*acks)
+
+    async def close(self) -> None:
+        """Nothing buffered is dropped: flush, then release the HTTP session."""
+        await self.flush()
+        await self.session.close()
+
+    def request_for(
+        self, envelope: Envelope, payload: dict[str, Any], agreement: str
+    ) -> HttpRequest:
+        """The request for one delivery, auth headers included."""
+        if self.endpoint.format == "govesb":
+            request = govesb_request(envelope, payload, agreement, self.bus_key)
+        else:
+            request = cloudevents_request(
+                envelope, payload, agreement, self.bus_key, self.bus_key_id
+            )
+        auth = self.endpoint.auth
+        secret = self.credentials.secret or ""
+        if auth.type == "bearer":
+            request.headers["Authorization"] = f"Bearer {secret}"
+        elif auth.type == "basic":
+            request.headers["Authorization"] = basic_auth(auth.username or "", secret)
+        elif auth.type == "hmac":
+            request.headers["X-GovESB-Signature"] = hmac_signature(
+                secret.encode(), request.body, int(time.time())
+            )
+        return request
+
+    async def _deliver(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            envelope = Envelope.from_headers(record.headers)
+            decoded = await self.schemas.decode(record.value or b"")
+        except EventError as error:
+            await self._dead_letter(record, None, 0, f"{error.reason}: {error.detail}")
+            return
+        agreement = dict(record.headers).get("esb_subscription", b"").decode()
+        request = self.request_for(envelope, decoded.record, agreement)
+        attempts = 0
+        started = time.monotonic()
+        while True:
+            wait = self.breaker.wait_s(time.monotonic())
+            if wait:
+                await asyncio.sleep(wait)
+                continue
+            counted = self.breaker.state == "closed"
+            status, retry_after, excerpt = await self._send(request)
+            attempts += 1 if counted else 0
+            outcome = verdict(status)
+            self.breaker.record(outcome != "retry", time.monotonic())
+            self.metrics.breaker.labels(self.subscriber).set(BREAKER_STATES[self.breaker.state])
+            if outcome == "delivered":
+                self.metrics.deliveries.labels(self.subscriber, "delivered", str(status)).inc()
+                await self._receipt("delivered", envelope, status, attempts, started)
+                return
+            if outcome == "dead-letter" or attempts >= self.policy.max_attempts:
+                await self._dead_letter(
+                    record, status, attempts, excerpt or "no response", envelope, started
+                )
+                return
+            await asyncio.sleep(self.policy.delay(max(attempts, 1), retry_after))
+
+    async def _send(self, request: HttpRequest) -> tuple[int | None, float | None, str]:
+        started = time.monotonic()
+        try:
+            async with self.session.post(
+                self.endpoint.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout_s),
+                ssl=self.endpoint.verify_tls,  # True: the default CA verification
+                allow_redirects=False,
+            ) as response:
+                text = await response.text(errors="replace")
+                status = response.status
+                retry_after = retry_after_s(
+                    response.headers.get("Retry-After"), dt.datetime.now(dt.UTC)
+                )
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.metrics.attempts.labels(self.subscriber, "error").inc()
+            return None, None, f"{type(error).__name__}"
+        finally:
+            self.metrics.latency.labels(self.subscriber).observe(time.monotonic() - started)
+        self.metrics.attempts.labels(self.subscriber, str(status)).inc()
+        return status, retry_after, f"HTTP {status}: {text[:200]}"
+
+    async def _dead_letter(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        status: int | None,
+        attempts: int,
+        error: str,
+        envelope: Envelope | None = None,
+        started: float | None = None,
+    ) -> None:
+        headers = [
+            *record.headers,
+            ("esb_error", error.encode()),
+            ("esb_status", str(status or 0).encode()),
+            ("esb_attempts", str(attempts).encode()),
+            ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
+        ]
+        self._acks.append(
+            await self.producer.send(
+                topics.dlq(self.subscriber), record.value, key=record.key, headers=headers
+            )
+        )
+        self.metrics.dlq.labels(self.subscriber).inc()
+        self.metrics.deliveries.labels(self.subscriber, "dead-lettered", str(status or 0)).inc()
+        if envelope is not None:
+            await self._receipt("dead-lettered", envelope, status, attempts, started)
+
+    async def _receipt(
+        self,
+        outcome: str,
+        envelope: Envelope,
+        status: int | None,
+        attempts: int,
+        started: float | None,
+    ) -> None:
+        latency_ms = int((time.monotonic() - (started or time.monotonic())) * 1000)
+        key, value = self.chain.append(
+            outcome=outcome,
+            event_id=envelope.id,
+            publisher=envelope.institution,
+            event_type=envelope.type,
+            payload_sha256=None,
+            subscribers=[self.subscriber],
+            reason=f"status={status or 0} attempts={attempts} latency_ms={latency_ms}",
+        )
+        self._acks.append(await self.producer.send(topics.AUDIT, value, key=key))

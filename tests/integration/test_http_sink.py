@@ -1,0 +1,210 @@
+"""The HTTP sink with real processes: worker + sink on the real bus, a real aiohttp endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from typer.testing import CliRunner
+
+from deploy.kafka.launcher import die_with_parent, free_port
+from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
+from streams.cli import app
+from streams.publisher import Publisher
+from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
+from streams.signing import KeyRing, load_private_key, verify_event
+from tests.integration.test_pipeline import _collect
+from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, sample
+
+pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow]
+DEATH = "tz.go.rita.DeathRegistered"
+TOKEN = "test-token-7f3a"  # noqa: S105 - the test endpoint's bearer token
+
+
+class LegacyEndpoint:
+    """A legacy system's HTTP endpoint; its behaviour is switched by the test."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.mode = "ok"  # ok | flaky | down | reject
+        self.calls = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.Response(status=401, text="no or wrong token")
+        body = await request.read()
+        if self.mode == "down":
+            return web.Response(status=503, text="maintenance", headers={"Retry-After": "1"})
+        if self.mode == "flaky" and self.calls % 2:
+            return web.Response(status=500, text="internal error")
+        if self.mode == "reject":
+            return web.Response(status=422, text='{"error": "unknown deceased"}')
+        self.received.append((dict(request.headers), body))
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def endpoint() -> Any:
+    legacy = LegacyEndpoint()
+    application = web.Application()
+    application.router.add_post("/esb/deaths", legacy.handle)
+    runner = web.AppRunner(application)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    legacy.url = f"http://127.0.0.1:{port}/esb/deaths"  # type: ignore[attr-defined]
+    yield legacy
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def sink(
+    kafka: str, registry: str, cli_options: list[str], endpoint, start_worker, tmp_path: Path
+) -> Any:
+    """The example registry with utumishi's endpoint pointed at the test endpoint, a worker,
+    and ``govesb connect http-sink --subscriber utumishi``; the registry is restored after."""
+    document = yaml.safe_load((REPO_ROOT / "deploy/registry.example.yaml").read_text())
+    document["catalog"] = str(REPO_ROOT / "schemas/catalog.yaml")
+    utumishi = next(i for i in document["institutions"] if i["id"] == "utumishi")
+    utumishi["endpoint"] = {
+        "url": endpoint.url, "format": "cloudevents", "timeout_s": 5,
+        "auth": {"type": "bearer", "secret_ref": "utumishi_sink_token"},
+    }  # fmt: skip
+    edited = tmp_path / "registry.yaml"
+    edited.write_text(yaml.safe_dump(document))
+    runner = CliRunner()
+    applied = await asyncio.to_thread(
+        runner.invoke, app, [*cli_options, "registry", "apply", str(edited)]
+    )
+    assert applied.exit_code == 0, applied.output
+    start_worker()
+    env = {
+        **os.environ,
+        "GOVESB_KAFKA__BOOTSTRAP_SERVERS": kafka,
+        "GOVESB_SCHEMA_REGISTRY__URL": registry,
+        "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
+        "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
+        "GOVESB_SECRETS__UTUMISHI_SINK_TOKEN": TOKEN,
+        "GOVESB_MAX_ATTEMPTS": "4",
+        "GOVESB_BACKOFF_INITIAL_S": "0.05",
+        "GOVESB_BACKOFF_MAX_S": "0.5",
+        "GOVESB_BREAKER_COOLDOWN_S": "1",
+    }
+    log_path = tmp_path / "sink.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("govesb")), "connect", "http-sink",
+            "--subscriber", "utumishi", "--web-port", str(free_port()),
+            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        )  # fmt: skip
+    yield process
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+    assert TOKEN not in log_path.read_text(), "the endpoint secret leaked into the sink's log"
+    restored = await asyncio.to_thread(
+        runner.invoke,
+        app,
+        [*cli_options, "registry", "apply", str(REPO_ROOT / "deploy/registry.example.yaml")],
+    )
+    assert restored.exit_code == 0, restored.output
+
+
+async def _publish_deaths(kafka: str, registry: str, n: int, keys: int) -> list[tuple[str, str]]:
+    """Publish ``n`` deaths over ``keys`` entry numbers; return (event id, key) in order."""
+    key = load_private_key((REPO_ROOT / "deploy/demo-keys/rita.key.pem").read_text())
+    published = []
+    async with Publisher.connect(
+        institution="rita", system="crvs", key_id=KEY_IDS["rita"], key=key,
+        kafka=KafkaSettings(bootstrap_servers=kafka),
+        schema_registry=SchemaRegistrySettings(url=registry), catalog=CATALOG,
+    ) as publisher:  # fmt: skip
+        for index in range(n):
+            entry = f"7004{index % keys:06d}"
+            death = sample(DEATH, entryNumber=entry, firstName=f"Seq{index}")
+            published.append((await publisher.publish(DEATH, death), entry))
+    return published
+
+
+async def _wait_for(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)
+
+
+def _bus_keyring() -> KeyRing:
+    ring = KeyRing()
+    ring.add(DEMO_BUS_KEY_ID, load_private_key(DEMO_BUS_KEY.read_text()).public_key())
+    return ring
+
+
+async def test_deliveries_arrive_signed_and_survive_a_flaky_then_down_endpoint_in_order(
+    kafka: str, registry: str, endpoint, sink
+) -> None:
+    first = await _publish_deaths(kafka, registry, 6, keys=3)
+    await _wait_for(lambda: len(endpoint.received) >= 6, 60)
+
+    ring = _bus_keyring()
+    for headers, body in endpoint.received:
+        assert headers["Content-Type"] == "application/json"
+        assert headers["Idempotency-Key"] == headers["ce-id"]
+        assert headers["ce-type"] == DEATH
+        assert headers["ce-source"] == "/institutions/rita/systems/crvs"
+        attributes = [headers[f"ce-{name}"] for name in ("id", "source", "type", "time")]
+        verify_event(ring, headers["ce-sigkeyid"], headers["ce-signature"], *attributes, body)
+        assert set(json.loads(body)) == {
+            "entryNumber",
+            "deceasedNin",
+            "firstName",
+            "lastName",
+            "dateOfDeath",
+        }
+    assert {h["ce-id"] for h, _ in endpoint.received} == {event_id for event_id, _ in first}
+
+    endpoint.mode = "flaky"
+    second = await _publish_deaths(kafka, registry, 10, keys=3)
+    await asyncio.sleep(2)
+    endpoint.mode = "down"
+    await asyncio.sleep(5)
+    endpoint.mode = "ok"
+    everything = first + second
+    await _wait_for(
+        lambda: {h["ce-id"] for h, _ in endpoint.received} >= {e for e, _ in everything}, 90
+    )
+
+    by_key: dict[str, list[str]] = defaultdict(list)
+    for headers, body in endpoint.received:  # first arrival of each event, in arrival order
+        if headers["ce-id"] not in by_key[json.loads(body)["entryNumber"]]:
+            by_key[json.loads(body)["entryNumber"]].append(headers["ce-id"])
+    for key in {k for _, k in everything}:
+        assert by_key[key] == [e for e, k in everything if k == key]
+
+
+async def test_a_permanent_4xx_goes_to_the_dlq_with_status_and_body(
+    kafka: str, registry: str, endpoint, sink
+) -> None:
+    endpoint.mode = "reject"
+    [(event_id, _)] = await _publish_deaths(kafka, registry, 1, keys=1)
+    [dead] = await _collect(kafka, ["esb.dlq.utumishi"], {event_id}, wait_s=60)
+    headers = dict(dead.headers)
+    assert headers["esb_status"] == b"422"
+    assert b"unknown deceased" in headers["esb_error"]
+    assert headers["esb_attempts"] == b"1"
+    endpoint.mode = "ok"
+    [(later, _)] = await _publish_deaths(kafka, registry, 1, keys=1)
+    await _wait_for(lambda: later in {h["ce-id"] for h, _ in endpoint.received}, 60)

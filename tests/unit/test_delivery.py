@@ -1,0 +1,104 @@
+"""The HTTP sink's decisions: retry or not, how long to wait, breaker, request shapes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import random
+
+import pytest
+
+from connectors.delivery import (
+    CircuitBreaker,
+    RetryPolicy,
+    cloudevents_request,
+    govesb_request,
+    hmac_signature,
+    retry_after_s,
+    verdict,
+)
+from streams.envelope import new_envelope
+from streams.settings import REPO_ROOT
+from streams.signing import KeyRing, load_private_key, verify_event
+
+KEY = load_private_key((REPO_ROOT / "deploy/demo-keys/ega.key.pem").read_text())
+ENVELOPE = new_envelope("rita", "crvs", "tz.go.rita.DeathRegistered", "2004518832")
+PAYLOAD = {"entryNumber": "2004518832", "dateOfDeath": dt.date(2026, 11, 20)}
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (200, "delivered"), (204, "delivered"), (None, "retry"), (408, "retry"),
+        (429, "retry"), (500, "retry"), (503, "retry"), (400, "dead-letter"),
+        (401, "dead-letter"), (404, "dead-letter"), (422, "dead-letter"), (301, "dead-letter"),
+    ],
+)  # fmt: skip
+def test_what_each_status_means(status: int | None, expected: str) -> None:
+    assert verdict(status) == expected
+
+
+def test_retry_after_in_seconds_or_as_an_http_date() -> None:
+    now = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+    assert retry_after_s("7", now) == 7.0
+    assert retry_after_s("Fri, 27 Nov 2026 12:00:30 GMT", now) == 30.0
+    assert retry_after_s("soon", now) is None
+    assert retry_after_s(None, now) is None
+
+
+def test_backoff_grows_is_capped_jittered_and_yields_to_retry_after() -> None:
+    policy = RetryPolicy(max_attempts=8, initial_s=0.2, max_s=5.0)
+    rng = random.Random(7)  # noqa: S311 - reproducible jitter
+    for attempt in range(1, 12):
+        delays = [policy.delay(attempt, rng=rng) for _ in range(200)]
+        ceiling = min(5.0, 0.2 * 2 ** (attempt - 1))
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8  # full jitter spreads up to the ceiling
+    assert policy.delay(1, retry_after=3.0, rng=rng) == 3.0
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown_s=10)
+    for now in (0, 1):
+        breaker.record(False, now)
+    assert breaker.state == "closed"
+    breaker.record(False, 2)
+    assert breaker.state == "open"
+    assert not breaker.allow(5)
+    assert breaker.wait_s(5) == 7
+    assert breaker.allow(12)
+    assert breaker.state == "half-open"
+    breaker.record(False, 12)  # the probe failed: open again
+    assert breaker.state == "open"
+    assert breaker.allow(23)
+    breaker.record(True, 23)
+    assert (breaker.state, breaker.failures) == ("closed", 0)
+
+
+def test_a_cloudevents_request_is_signed_over_the_exact_body() -> None:
+    request = cloudevents_request(ENVELOPE, PAYLOAD, "utumishi-deaths", KEY, "ega-d06f8e0a5d19")
+    assert json.loads(request.body) == {"entryNumber": "2004518832", "dateOfDeath": "2026-11-20"}
+    assert request.headers["Idempotency-Key"] == ENVELOPE.id
+    ring = KeyRing()
+    ring.add("ega-d06f8e0a5d19", KEY.public_key())
+    headers = request.headers
+    verify_event(ring, headers["ce-sigkeyid"], headers["ce-signature"], ENVELOPE.id,
+                 ENVELOPE.source, ENVELOPE.type, ENVELOPE.time, request.body)  # fmt: skip
+
+
+def test_a_govesb_push_is_signed_over_the_data_bytes_as_they_appear_in_the_body() -> None:
+    request = govesb_request(ENVELOPE, PAYLOAD, "utumishi-deaths", KEY)
+    text = request.body.decode()
+    data = text[len('{"data":') : text.index(',"signature"')]
+    signature = json.loads(text)["signature"]
+    assert KEY.public_key().verify(data.encode(), signature)
+    assert json.loads(data)["esbBody"]["dateOfDeath"] == "2026-11-20"
+    assert json.loads(data)["pushCode"] == "utumishi-deaths"
+
+
+def test_the_hmac_header_covers_timestamp_and_body() -> None:
+    header = hmac_signature(b"s3cret", b'{"a":1}', 1795000000)
+    expected = hmac.new(b"s3cret", b'1795000000.{"a":1}', hashlib.sha256).hexdigest()
+    assert header == f"t=1795000000,v1={expected}"
