@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.settings import KafkaSettings, SchemaRegistrySettings
+from streams.settings import DEFAULT_CATALOG, KafkaSettings, SchemaRegistrySettings
 
 
 class SinkSettings(BaseSettings):
@@ -43,3 +43,28 @@ class SinkSettings(BaseSettings):
             return None
         wanted = name.lower()
         return next((v for k, v in self.secrets.items() if k.lower() == wanted), None)
+
+
+class GatewaySettings(BaseSettings):
+    """``govesb connect gateway``.
+
+    Institutions' client secrets (OAuth2 client credentials; also accepted as ``X-API-Key``)
+    come from ``GOVESB_CLIENTS__<INSTITUTION>``; the client id is the institution id.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOVESB_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    catalog: Path = DEFAULT_CATALOG
+    web_host: str = "127.0.0.1"
+    web_port: int = 8088
+    signing_key_file: Path | None = None
+    signing_key_id: str | None = None
+    clients: dict[str, SecretStr] = {}
+    max_body_bytes: int = 1_000_000
+    rate_per_s: float = 100.0
+    burst: float = 200.0
+    token_ttl_s: int = 3600

@@ -352,6 +352,29 @@ def connect_http_sink(
         raise typer.Exit(2) from None
 
 
+@connect_app.command("gateway")
+def connect_gateway(
+    ctx: typer.Context,
+    web_port: Annotated[int | None, typer.Option(help="listening port")] = None,
+) -> None:
+    """Serve the HTTP gateway for legacy publishers until SIGTERM."""
+    from connectors.gateway import run_gateway
+    from connectors.settings import GatewaySettings
+
+    cli = settings_of(ctx)
+    overrides: dict[str, Any] = {"kafka": cli.kafka, "schema_registry": cli.schema_registry}
+    if web_port is not None:
+        overrides["web_port"] = web_port
+    settings = GatewaySettings().model_copy(update=overrides)
+    if settings.signing_key_file is None or not settings.signing_key_id:
+        err.print("[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID")
+        raise typer.Exit(2)
+    if not settings.clients:
+        err.print("[red]error:[/red] no clients: set GOVESB_CLIENTS__<INSTITUTION>=<secret>")
+        raise typer.Exit(2)
+    asyncio.run(run_gateway(settings))
+
+
 # --------------------------------------------------------------------------- publish, tail
 
 

@@ -157,3 +157,20 @@ def test_a_repeated_event_id_is_a_duplicate_but_a_reread_is_not() -> None:
     assert refused.value.reason is Reason.DUPLICATE
     assert "esb.ingress.nida[0]@10" in refused.value.detail
     recent.check("id-1", ("esb.ingress.nida", 2, 99), NOW + dt.timedelta(hours=2))  # expired
+
+
+def test_an_event_the_gateway_signed_with_the_bus_key_is_accepted_for_the_publisher() -> None:
+    from streams.settings import REPO_ROOT
+    from streams.signing import load_private_key, sign_event
+
+    event = prepared("nida", CITIZEN)
+    env = event.envelope
+    bus = load_private_key((REPO_ROOT / "deploy/demo-keys/ega.key.pem").read_text())
+    signature = sign_event(bus, env.id, env.source, env.type, env.time, event.value)
+    headers = [(k, v) for k, v in event.headers if k not in ("ce_sigkeyid", "ce_signature")] + [
+        ("ce_sigkeyid", b"ega-d06f8e0a5d19"),
+        ("ce_signature", signature.encode()),
+    ]
+    valid = validate(as_record(event, headers=headers), directory(), writer(CITIZEN),
+                     dt.datetime.now(dt.UTC))  # fmt: skip
+    assert valid.publisher == "nida"

@@ -1,0 +1,502 @@
+"""The HTTP gateway: legacy systems publish to the bus over HTTP.
+
+Routes: ``POST /oauth/token`` (OAuth2 client credentials), ``POST /v1/events`` (CloudEvents,
+structured or binary JSON), ``POST /engine/esb/push-request`` (the GovESB push format, the
+institution's ECDSA signature verified over the exact ``data`` bytes), ``GET /health``,
+``GET /metrics``, ``GET /openapi.json``. JSON is validated against the Avro schema and
+encoded; the event goes to ``esb.ingress.<institution>`` signed by the bus (the institution's
+own credentials and signature were checked here), and the reply comes only after the broker
+acknowledged it (acks=all, idempotent producer). Errors are JSON with a code and a message;
+no stack trace ever leaves the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastavro.validation import ValidationError, validate
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from connectors.openapi import OPENAPI
+from streams import topics
+from streams.catalog import Catalog, EventType
+from streams.codec import RegistryUnavailableError, SchemaStore, encode
+from streams.envelope import new_envelope, source_for
+from streams.jsonavro import JsonAvroError, from_json
+from streams.registry_sync import RegistryView
+from streams.signing import PrivateKey, sign_event
+
+GOVESB_NAMESPACE = uuid.UUID("6f1c2b1e-3c1a-4f7e-9b7d-0e2a6c9d4b11")
+
+
+class HttpError(Exception):
+    """A refusal with its status, error code and message (and optional field path)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.field, self.retry_after = field, retry_after
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
+        return web.json_response(body, status=self.status, headers=headers)
+
+
+class GatewayMetrics:
+    """Gateway metrics; names start with ``govesb_gateway_``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "govesb_gateway_requests", "Requests by route and status.", ["route", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.produce_latency = Histogram(
+            "govesb_gateway_produce_seconds", "From encoding to the broker's acknowledgement.",
+            registry=self.registry,
+        )  # fmt: skip
+
+
+@dataclass
+class TokenBucket:
+    """Per-institution rate limit: ``rate`` requests per second, bursts up to ``burst``."""
+
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self, now: float) -> float:
+        """0 if allowed now, else seconds until the next request is allowed."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+@dataclass
+class Gateway:
+    """State and handlers of the gateway."""
+
+    view: RegistryView
+    catalog: Catalog
+    schemas: SchemaStore
+    producer: AIOKafkaProducer
+    bus_key: PrivateKey
+    bus_key_id: str
+    clients: dict[str, str]
+    max_body_bytes: int = 1_000_000
+    rate_per_s: float = 100.0
+    burst: float = 200.0
+    token_ttl_s: int = 3600
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _seen_signatures: dict[str, float] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- auth and limits
+
+    def issue_token(self, authorization: str | None, form: dict[str, str]) -> dict[str, Any]:
+        """OAuth2 client credentials with HTTP Basic client authentication."""
+        if form.get("grant_type") != "client_credentials":
+            raise HttpError(400, "unsupported_grant_type", "grant_type must be client_credentials")
+        client_id, client_secret = _basic_credentials(authorization)
+        expected = self.clients.get(client_id)
+        if expected is None or not secrets.compare_digest(expected, client_secret):
+            raise HttpError(401, "invalid_client", "unknown client or wrong secret")
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = (client_id, time.monotonic() + self.token_ttl_s)
+        return {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": self.token_ttl_s,
+            "scope": f"publish:{client_id}",
+        }
+
+    def institution_of(self, request: web.Request) -> str:
+        """The authenticated institution: bearer token (or X-API-Key = client secret)."""
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            found = self._tokens.get(header[7:].strip())
+            if found is None:
+                raise HttpError(401, "invalid_token", "unknown bearer token")
+            institution, expires = found
+            if time.monotonic() > expires:
+                self._tokens.pop(header[7:].strip(), None)
+                raise HttpError(401, "invalid_token", "the bearer token has expired")
+        elif "X-API-Key" in request.headers:
+            key = request.headers["X-API-Key"]
+            matches = [c for c, s in self.clients.items() if secrets.compare_digest(s, key)]
+            if not matches:
+                raise HttpError(401, "invalid_api_key", "unknown API key")
+            institution = matches[0]
+        else:
+            raise HttpError(401, "unauthenticated", "send Authorization: Bearer <token>")
+        wait = self._buckets.setdefault(institution, TokenBucket(self.rate_per_s, self.burst)).take(
+            time.monotonic()
+        )
+        if wait:
+            raise HttpError(
+                429, "rate_limited", "too many requests", retry_after=max(1, round(wait))
+            )
+        return institution
+
+    # ----------------------------------------------------------------- publishing
+
+    def event_type_for(self, institution: str, name: str) -> EventType:
+        """The catalogue entry ``name`` that ``institution`` may publish."""
+        event_type = self.catalog.get(name)
+        registered = self.view.event_types.get(name)
+        if event_type is None or registered is None:
+            raise HttpError(404, "unknown_type", f"unknown event type {name!r}")
+        if registered.owner != institution:
+            raise HttpError(403, "not_owner", f"{name} is owned by {registered.owner}")
+        return event_type
+
+    async def publish(
+        self,
+        institution: str,
+        system: str,
+        event_type: EventType,
+        data: Any,
+        *,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Validate JSON against the schema, encode, sign, produce; return the event id."""
+        try:
+            record = from_json(event_type.schema, data)
+            validate(record, event_type.parsed, raise_errors=True)
+        except JsonAvroError as error:
+            raise HttpError(400, "invalid_data", str(error), field=error.path) from None
+        except ValidationError as error:
+            first = error.errors[0] if error.errors else None
+            where = str(getattr(first, "field", "") or event_type.name)
+            expected = getattr(first, "schema", "the schema")
+            raise HttpError(
+                400, "invalid_data", f"{where}: expected {expected}", field=where
+            ) from None
+        except (ValueError, TypeError) as error:
+            raise HttpError(
+                400,
+                "invalid_data",
+                f"data does not match {event_type.name}: {type(error).__name__}",
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get(event_type.key), str):
+            raise HttpError(
+                400, "invalid_data", f"key field {event_type.key!r} missing", field=event_type.key
+            )
+        try:
+            schema_id = await self.schemas.id_for(event_type)
+        except (RegistryUnavailableError, LookupError) as error:
+            raise HttpError(503, "registry_unavailable", str(error).split(":")[0]) from None
+        value = encode(schema_id, event_type.parsed, record)
+        if len(value) > self.max_body_bytes:
+            raise HttpError(413, "too_large", "the encoded event is over the size limit")
+        envelope = new_envelope(
+            institution, system, event_type.name, record[event_type.key],
+            event_id=event_id, correlation_id=correlation_id,
+        )  # fmt: skip
+        signature = sign_event(
+            self.bus_key, envelope.id, envelope.source, envelope.type, envelope.time, value
+        )
+        envelope = envelope.signed(self.bus_key_id, signature)
+        started = time.monotonic()
+        try:
+            await self.producer.send_and_wait(
+                topics.ingress(institution), value, key=envelope.subject.encode(),
+                headers=[*envelope.to_headers(), ("esb_via", b"gateway")],
+            )  # fmt: skip
+        except KafkaError as error:
+            raise HttpError(
+                503,
+                "broker_unavailable",
+                f"the bus did not acknowledge: {type(error).__name__}",
+                retry_after=5,
+            ) from None
+        self.metrics.produce_latency.observe(time.monotonic() - started)
+        return envelope.id
+
+    # ----------------------------------------------------------------- routes
+
+    async def token(self, request: web.Request) -> web.Response:
+        """POST /oauth/token."""
+        form = dict(await request.post())
+        return web.json_response(
+            self.issue_token(
+                request.headers.get("Authorization"), {k: str(v) for k, v in form.items()}
+            )
+        )
+
+    async def events(self, request: web.Request) -> web.Response:
+        """POST /v1/events: CloudEvents structured or binary mode, JSON data."""
+        institution = self.institution_of(request)
+        raw = await self._body(request)
+        content_type = request.content_type
+        if content_type == "application/cloudevents+json":
+            event = _json(raw)
+            if not isinstance(event, dict):
+                raise HttpError(400, "invalid_event", "a CloudEvent must be a JSON object")
+            attributes = {k: event.get(k) for k in ("specversion", "id", "source", "type", "time")}
+            data = event.get("data")
+            correlation = event.get("correlationid")
+        elif content_type == "application/json":
+            attributes = {
+                k: request.headers.get(f"ce-{k}")
+                for k in ("specversion", "id", "source", "type", "time")
+            }
+            data = _json(raw)
+            correlation = request.headers.get("ce-correlationid")
+        else:
+            raise HttpError(
+                415,
+                "unsupported_media_type",
+                "send application/cloudevents+json or application/json with ce-* headers",
+            )
+        if attributes["specversion"] != "1.0":
+            raise HttpError(400, "invalid_event", "specversion must be 1.0", field="specversion")
+        if not attributes["type"]:
+            raise HttpError(400, "invalid_event", "type is required", field="type")
+        system = _system_of(str(attributes["source"] or ""), institution)
+        event_id = attributes["id"]
+        if event_id is not None:
+            try:
+                event_id = str(uuid.UUID(str(event_id)))
+            except ValueError:
+                raise HttpError(400, "invalid_event", "id must be a UUID", field="id") from None
+        event_type = self.event_type_for(institution, str(attributes["type"]))
+        published = await self.publish(
+            institution, system, event_type, data, event_id=event_id,
+            correlation_id=str(correlation) if correlation else None,
+        )  # fmt: skip
+        return web.json_response({"id": published, "status": "accepted"}, status=202)
+
+    async def push(self, request: web.Request) -> web.Response:
+        """POST /engine/esb/push-request: the GovESB push format."""
+        institution = self.institution_of(request)
+        raw = await self._body(request)
+        text = raw.decode("utf-8", errors="strict") if raw else ""
+        document = _json(raw)
+        if not isinstance(document, dict) or "data" not in document or "signature" not in document:
+            raise HttpError(400, "invalid_request", 'expected {"data": {...}, "signature": "..."}')
+        data_text = _exact_data(text)
+        signature = str(document["signature"])
+        keys = [
+            self.view.keyring.get(k.id)
+            for k in self.view.institutions[institution].keys
+            if not k.revoked and self.view.keyring.get(k.id) is not None
+        ] if institution in self.view.institutions else []  # fmt: skip
+        if not any(key.verify(data_text.encode(), signature) for key in keys if key):
+            raise HttpError(
+                401, "invalid_signature", "the signature does not verify over the data bytes"
+            )
+        digest = hashlib.sha256(signature.encode()).hexdigest()
+        now = time.monotonic()
+        self._seen_signatures = {s: t for s, t in self._seen_signatures.items() if now - t < 86_400}
+        if digest in self._seen_signatures:
+            raise HttpError(409, "replayed", "this signed request was already accepted")
+        data = document["data"]
+        push_code = data.get("pushCode") if isinstance(data, dict) else None
+        if not push_code:
+            raise HttpError(
+                400, "invalid_request", "data.pushCode is required", field="data.pushCode"
+            )
+        event_type = self.event_type_for(institution, str(push_code))
+        event_id = str(uuid.uuid5(GOVESB_NAMESPACE, signature))
+        published = await self.publish(
+            institution, "govesb-push", event_type, data.get("esbBody"), event_id=event_id
+        )
+        self._seen_signatures[digest] = now
+        ack = json.dumps(
+            {
+                "success": True,
+                "requestId": data.get("requestId"),
+                "esbBody": {"eventId": published},
+            },
+            separators=(",", ":"),
+        )
+        body = f'{{"data":{ack},"signature":"{self.bus_key.sign(ack.encode())}"}}'
+        return web.Response(text=body, status=202, content_type="application/json")
+
+    async def _body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise HttpError(413, "too_large", f"the body is over {self.max_body_bytes} bytes")
+        body = await request.content.read(self.max_body_bytes + 1)
+        if len(body) > self.max_body_bytes:
+            raise HttpError(413, "too_large", f"the body is over {self.max_body_bytes} bytes")
+        return body
+
+    def application(self) -> web.Application:
+        """The aiohttp application with every route and the error middleware."""
+        metrics = self.metrics
+
+        @web.middleware
+        async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+            route = (
+                request.match_info.route.resource.canonical
+                if request.match_info.route.resource
+                else "?"
+            )
+            try:
+                response: web.StreamResponse = await handler(request)
+            except HttpError as error:
+                response = error.response()
+            except web.HTTPException as error:
+                response = web.json_response(
+                    {"error": "http", "message": error.reason}, status=error.status
+                )
+            except Exception:  # never a stack trace to the client
+                response = web.json_response(
+                    {"error": "internal", "message": "internal error"}, status=500
+                )
+            metrics.requests.labels(route, str(response.status)).inc()
+            return response
+
+        app = web.Application(middlewares=[errors], client_max_size=self.max_body_bytes * 2)
+        app.router.add_post("/oauth/token", self.token)
+        app.router.add_post("/v1/events", self.events)
+        app.router.add_post("/engine/esb/push-request", self.push)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/openapi.json", _openapi)
+        return app
+
+    async def health(self, _: web.Request) -> web.Response:
+        """Per-component checks."""
+        checks: dict[str, dict[str, Any]] = {
+            "registry_view": {"ok": bool(self.view.event_types)},
+            "clients": {"ok": bool(self.clients), "count": len(self.clients)},
+        }
+        ok = all(bool(c["ok"]) for c in checks.values())
+        return web.json_response(
+            {"status": "ok" if ok else "degraded", "checks": checks}, status=200 if ok else 503
+        )
+
+    async def metrics_page(self, _: web.Request) -> web.Response:
+        """Prometheus text."""
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+
+async def _openapi(_: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "invalid_json", "the body is not valid JSON") from None
+
+
+def _exact_data(text: str) -> str:
+    """The raw text of the ``data`` member, as GovESB verifiers cut it: between ``"data":``
+    and ``,"signature"``."""
+    start = text.find('"data":')
+    end = text.rfind(',"signature"')
+    if start < 0 or end < start:
+        raise HttpError(400, "invalid_request", 'the body must be {"data":...,"signature":"..."}')
+    return text[start + len('"data":') : end].strip()
+
+
+def _system_of(source: str, institution: str) -> str:
+    prefix = f"/institutions/{institution}/systems/"
+    if not source:
+        return "gateway"
+    if not source.startswith(prefix) or len(source) == len(prefix):
+        raise HttpError(
+            403,
+            "source_mismatch",
+            f"source must be {source_for(institution, '<system>')}",
+            field="source",
+        )
+    return source[len(prefix) :]
+
+
+def _basic_credentials(authorization: str | None) -> tuple[str, str]:
+    import base64
+    import binascii
+
+    if not authorization or not authorization.lower().startswith("basic "):
+        raise HttpError(401, "invalid_client", "client authentication (HTTP Basic) is required")
+    try:
+        client_id, _, client_secret = base64.b64decode(authorization[6:]).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise HttpError(401, "invalid_client", "malformed Basic credentials") from None
+    return client_id, client_secret
+
+
+async def run_gateway(settings: Any) -> None:
+    """``govesb connect gateway``: serve until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+    from streams.signing import load_private_key
+
+    view = RegistryView(settings.kafka)
+    await view.start()
+    producer = AIOKafkaProducer(
+        **settings.kafka.aiokafka_options(), acks="all", enable_idempotence=True, linger_ms=1
+    )
+    await producer.start()
+    gateway = Gateway(
+        view=view,
+        catalog=Catalog.load(settings.catalog),
+        schemas=SchemaStore(AsyncSchemaRegistryClient(settings.schema_registry.client_config())),
+        producer=producer,
+        bus_key=load_private_key(settings.signing_key_file.read_bytes()),
+        bus_key_id=settings.signing_key_id,
+        clients={k.lower(): v.get_secret_value() for k, v in settings.clients.items()},
+        max_body_bytes=settings.max_body_bytes,
+        rate_per_s=settings.rate_per_s,
+        burst=settings.burst,
+        token_ttl_s=settings.token_ttl_s,
+    )
+    runner = web.AppRunner(gateway.application())
+    await runner.setup()
+    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+        await producer.stop()
+        await view.stop()

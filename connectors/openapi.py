@@ -1,0 +1,136 @@
+"""The gateway's OpenAPI 3.1 document (served at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string"},
+        "message": {"type": "string"},
+        "field": {"type": "string"},
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {
+            "description": "refused",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for status in statuses
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "GovESB HTTP gateway", "version": "1.0.0"},
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "clientBasic": {"type": "http", "scheme": "basic"},
+        },
+        "schemas": {"Error": _ERROR},
+    },
+    "paths": {
+        "/oauth/token": {
+            "post": {
+                "summary": "OAuth2 client credentials token",
+                "security": [{"clientBasic": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["grant_type"],
+                                "properties": {"grant_type": {"const": "client_credentials"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "a bearer token",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["access_token", "token_type", "expires_in"],
+                                    "properties": {
+                                        "access_token": {"type": "string"},
+                                        "token_type": {"const": "bearer"},
+                                        "expires_in": {"type": "integer"},
+                                        "scope": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_errors(400, 401),
+                },
+            }
+        },
+        "/v1/events": {
+            "post": {
+                "summary": "Publish one CloudEvent (structured or binary JSON)",
+                "security": [{"bearer": []}, {"apiKey": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/cloudevents+json": {"schema": {"type": "object"}},
+                        "application/json": {"schema": {}},
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "acknowledged by the broker",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["id", "status"],
+                                    "properties": {
+                                        "id": {"type": "string"},
+                                        "status": {"const": "accepted"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                },
+            }
+        },
+        "/engine/esb/push-request": {
+            "post": {
+                "summary": "GovESB push: {data: {pushCode, esbBody}, signature}",
+                "security": [{"bearer": []}, {"apiKey": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "202": {
+                        "description": "acknowledged; the body is a GovESB ack signed by the bus",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(400, 401, 403, 404, 409, 413, 429, 503),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "component checks",
+                "responses": {"200": {"description": "ok"}, "503": {"description": "degraded"}},
+            }
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+        },
+    },
+}
