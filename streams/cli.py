@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from aiokafka.errors import KafkaError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.table import Table
 
@@ -88,6 +89,18 @@ def main(
     if catalog:
         changes["catalog"] = catalog
     ctx.obj = settings.model_copy(update=changes)
+
+
+Process = TypeVar("Process", bound=BaseSettings)
+
+
+def process_settings(ctx: typer.Context, model: type[Process], **options: Any) -> Process:
+    """A process's settings from its environment, with the connection the top-level options
+    gave and the command's own options (those given) on top."""
+    cli = settings_of(ctx)
+    updates = {"kafka": cli.kafka, "schema_registry": cli.schema_registry}
+    updates.update({name: value for name, value in options.items() if value is not None})
+    return model().model_copy(update=updates)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -309,11 +322,7 @@ def worker(
     from streams.app import run_worker
     from streams.settings import WorkerSettings
 
-    cli = settings_of(ctx)
-    overrides: dict[str, Any] = {"kafka": cli.kafka, "schema_registry": cli.schema_registry}
-    if web_port is not None:
-        overrides["web_port"] = web_port
-    settings = WorkerSettings().model_copy(update=overrides)
+    settings = process_settings(ctx, WorkerSettings, web_port=web_port)
     if settings.signing_key_file is None or not settings.signing_key_id:
         err.print(
             "[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID: "
@@ -336,15 +345,7 @@ def connect_http_sink(
     from connectors.sink_runner import SinkError, run_sink
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
-    cli = settings_of(ctx)
-    overrides: dict[str, Any] = {
-        "kafka": cli.kafka,
-        "schema_registry": cli.schema_registry,
-        "subscriber": subscriber,
-    }
-    if web_port is not None:
-        overrides["web_port"] = web_port
-    settings = SinkSettings().model_copy(update=overrides)
+    settings = process_settings(ctx, SinkSettings, web_port=web_port, subscriber=subscriber)
     try:
         asyncio.run(run_sink(settings))
     except SinkError as error:
@@ -361,11 +362,7 @@ def connect_gateway(
     from connectors.gateway import run_gateway
     from connectors.settings import GatewaySettings
 
-    cli = settings_of(ctx)
-    overrides: dict[str, Any] = {"kafka": cli.kafka, "schema_registry": cli.schema_registry}
-    if web_port is not None:
-        overrides["web_port"] = web_port
-    settings = GatewaySettings().model_copy(update=overrides)
+    settings = process_settings(ctx, GatewaySettings, web_port=web_port)
     if settings.signing_key_file is None or not settings.signing_key_id:
         err.print("[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID")
         raise typer.Exit(2)
