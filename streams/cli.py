@@ -43,6 +43,8 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(registry_app, name="registry")
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+dlq_app = typer.Typer(help="Dead letters of the HTTP sink.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 connect_app = typer.Typer(help="Connectors between the bus and HTTP systems.", no_args_is_help=True)
 app.add_typer(connect_app, name="connect")
 
@@ -307,6 +309,74 @@ def audit_verify(
     if broken:
         raise typer.Exit(1)
     out.print(f"[green]✓[/green] {len(reports)} chain(s) intact")
+
+
+# --------------------------------------------------------------------------- dlq
+
+
+def _dead_letters(
+    ctx: typer.Context, subscriber: str, since: str | None, ids: str | None
+) -> tuple[Any, list[Any]]:
+    from connectors.dlq import read_dead_letters
+    from streams.envelope import parse_time
+
+    settings = settings_of(ctx)
+    try:
+        moment = parse_time(since) if since else None
+    except ValueError:
+        err.print(f"[red]error:[/red] --since {since!r} is not an RFC 3339 time with offset")
+        raise typer.Exit(2) from None
+    wanted = {i.strip() for i in ids.split(",") if i.strip()} if ids else None
+
+    async def read() -> list[Any]:
+        try:
+            return await asyncio.wait_for(
+                read_dead_letters(settings.kafka, subscriber, moment, wanted), 120
+            )
+        except LookupError as error:
+            raise Failure(str(error)) from None
+        except (TimeoutError, OSError, KafkaError) as error:
+            raise Failure(f"Kafka at {settings.kafka.bootstrap_servers}: {error}") from None
+
+    return settings, run(read())
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    subscriber: Annotated[str, typer.Option(help="institution whose dead letters to show")],
+    since: Annotated[str | None, typer.Option(help="only those since this time")] = None,
+    ids: Annotated[str | None, typer.Option(help="only these event ids (comma separated)")] = None,
+) -> None:
+    """List dead letters: event id, type, status, attempts, error."""
+    _, letters = _dead_letters(ctx, subscriber, since, ids)
+    table = Table("time", "event id", "type", "status", "attempts", "error")
+    for letter in letters:
+        table.add_row(
+            letter.timestamp.isoformat(timespec="seconds"),
+            letter.event_id,
+            letter.header("ce_type"),
+            letter.header("esb_status"),
+            letter.header("esb_attempts"),
+            letter.header("esb_error")[:80],
+        )
+    out.print(table)
+    out.print(f"{len(letters)} dead letter(s) for {subscriber}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ctx: typer.Context,
+    subscriber: Annotated[str, typer.Option(help="institution whose dead letters to resend")],
+    since: Annotated[str | None, typer.Option(help="only those since this time")] = None,
+    ids: Annotated[str | None, typer.Option(help="only these event ids (comma separated)")] = None,
+) -> None:
+    """Send dead letters back for delivery, with their original event ids."""
+    from connectors.dlq import replay
+
+    settings, letters = _dead_letters(ctx, subscriber, since, ids)
+    count = run(replay(settings.kafka, subscriber, letters))
+    out.print(f"replayed {count} dead letter(s) to esb.deliver.{subscriber}")
 
 
 # --------------------------------------------------------------------------- worker

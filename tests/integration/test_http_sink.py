@@ -208,3 +208,18 @@ async def test_a_permanent_4xx_goes_to_the_dlq_with_status_and_body(
     endpoint.mode = "ok"
     [(later, _)] = await _publish_deaths(kafka, registry, 1, keys=1)
     await _wait_for(lambda: later in {h["ce-id"] for h, _ in endpoint.received}, 60)
+    assert event_id not in {h["ce-id"] for h, _ in endpoint.received}
+
+    runner = CliRunner()
+    options = ["--bootstrap", kafka, "dlq"]
+    listed = await asyncio.to_thread(
+        runner.invoke, app, [*options, "list", "--subscriber", "utumishi", "--ids", event_id]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "422" in listed.output
+    assert "1 dead letter(s) for utumishi" in listed.output
+    replayed = await asyncio.to_thread(
+        runner.invoke, app, [*options, "replay", "--subscriber", "utumishi", "--ids", event_id]
+    )
+    assert "replayed 1 dead letter(s)" in replayed.output, replayed.output
+    await _wait_for(lambda: event_id in {h["ce-id"] for h, _ in endpoint.received}, 60)
