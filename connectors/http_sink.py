@@ -112,6 +112,8 @@ class HttpSink:
         default_factory=OrderedDict
     )
     _acks: list[asyncio.Future[Any]] = field(default_factory=list)
+    _token: tuple[str, float] | None = None
+    _token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Queue a record; records of one key keep their order."""
@@ -169,6 +171,7 @@ class HttpSink:
         agreement = dict(record.headers).get("esb_subscription", b"").decode()
         request = self.request_for(envelope, decoded.record, agreement)
         attempts = 0
+        renewed = False
         started = time.monotonic()
         while True:
             wait = self.breaker.wait_s(time.monotonic())
@@ -176,8 +179,13 @@ class HttpSink:
                 await asyncio.sleep(wait)
                 continue
             counted = self.breaker.state == "closed"
+            if self.endpoint.auth.type == "oauth2":
+                request.headers["Authorization"] = f"Bearer {await self._oauth_token()}"
             status, retry_after, excerpt = await self._send(request)
             attempts += 1 if counted else 0
+            if status == 401 and self.endpoint.auth.type == "oauth2" and not renewed:
+                self._token, renewed = None, True  # expired or revoked: renew once, send again
+                continue
             outcome = verdict(status)
             self.breaker.record(outcome != "retry", time.monotonic())
             self.metrics.breaker.labels(self.subscriber).set(BREAKER_STATES[self.breaker.state])
@@ -191,6 +199,34 @@ class HttpSink:
                 )
                 return
             await asyncio.sleep(self.policy.delay(max(attempts, 1), retry_after))
+
+    async def _oauth_token(self) -> str:
+        """A cached OAuth2 client-credentials token, renewed a little before it expires."""
+        async with self._token_lock:
+            if self._token is not None and time.monotonic() < self._token[1]:
+                return self._token[0]
+            auth = self.endpoint.auth
+            try:
+                async with self.session.post(
+                    auth.token_url or "",
+                    data={"grant_type": "client_credentials"},
+                    headers={
+                        "Authorization": basic_auth(
+                            auth.username or "", self.credentials.secret or ""
+                        )
+                    },
+                    timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout_s),
+                ) as response:
+                    body = await response.json(content_type=None)
+                    if response.status != 200 or "access_token" not in body:
+                        log.warning("token endpoint answered %d", response.status)
+                        return ""
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                log.warning("token endpoint unreachable: %s", type(error).__name__)
+                return ""
+            lifetime = float(body.get("expires_in", 300))
+            self._token = (str(body["access_token"]), time.monotonic() + max(1.0, lifetime * 0.9))
+            return self._token[0]
 
     async def _send(self, request: HttpRequest) -> tuple[int | None, float | None, str]:
         started = time.monotonic()

@@ -39,10 +39,12 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
     if institution is None or institution.endpoint is None:
         raise SinkError(f"{settings.subscriber!r} has no HTTP endpoint in esb.registry")
     endpoint = institution.endpoint
-    if endpoint.auth.type in ("oauth2", "mtls"):
-        raise SinkError(f"endpoint auth {endpoint.auth.type!r} is not supported by this sink yet")
+    if endpoint.auth.type == "mtls":
+        raise SinkError("endpoint auth 'mtls' is not supported by this sink yet")
+    if endpoint.auth.type == "oauth2" and not (endpoint.auth.token_url and endpoint.auth.username):
+        raise SinkError("oauth2 endpoint auth needs token_url and username (the client id)")
     secret = settings.secret(endpoint.auth.secret_ref)
-    if endpoint.auth.type in ("bearer", "basic", "hmac") and secret is None:
+    if endpoint.auth.type in ("bearer", "basic", "hmac", "oauth2") and secret is None:
         raise SinkError(
             f"endpoint auth {endpoint.auth.type} needs the secret {endpoint.auth.secret_ref!r}: "
             f"set GOVESB_SECRETS__{(endpoint.auth.secret_ref or '').upper()}"

@@ -17,6 +17,7 @@ import yaml
 from aiohttp import web
 from typer.testing import CliRunner
 
+from connectors.delivery import basic_auth
 from deploy.kafka.launcher import die_with_parent, free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
 from streams.cli import app
@@ -38,10 +39,32 @@ class LegacyEndpoint:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.mode = "ok"  # ok | flaky | down | reject
         self.calls = 0
+        self.oauth_tokens: dict[str, float] = {}  # token -> expiry
+        self.tokens_issued = 0
+        self.unauthorized = 0
+
+    async def token(self, request: web.Request) -> web.Response:
+        """OAuth2 client credentials; tokens live 2 s."""
+        form = await request.post()
+        if request.headers.get("Authorization") != basic_auth("utumishi-sink", TOKEN) or (
+            form.get("grant_type") != "client_credentials"
+        ):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        self.tokens_issued += 1
+        token = f"t{self.tokens_issued}-{time.monotonic()}"
+        self.oauth_tokens[token] = time.monotonic() + 2
+        return web.json_response({"access_token": token, "token_type": "bearer", "expires_in": 2})
+
+    def authorized(self, header: str) -> bool:
+        if header == f"Bearer {TOKEN}":
+            return True
+        expiry = self.oauth_tokens.get(header.removeprefix("Bearer "))
+        return expiry is not None and time.monotonic() < expiry
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls += 1
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if not self.authorized(request.headers.get("Authorization", "")):
+            self.unauthorized += 1
             return web.Response(status=401, text="no or wrong token")
         body = await request.read()
         if self.mode == "down":
@@ -59,6 +82,7 @@ async def endpoint() -> Any:
     legacy = LegacyEndpoint()
     application = web.Application()
     application.router.add_post("/esb/deaths", legacy.handle)
+    application.router.add_post("/oauth/token", legacy.token)
     runner = web.AppRunner(application)
     await runner.setup()
     port = free_port()
@@ -69,18 +93,36 @@ async def endpoint() -> Any:
 
 
 @pytest.fixture
+def sink_auth() -> str:
+    """How the sink authenticates to the endpoint (tests parametrize it)."""
+    return "bearer"
+
+
+@pytest.fixture
 async def sink(
-    kafka: str, registry: str, cli_options: list[str], endpoint, start_worker, tmp_path: Path
+    kafka: str,
+    registry: str,
+    cli_options: list[str],
+    endpoint,
+    start_worker,
+    tmp_path: Path,
+    sink_auth: str,
 ) -> Any:
     """The example registry with utumishi's endpoint pointed at the test endpoint, a worker,
     and ``govesb connect http-sink --subscriber utumishi``; the registry is restored after."""
     document = yaml.safe_load((REPO_ROOT / "deploy/registry.example.yaml").read_text())
     document["catalog"] = str(REPO_ROOT / "schemas/catalog.yaml")
     utumishi = next(i for i in document["institutions"] if i["id"] == "utumishi")
+    auth = {"type": sink_auth, "secret_ref": "utumishi_sink_token"}
+    if sink_auth == "oauth2":
+        auth |= {"token_url": endpoint.url.replace("/esb/deaths", "/oauth/token"),
+                 "username": "utumishi-sink"}  # fmt: skip
     utumishi["endpoint"] = {
-        "url": endpoint.url, "format": "cloudevents", "timeout_s": 5,
-        "auth": {"type": "bearer", "secret_ref": "utumishi_sink_token"},
-    }  # fmt: skip
+        "url": endpoint.url,
+        "format": "cloudevents",
+        "timeout_s": 5,
+        "auth": auth,
+    }
     edited = tmp_path / "registry.yaml"
     edited.write_text(yaml.safe_dump(document))
     runner = CliRunner()
@@ -223,3 +265,18 @@ async def test_a_permanent_4xx_goes_to_the_dlq_with_status_and_body(
     )
     assert "replayed 1 dead letter(s)" in replayed.output, replayed.output
     await _wait_for(lambda: event_id in {h["ce-id"] for h, _ in endpoint.received}, 60)
+
+
+@pytest.mark.parametrize("sink_auth", ["oauth2"])
+async def test_oauth2_tokens_are_fetched_cached_and_renewed_when_refused(
+    kafka: str, registry: str, endpoint, sink
+) -> None:
+    first = await _publish_deaths(kafka, registry, 3, keys=3)
+    await _wait_for(lambda: len(endpoint.received) >= 3, 60)
+    endpoint.oauth_tokens.clear()  # the endpoint forgets every token it issued
+    second = await _publish_deaths(kafka, registry, 3, keys=3)
+    wanted = {e for e, _ in first + second}
+    await _wait_for(lambda: {h["ce-id"] for h, _ in endpoint.received} >= wanted, 60)
+    assert endpoint.unauthorized >= 1  # the revoked token was refused once ...
+    assert endpoint.tokens_issued >= 2  # ... and the sink got a new one
+    assert all(h["Authorization"].startswith("Bearer t") for h, _ in endpoint.received)
