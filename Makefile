@@ -35,8 +35,9 @@ test-chaos: setup ## Run every test, fault-injection (chaos) ones included
 demo: setup ## Start broker + registry, publish and consume a sample government event
 	$(BIN)/python -m deploy.demo
 
-bench: $(BIN)/.installed ## Benchmarks, side by side with bare baselines (not part of make test)
+bench: setup ## Benchmarks, side by side with bare baselines (not part of make test)
 	$(BIN)/python -m tests.benchmarks.bench_codec
+	$(BIN)/python -m tests.benchmarks.bench_sink
 
 kafka: setup ## Run a local broker + registry in the foreground (data in .cache/data) until Ctrl-C
 	$(BIN)/python -m deploy.kafka.launcher --cache $(CACHE) up --data-dir $(CACHE)/data/dev

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from connectors.delivery import (
@@ -112,6 +113,7 @@ class HttpSink:
         default_factory=OrderedDict
     )
     _acks: list[asyncio.Future[Any]] = field(default_factory=list)
+    _receipts: list[tuple[bytes, bytes]] = field(default_factory=list)
     _token: tuple[str, float] | None = None
     _token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -130,6 +132,7 @@ class HttpSink:
                     await self._deliver(record)
 
         await asyncio.gather(*(one_key(records) for records in pending.values()))
+        await self._send_receipts()
         # Dead letters and receipts must be acknowledged before the offsets move on.
         acks, self._acks = self._acks, []
         await asyncio.gather(*acks)
@@ -239,10 +242,14 @@ class HttpSink:
                 ssl=self.endpoint.verify_tls,  # True: the default CA verification
                 allow_redirects=False,
             ) as response:
-                text = await response.text(errors="replace")
                 status = response.status
-                retry_after = retry_after_s(
-                    response.headers.get("Retry-After"), dt.datetime.now(dt.UTC)
+                text = "" if 200 <= status < 300 else await response.text(errors="replace")
+                if 200 <= status < 300:
+                    await response.read()
+                retry_after = (
+                    retry_after_s(response.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
+                    if status in (408, 425, 429, 503)
+                    else None
                 )
         except (aiohttp.ClientError, TimeoutError) as error:
             self.metrics.attempts.labels(self.subscriber, "error").inc()
@@ -296,4 +303,21 @@ class HttpSink:
             subscribers=[self.subscriber],
             reason=f"status={status or 0} attempts={attempts} latency_ms={latency_ms}",
         )
-        self._acks.append(await self.producer.send(topics.AUDIT, value, key=key))
+        self._receipts.append((key, value))
+
+    async def _send_receipts(self) -> None:
+        """This flush's receipts in one batch per partition (a chain lives in one partition)."""
+        receipts, self._receipts = self._receipts, []
+        if not receipts:
+            return
+        partitions = sorted(await self.producer.partitions_for(topics.AUDIT))
+        partition = DefaultPartitioner()(receipts[0][0], partitions, partitions)
+        batch = self.producer.create_batch()
+        for key, value in receipts:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                self._acks.append(
+                    await self.producer.send_batch(batch, topics.AUDIT, partition=partition)
+                )
+                batch = self.producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        self._acks.append(await self.producer.send_batch(batch, topics.AUDIT, partition=partition))

@@ -229,6 +229,19 @@ async def test_deliveries_arrive_signed_and_survive_a_flaky_then_down_endpoint_i
         lambda: {h["ce-id"] for h, _ in endpoint.received} >= {e for e, _ in everything}, 90
     )
 
+    from streams.audit import verify
+    from streams.audit_read import read_audit
+
+    audit = await read_audit(KafkaSettings(bootstrap_servers=kafka), "esb.audit")
+    receipts = {
+        body["event_id"]: body
+        for body in (json.loads(v) for _, _, v in audit if v)
+        if body["chain"].startswith("sink-utumishi/") and body["outcome"] == "delivered"
+    }
+    assert {e for e, _ in first} <= set(receipts)
+    assert receipts[first[0][0]]["reason"].startswith("status=200 attempts=1")
+    assert all(report.intact for report in verify(audit).values())
+
     by_key: dict[str, list[str]] = defaultdict(list)
     for headers, body in endpoint.received:  # first arrival of each event, in arrival order
         if headers["ce-id"] not in by_key[json.loads(body)["entryNumber"]]:
