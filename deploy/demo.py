@@ -15,6 +15,7 @@ import asyncio
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,7 +24,13 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from rich.console import Console
 from rich.table import Table
 
-from deploy.kafka.launcher import REPO, LauncherError, LocalBus
+from deploy.demo_legacy import (
+    PayrollEndpoint,
+    legacy_flow,
+    registry_with_endpoint,
+    start_connectors,
+)
+from deploy.kafka.launcher import REPO, LauncherError, LocalBus, free_port
 from deploy.worker import WorkerProcess, start_worker
 from streams.audit_read import verify_topic
 from streams.catalog import Catalog
@@ -217,18 +224,41 @@ async def show(
     return 0 if intact and not wrong and not lost and delivered <= EXPECTED else 1
 
 
-async def prepare(bus: LocalBus) -> BusRegistry:
+async def prepare(bus: LocalBus, registry_yaml: Path = REGISTRY_YAML) -> BusRegistry:
     """Register the schemas and apply the example registry."""
     kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
     catalog = Catalog.load()
     _, problems = await register_catalog(
         catalog, AsyncSchemaRegistryClient({"url": bus.registry_url})
     )
-    registry, lint = load_registry(REGISTRY_YAML)
+    registry, lint = load_registry(registry_yaml)
     if problems or registry is None:
         raise LauncherError("; ".join(map(str, [*problems, *lint])))
     await apply_registry(registry, kafka, TopicSettings())
     return registry
+
+
+async def run_all(
+    console: Console, bus: LocalBus, registry: BusRegistry, worker: WorkerProcess, legacy_port: int
+) -> int:
+    """The mixed stream, then the legacy HTTP flow, with the connectors running."""
+    endpoint = PayrollEndpoint(legacy_port)
+    await endpoint.start()
+    connectors: list[WorkerProcess] = []
+    try:
+        sink, gateway = await asyncio.to_thread(start_connectors, bus)
+        connectors += [sink, gateway]
+        console.print(
+            f"HTTP sink (utumishi) and gateway (http://127.0.0.1:{gateway.web_port}) ready; "
+            f"legacy payroll endpoint at {endpoint.url}"
+        )
+        code = await show(console, bus, registry, worker)
+        legacy_ok = await legacy_flow(console, endpoint, gateway.web_port)
+        return code if legacy_ok else 1
+    finally:
+        for process in connectors:
+            await asyncio.to_thread(process.stop)
+        await endpoint.stop()
 
 
 def main() -> int:
@@ -236,7 +266,8 @@ def main() -> int:
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
     try:
         with LocalBus(say=lambda line: console.print(f"[dim]{line}[/dim]")) as bus:
-            registry = asyncio.run(prepare(bus))
+            legacy_port = free_port()
+            registry = asyncio.run(prepare(bus, registry_with_endpoint(legacy_port)))
             console.print(
                 f"registered {len(registry.catalog)} event types; applied "
                 f"{len(registry.institutions)} institutions, "
@@ -250,7 +281,7 @@ def main() -> int:
                 f"(log {log_path})"
             )
             try:
-                code = asyncio.run(show(console, bus, registry, worker))
+                code = asyncio.run(run_all(console, bus, registry, worker, legacy_port))
             finally:
                 exit_code, took = worker.stop()
                 console.print(f"worker stopped in {took:.1f}s (exit {exit_code})")

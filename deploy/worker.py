@@ -57,6 +57,41 @@ class WorkerProcess:
         return self.process.returncode, time.monotonic() - started
 
 
+def start_govesb(
+    args: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    web_port: int,
+    ready: Any,
+    *,
+    app_id: str = "",
+    ready_timeout: float = 90.0,
+) -> WorkerProcess:
+    """Start ``govesb <args>`` with ``env`` added; return once ``ready(health body)`` holds."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("govesb")), *args],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    started = WorkerProcess(process, app_id, web_port, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LauncherError(
+                f"govesb {args[0]} exited with {process.returncode}:\n"
+                f"{log_path.read_text()[-3000:]}"
+            )
+        body = started.health()
+        if body and ready(body):
+            return started
+        time.sleep(0.5)
+    started.stop()
+    raise LauncherError(f"govesb {args[0]} was not ready in {ready_timeout:.0f}s; see {log_path}")
+
+
 def start_worker(
     bootstrap: str,
     registry_url: str,
@@ -69,7 +104,6 @@ def start_worker(
     """Start a worker with the demo bus key; return once it holds partitions."""
     port = free_port()
     env = {
-        **os.environ,
         "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "GOVESB_SCHEMA_REGISTRY__URL": registry_url,
         "GOVESB_APP_ID": app_id,
@@ -78,24 +112,12 @@ def start_worker(
         "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
         **(extra_env or {}),
     }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("govesb")), "worker", "--loglevel", "WARNING"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-    worker = WorkerProcess(process, app_id, port, log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LauncherError(
-                f"the worker exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
-            )
-        body = worker.health()
-        if body and body["status"] == "ok" and body["checks"]["partitions"]["assigned"]:
-            return worker
-        time.sleep(0.5)
-    worker.stop()
-    raise LauncherError(f"the worker was not ready within {ready_timeout:.0f}s; see {log_path}")
+    return start_govesb(
+        ["worker", "--loglevel", "WARNING"],
+        env,
+        log_path,
+        port,
+        lambda body: body["status"] == "ok" and body["checks"]["partitions"]["assigned"],
+        app_id=app_id,
+        ready_timeout=ready_timeout,
+    )

@@ -34,3 +34,6 @@ def test_the_demo_delivers_everything_rejects_what_it_should_and_loses_nothing()
     assert "intact" in result.stdout
     for reason in ("bad-signature", "unknown-key", "duplicate", "wire-format", "source-mismatch"):
         assert reason in result.stdout
+    # The legacy flow: GovESB pushes through the gateway reach the legacy payroll endpoint.
+    assert "legacy: pushed 3, delivered to the payroll endpoint 3" in result.stdout
+    assert "INVALID" not in result.stdout
