@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class HttpSink:
         default_factory=OrderedDict
     )
     _acks: list[asyncio.Future[Any]] = field(default_factory=list)
+    ssl_context: ssl.SSLContext | None = None
     _receipts: list[tuple[bytes, bytes]] = field(default_factory=list)
     _token: tuple[str, float] | None = None
     _token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -219,6 +221,7 @@ class HttpSink:
                         )
                     },
                     timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout_s),
+                    ssl=self.ssl_context or self.endpoint.verify_tls,
                 ) as response:
                     body = await response.json(content_type=None)
                     if response.status != 200 or "access_token" not in body:
@@ -239,7 +242,7 @@ class HttpSink:
                 data=request.body,
                 headers=request.headers,
                 timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout_s),
-                ssl=self.endpoint.verify_tls,  # True: the default CA verification
+                ssl=self.ssl_context or self.endpoint.verify_tls,  # True: default CA checks
                 allow_redirects=False,
             ) as response:
                 status = response.status

@@ -36,6 +36,11 @@ class SinkSettings(BaseSettings):
     batch_max_records: int = 500
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 10.0
+    client_cert_file: Path | None = Field(default=None, description="PEM certificate for mTLS")
+    client_key_file: Path | None = Field(default=None, description="PEM private key for mTLS")
+    ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle the endpoint's certificate must chain to"
+    )
 
     def secret(self, name: str | None) -> SecretStr | None:
         """The secret called ``name`` (case-insensitive), if configured."""

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 
 import aiohttp
@@ -39,8 +40,12 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
     if institution is None or institution.endpoint is None:
         raise SinkError(f"{settings.subscriber!r} has no HTTP endpoint in esb.registry")
     endpoint = institution.endpoint
-    if endpoint.auth.type == "mtls":
-        raise SinkError("endpoint auth 'mtls' is not supported by this sink yet")
+    if endpoint.auth.type == "mtls" and not (
+        settings.client_cert_file and settings.client_key_file
+    ):
+        raise SinkError(
+            "mtls endpoint auth needs GOVESB_CLIENT_CERT_FILE and GOVESB_CLIENT_KEY_FILE"
+        )
     if endpoint.auth.type == "oauth2" and not (endpoint.auth.token_url and endpoint.auth.username):
         raise SinkError("oauth2 endpoint auth needs token_url and username (the client id)")
     secret = settings.secret(endpoint.auth.secret_ref)
@@ -75,7 +80,21 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
         ),
         breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
         concurrency=settings.concurrency,
+        ssl_context=tls_context(settings, endpoint.verify_tls),
     )
+
+
+def tls_context(settings: SinkSettings, verify: bool) -> ssl.SSLContext | None:
+    """Client TLS: the configured CA (or the system's), and a client certificate for mTLS."""
+    if not (settings.ca_file or settings.client_cert_file):
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.client_cert_file and settings.client_key_file:
+        context.load_cert_chain(settings.client_cert_file, settings.client_key_file)
+    return context
 
 
 async def serve_web(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -56,7 +59,7 @@ class LegacyEndpoint:
         return web.json_response({"access_token": token, "token_type": "bearer", "expires_in": 2})
 
     def authorized(self, header: str) -> bool:
-        if header == f"Bearer {TOKEN}":
+        if header == f"Bearer {TOKEN}" or hasattr(self, "certificates"):  # mTLS: the TLS layer
             return True
         expiry = self.oauth_tokens.get(header.removeprefix("Bearer "))
         return expiry is not None and time.monotonic() < expiry
@@ -77,8 +80,56 @@ class LegacyEndpoint:
         return web.json_response({"ok": True})
 
 
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("GovESB test CA")).issuer_name(name("GovESB test CA"))
+        .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    files = {"ca": directory / "ca.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
+                        ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):  # fmt: skip
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder().subject_name(name(f"test {role}")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )  # fmt: skip
+        if role == "server":
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        files[role] = directory / f"{role}.pem"
+        files[f"{role}_key"] = directory / f"{role}.key"
+        files[role].write_bytes(
+            builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        )
+        pkcs8 = serialization.PrivateFormat.PKCS8
+        files[f"{role}_key"].write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
+        )
+    return files
+
+
 @pytest.fixture
-async def endpoint() -> Any:
+async def endpoint(sink_auth: str, tmp_path: Path) -> Any:
     legacy = LegacyEndpoint()
     application = web.Application()
     application.router.add_post("/esb/deaths", legacy.handle)
@@ -86,8 +137,19 @@ async def endpoint() -> Any:
     runner = web.AppRunner(application)
     await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    legacy.url = f"http://127.0.0.1:{port}/esb/deaths"  # type: ignore[attr-defined]
+    server_tls = None
+    scheme = "http"
+    if sink_auth == "mtls":
+        legacy.certificates = _certificates(tmp_path)  # type: ignore[attr-defined]
+        server_tls = ssl.create_default_context(
+            ssl.Purpose.CLIENT_AUTH,
+            cafile=str(legacy.certificates["ca"]),  # type: ignore[attr-defined]
+        )
+        server_tls.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no connection
+        server_tls.load_cert_chain(legacy.certificates["server"], legacy.certificates["server_key"])  # type: ignore[attr-defined]
+        scheme = "https"
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_tls).start()
+    legacy.url = f"{scheme}://127.0.0.1:{port}/esb/deaths"  # type: ignore[attr-defined]
     yield legacy
     await runner.cleanup()
 
@@ -113,7 +175,7 @@ async def sink(
     document = yaml.safe_load((REPO_ROOT / "deploy/registry.example.yaml").read_text())
     document["catalog"] = str(REPO_ROOT / "schemas/catalog.yaml")
     utumishi = next(i for i in document["institutions"] if i["id"] == "utumishi")
-    auth = {"type": sink_auth, "secret_ref": "utumishi_sink_token"}
+    auth: dict[str, Any] = {"type": sink_auth, "secret_ref": "utumishi_sink_token"}
     if sink_auth == "oauth2":
         auth |= {"token_url": endpoint.url.replace("/esb/deaths", "/oauth/token"),
                  "username": "utumishi-sink"}  # fmt: skip
@@ -143,6 +205,13 @@ async def sink(
         "GOVESB_BACKOFF_MAX_S": "0.5",
         "GOVESB_BREAKER_COOLDOWN_S": "1",
     }
+    if sink_auth == "mtls":
+        certificates = endpoint.certificates
+        env |= {
+            "GOVESB_CA_FILE": str(certificates["ca"]),
+            "GOVESB_CLIENT_CERT_FILE": str(certificates["client"]),
+            "GOVESB_CLIENT_KEY_FILE": str(certificates["client_key"]),
+        }
     log_path = tmp_path / "sink.log"
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
@@ -293,3 +362,13 @@ async def test_oauth2_tokens_are_fetched_cached_and_renewed_when_refused(
     assert endpoint.unauthorized >= 1  # the revoked token was refused once ...
     assert endpoint.tokens_issued >= 2  # ... and the sink got a new one
     assert all(h["Authorization"].startswith("Bearer t") for h, _ in endpoint.received)
+
+
+@pytest.mark.parametrize("sink_auth", ["mtls"])
+async def test_mtls_deliveries_present_the_client_certificate(
+    kafka: str, registry: str, endpoint, sink
+) -> None:
+    published = await _publish_deaths(kafka, registry, 3, keys=2)
+    wanted = {event_id for event_id, _ in published}
+    await _wait_for(lambda: {h["ce-id"] for h, _ in endpoint.received} >= wanted, 60)
+    assert endpoint.url.startswith("https://")
