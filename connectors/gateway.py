@@ -251,13 +251,14 @@ class Gateway:
     # ----------------------------------------------------------------- routes
 
     async def token(self, request: web.Request) -> web.Response:
-        """POST /oauth/token."""
-        form = dict(await request.post())
-        return web.json_response(
-            self.issue_token(
-                request.headers.get("Authorization"), {k: str(v) for k, v in form.items()}
-            )
-        )
+        """POST /oauth/token (form-encoded, as OAuth2 requires)."""
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise HttpError(415, "unsupported_media_type", "send application/x-www-form-urlencoded")
+        try:
+            form = {k: str(v) for k, v in (await request.post()).items()}
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "invalid_request", "the form body cannot be read") from None
+        return web.json_response(self.issue_token(request.headers.get("Authorization"), form))
 
     async def events(self, request: web.Request) -> web.Response:
         """POST /v1/events: CloudEvents structured or binary mode, JSON data."""
@@ -306,8 +307,8 @@ class Gateway:
         """POST /engine/esb/push-request: the GovESB push format."""
         institution = self.institution_of(request)
         raw = await self._body(request)
-        text = raw.decode("utf-8", errors="strict") if raw else ""
-        document = _json(raw)
+        document = _json(raw)  # refuses bodies that are not UTF-8 JSON with 400
+        text = raw.decode("utf-8")
         if not isinstance(document, dict) or "data" not in document or "signature" not in document:
             raise HttpError(400, "invalid_request", 'expected {"data": {...}, "signature": "..."}')
         data_text = _exact_data(text)
@@ -373,8 +374,9 @@ class Gateway:
             except HttpError as error:
                 response = error.response()
             except web.HTTPException as error:
+                kept = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
                 response = web.json_response(
-                    {"error": "http", "message": error.reason}, status=error.status
+                    {"error": "http", "message": error.reason}, status=error.status, headers=kept
                 )
             except Exception:  # never a stack trace to the client
                 response = web.json_response(

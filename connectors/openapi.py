@@ -34,7 +34,25 @@ OPENAPI: dict[str, Any] = {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "clientBasic": {"type": "http", "scheme": "basic"},
         },
-        "schemas": {"Error": _ERROR},
+        "schemas": {
+            "Error": _ERROR,
+            "CloudEvent": {
+                "type": "object",
+                "required": ["specversion", "type", "source", "data"],
+                "properties": {
+                    "specversion": {"const": "1.0"},
+                    "id": {"type": "string", "format": "uuid"},
+                    "source": {
+                        "type": "string",
+                        "pattern": "^/institutions/[a-z][a-z0-9-]*/systems/",
+                    },
+                    "type": {"type": "string", "description": "event type (Avro full name)"},
+                    "time": {"type": "string", "format": "date-time"},
+                    "correlationid": {"type": "string"},
+                    "data": {"description": "the payload, as the event type's schema says"},
+                },
+            },
+        },
     },
     "paths": {
         "/oauth/token": {
@@ -71,7 +89,7 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **_errors(400, 401),
+                    **_errors(400, 401, 415),
                 },
             }
         },
@@ -82,8 +100,10 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/cloudevents+json": {"schema": {"type": "object"}},
-                        "application/json": {"schema": {}},
+                        "application/cloudevents+json": {
+                            "schema": {"$ref": "#/components/schemas/CloudEvent"}
+                        },
+                        "application/json": {"schema": {"description": "the event data"}},
                     },
                 },
                 "responses": {
