@@ -12,6 +12,8 @@ no stack trace ever leaves the process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
@@ -120,6 +122,7 @@ class Gateway:
     rate_per_s: float = 100.0
     burst: float = 200.0
     token_ttl_s: int = 3600
+    produce_timeout_s: float = 10.0
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
@@ -234,15 +237,23 @@ class Gateway:
         envelope = envelope.signed(self.bus_key_id, signature)
         started = time.monotonic()
         try:
-            await self.producer.send_and_wait(
-                topics.ingress(institution), value, key=envelope.subject.encode(),
-                headers=[*envelope.to_headers(), ("esb_via", b"gateway")],
-            )  # fmt: skip
-        except KafkaError as error:
+            await asyncio.wait_for(
+                self.producer.send_and_wait(
+                    topics.ingress(institution),
+                    value,
+                    key=envelope.subject.encode(),
+                    headers=[*envelope.to_headers(), ("esb_via", b"gateway")],
+                ),
+                self.produce_timeout_s,
+            )
+        except (KafkaError, TimeoutError) as error:
+            # The event may still reach the bus: a client resending with the same id (or the
+            # same signed GovESB push) is de-duplicated by the pipeline on the event id.
             raise HttpError(
                 503,
                 "broker_unavailable",
-                f"the bus did not acknowledge: {type(error).__name__}",
+                f"the bus did not acknowledge in time ({type(error).__name__}); "
+                "resend with the same id",
                 retry_after=5,
             ) from None
         self.metrics.produce_latency.observe(time.monotonic() - started)
@@ -488,6 +499,7 @@ async def run_gateway(settings: Any) -> None:
         rate_per_s=settings.rate_per_s,
         burst=settings.burst,
         token_ttl_s=settings.token_ttl_s,
+        produce_timeout_s=settings.produce_timeout_s,
     )
     runner = web.AppRunner(gateway.application())
     await runner.setup()
@@ -500,5 +512,6 @@ async def run_gateway(settings: Any) -> None:
         await stopping.wait()
     finally:
         await runner.cleanup()
-        await producer.stop()
+        with contextlib.suppress(TimeoutError):  # bounded: a dead broker cannot be flushed
+            await asyncio.wait_for(producer.stop(), settings.produce_timeout_s)
         await view.stop()

@@ -73,3 +73,6 @@ class GatewaySettings(BaseSettings):
     rate_per_s: float = 100.0
     burst: float = 200.0
     token_ttl_s: int = 3600
+    produce_timeout_s: float = Field(
+        default=10.0, description="how long a request waits for the broker's ack before 503"
+    )

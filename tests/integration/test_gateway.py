@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -211,3 +213,62 @@ async def test_a_govesb_push_signed_with_secp256k1_is_accepted_and_one_altered_b
         "/engine/esb/push-request", data=f'{{"data":{data},"signature":"{garbage}"}}', headers=auth
     ) as r:
         assert r.status == 401
+
+
+@pytest.mark.slow
+async def test_the_gateway_answers_503_not_500_while_the_broker_is_down(tmp_path) -> None:
+    """A broker of this test's own, stopped under a running gateway."""
+    from deploy.kafka.launcher import LocalBus
+    from streams.governance import register_catalog
+    from streams.registry_model import load_registry
+    from streams.registry_sync import apply_registry
+    from streams.settings import TopicSettings
+
+    bus = await asyncio.to_thread(LocalBus(data_dir=tmp_path, say=lambda _: None).start)
+    try:
+        kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
+        await register_catalog(CATALOG, AsyncSchemaRegistryClient({"url": bus.registry_url}))
+        registry, _ = load_registry(REPO_ROOT / "deploy" / "registry.example.yaml")
+        await apply_registry(registry, kafka, TopicSettings())
+        view = RegistryView(kafka)
+        await view.start(follow=False)
+        await view.stop()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bus.bootstrap, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        state = Gateway(
+            view=view,
+            catalog=CATALOG,
+            schemas=SchemaStore(AsyncSchemaRegistryClient({"url": bus.registry_url})),
+            producer=producer,
+            bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
+            bus_key_id=DEMO_BUS_KEY_ID,
+            clients={"nida": SECRET},
+            produce_timeout_s=3,
+        )
+        runner = web.AppRunner(state.application())
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        headers = {"X-API-Key": SECRET, "Content-Type": "application/cloudevents+json"}
+        event = {"specversion": "1.0", "source": "/institutions/nida/systems/crvs",
+                 "type": CITIZEN, "data": SAMPLES[CITIZEN]}  # fmt: skip
+        url = f"http://127.0.0.1:{port}/v1/events"
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(url, data=json.dumps(event), headers=headers) as r:
+                    assert r.status == 202, await r.text()
+                await asyncio.to_thread(bus.broker.stop)
+                async with http.post(url, data=json.dumps(event), headers=headers) as r:
+                    body = await r.json()
+                    assert r.status == 503, body
+                    assert body["error"] == "broker_unavailable"
+                    assert r.headers["Retry-After"] == "5"
+        finally:
+            await runner.cleanup()
+            # With the broker gone, the producer cannot flush what timed out: bounded stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(producer.stop(), 5)
+    finally:
+        await asyncio.to_thread(bus.stop)

@@ -291,7 +291,7 @@ async def test_deliveries_arrive_signed_and_survive_a_flaky_then_down_endpoint_i
     second = await _publish_deaths(kafka, registry, 10, keys=3)
     await asyncio.sleep(2)
     endpoint.mode = "down"
-    await asyncio.sleep(5)
+    await asyncio.sleep(20)
     endpoint.mode = "ok"
     everything = first + second
     await _wait_for(
