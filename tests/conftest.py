@@ -142,7 +142,7 @@ def applied_registry(cli_options: list[str]) -> Path:
     """
     from typer.testing import CliRunner
 
-    from streams.cli import app
+    from connectors.cli import app
 
     runner = CliRunner()
     registered = runner.invoke(app, [*cli_options, "schemas", "register"])

@@ -22,8 +22,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 from typer.testing import CliRunner
 
+from connectors.cli import app
 from streams.catalog import Catalog
-from streams.cli import app
 from streams.codec import SchemaStore
 from streams.consuming import assign_whole_topic
 from streams.envelope import Envelope

@@ -20,10 +20,10 @@ import yaml
 from aiohttp import web
 from typer.testing import CliRunner
 
+from connectors.cli import app
 from connectors.delivery import basic_auth
 from deploy.kafka.launcher import die_with_parent, free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
-from streams.cli import app
 from streams.publisher import Publisher
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
 from streams.signing import KeyRing, load_private_key, verify_event

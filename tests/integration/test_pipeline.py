@@ -15,8 +15,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from typer.testing import CliRunner
 
+from connectors.cli import app
 from streams.catalog import Catalog
-from streams.cli import app
 from streams.codec import SchemaStore
 from streams.consuming import assign_topics
 from streams.envelope import Envelope

@@ -11,8 +11,8 @@ import yaml
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from typer.testing import CliRunner
 
+from connectors.cli import app
 from streams.catalog import Catalog
-from streams.cli import app
 
 pytestmark = pytest.mark.registry
 

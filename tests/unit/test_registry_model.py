@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from streams.cli import app
+from connectors.cli import app
 from streams.registry_model import load_registry
 from streams.registry_sync import RegistryView, plan_changes, registry_records
 from streams.settings import REPO_ROOT, KafkaSettings

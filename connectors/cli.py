@@ -1,0 +1,131 @@
+"""The ``govesb`` command line: the commands of ``streams.cli`` plus the connectors'.
+
+``connect http-sink``, ``connect gateway`` and ``dlq list|replay`` live here so that the
+contract package (``streams``) never imports the connectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import typer
+from aiokafka.errors import KafkaError
+from rich.table import Table
+
+from streams.cli import Failure, app, err, out, process_settings, run, settings_of
+
+dlq_app = typer.Typer(help="Dead letters of the HTTP sink.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+connect_app = typer.Typer(help="Connectors between the bus and HTTP systems.", no_args_is_help=True)
+app.add_typer(connect_app, name="connect")
+
+__all__ = ["app"]
+
+
+# --------------------------------------------------------------------------- dlq
+
+
+def _dead_letters(
+    ctx: typer.Context, subscriber: str, since: str | None, ids: str | None
+) -> tuple[Any, list[Any]]:
+    from connectors.dlq import read_dead_letters
+    from streams.envelope import parse_time
+
+    settings = settings_of(ctx)
+    try:
+        moment = parse_time(since) if since else None
+    except ValueError:
+        err.print(f"[red]error:[/red] --since {since!r} is not an RFC 3339 time with offset")
+        raise typer.Exit(2) from None
+    wanted = {i.strip() for i in ids.split(",") if i.strip()} if ids else None
+
+    async def read() -> list[Any]:
+        try:
+            return await asyncio.wait_for(
+                read_dead_letters(settings.kafka, subscriber, moment, wanted), 120
+            )
+        except LookupError as error:
+            raise Failure(str(error)) from None
+        except (TimeoutError, OSError, KafkaError) as error:
+            raise Failure(f"Kafka at {settings.kafka.bootstrap_servers}: {error}") from None
+
+    return settings, run(read())
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    subscriber: Annotated[str, typer.Option(help="institution whose dead letters to show")],
+    since: Annotated[str | None, typer.Option(help="only those since this time")] = None,
+    ids: Annotated[str | None, typer.Option(help="only these event ids (comma separated)")] = None,
+) -> None:
+    """List dead letters: event id, type, status, attempts, error."""
+    _, letters = _dead_letters(ctx, subscriber, since, ids)
+    table = Table("time", "event id", "type", "status", "attempts", "error")
+    for letter in letters:
+        table.add_row(
+            letter.timestamp.isoformat(timespec="seconds"),
+            letter.event_id,
+            letter.header("ce_type"),
+            letter.header("esb_status"),
+            letter.header("esb_attempts"),
+            letter.header("esb_error")[:80],
+        )
+    out.print(table)
+    out.print(f"{len(letters)} dead letter(s) for {subscriber}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ctx: typer.Context,
+    subscriber: Annotated[str, typer.Option(help="institution whose dead letters to resend")],
+    since: Annotated[str | None, typer.Option(help="only those since this time")] = None,
+    ids: Annotated[str | None, typer.Option(help="only these event ids (comma separated)")] = None,
+) -> None:
+    """Send dead letters back for delivery, with their original event ids."""
+    from connectors.dlq import replay
+
+    settings, letters = _dead_letters(ctx, subscriber, since, ids)
+    count = run(replay(settings.kafka, subscriber, letters))
+    out.print(f"replayed {count} dead letter(s) to esb.deliver.{subscriber}")
+
+
+@connect_app.command("http-sink")
+def connect_http_sink(
+    ctx: typer.Context,
+    subscriber: Annotated[str, typer.Option(help="institution whose deliveries to send")],
+    web_port: Annotated[int | None, typer.Option(help="port of /health and /metrics")] = None,
+) -> None:
+    """Deliver esb.deliver.<subscriber> to the subscriber's HTTP endpoint until SIGTERM."""
+    import logging
+
+    from connectors.settings import SinkSettings
+    from connectors.sink_runner import SinkError, run_sink
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    settings = process_settings(ctx, SinkSettings, web_port=web_port, subscriber=subscriber)
+    try:
+        asyncio.run(run_sink(settings))
+    except SinkError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@connect_app.command("gateway")
+def connect_gateway(
+    ctx: typer.Context,
+    web_port: Annotated[int | None, typer.Option(help="listening port")] = None,
+) -> None:
+    """Serve the HTTP gateway for legacy publishers until SIGTERM."""
+    from connectors.gateway import run_gateway
+    from connectors.settings import GatewaySettings
+
+    settings = process_settings(ctx, GatewaySettings, web_port=web_port)
+    if settings.signing_key_file is None or not settings.signing_key_id:
+        err.print("[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID")
+        raise typer.Exit(2)
+    if not settings.clients:
+        err.print("[red]error:[/red] no clients: set GOVESB_CLIENTS__<INSTITUTION>=<secret>")
+        raise typer.Exit(2)
+    asyncio.run(run_gateway(settings))
