@@ -13,6 +13,8 @@ no stack trace ever leaves the process.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -324,12 +326,12 @@ class Gateway:
             raise HttpError(400, "invalid_request", 'expected {"data": {...}, "signature": "..."}')
         data_text = _exact_data(text)
         signature = str(document["signature"])
-        keys = [
-            self.view.keyring.get(k.id)
-            for k in self.view.institutions[institution].keys
-            if not k.revoked and self.view.keyring.get(k.id) is not None
-        ] if institution in self.view.institutions else []  # fmt: skip
-        if not any(key.verify(data_text.encode(), signature) for key in keys if key):
+        own_keys = [
+            self.view.keyring.get(key_id)
+            for key_id, owner in self.view.key_owners.items()
+            if owner == institution  # key_owners holds only keys that are not revoked
+        ]
+        if not any(key and key.verify(data_text.encode(), signature) for key in own_keys):
             raise HttpError(
                 401, "invalid_signature", "the signature does not verify over the data bytes"
             )
@@ -460,9 +462,6 @@ def _system_of(source: str, institution: str) -> str:
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str]:
-    import base64
-    import binascii
-
     if not authorization or not authorization.lower().startswith("basic "):
         raise HttpError(401, "invalid_client", "client authentication (HTTP Basic) is required")
     try:
