@@ -120,7 +120,7 @@ class Pipeline:
         self.chain = chain
         self.limits = limits or Limits()
         self.recent = recent or RecentEvents()
-        self._pinned: dict[tuple[str, int], Any] = {}
+        self._pinned: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
         self._delivery_ids: dict[tuple[str, str, int | str], tuple[int, Any]] = {}
 
     def directory(self) -> Directory:
@@ -198,7 +198,7 @@ class Pipeline:
         payload = minimise(
             resolve(event.record.value or b"", event.writer.parsed, reader), subscription
         )
-        schema_id, parsed = await self._delivery_schema(envelope.type, subscription, event, reader)
+        schema_id, parsed = await self._delivery_schema(envelope.type, subscription, event)
         value = encode(schema_id, parsed, payload)
         signature = sign_event(
             self.bus_key.key, envelope.id, envelope.source, envelope.type, envelope.time, value
@@ -219,11 +219,12 @@ class Pipeline:
         key = (event_type, subscription.schema_version)
         if key not in self._pinned:
             text = await self.schemas.version_text(event_type, subscription.schema_version)
-            self._pinned[key] = json.loads(text)
-        return fastavro.parse_schema(self._pinned[key])
+            raw = json.loads(text)
+            self._pinned[key] = (raw, fastavro.parse_schema(raw))  # parsed once per version
+        return self._pinned[key][1]
 
     async def _delivery_schema(
-        self, event_type: str, subscription: Subscription, event: ValidEvent, reader: Any
+        self, event_type: str, subscription: Subscription, event: ValidEvent
     ) -> tuple[int, Any]:
         version = subscription.schema_version
         # Keyed by the whole agreement: a change applied to the registry gets a new schema.
@@ -236,7 +237,7 @@ class Pipeline:
         if cached is not None:
             return cached
         source = (
-            self._pinned[(event_type, version)]
+            self._pinned[(event_type, version)][0]
             if version != "latest"
             else json.loads(event.writer.text)
         )
