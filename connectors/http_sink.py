@@ -39,7 +39,7 @@ from connectors.delivery import (
 from streams import topics
 from streams.audit import AuditChain
 from streams.codec import SchemaStore
-from streams.envelope import Envelope
+from streams.envelope import Envelope, parse_time
 from streams.reasons import EventError
 from streams.registry_model import Endpoint
 from streams.signing import PrivateKey
@@ -81,6 +81,19 @@ class SinkMetrics:
             "govesb_sink_dlq",
             "Records written to esb.dlq.<subscriber>.",
             ["subscriber"],
+            registry=self.registry,
+        )
+        self.end_to_end = Histogram(
+            "govesb_delivery_end_to_end_seconds",
+            "From the event's ce_time (set by the publisher) to the endpoint's 2xx answer.",
+            ["subscriber"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "govesb_consumer_lag",
+            "Delivery records not yet delivered or dead-lettered, per topic partition.",
+            ["group", "topic", "partition"],
             registry=self.registry,
         )
 
@@ -196,6 +209,9 @@ class HttpSink:
             self.metrics.breaker.labels(self.subscriber).set(BREAKER_STATES[self.breaker.state])
             if outcome == "delivered":
                 self.metrics.deliveries.labels(self.subscriber, "delivered", str(status)).inc()
+                self.metrics.end_to_end.labels(self.subscriber).observe(
+                    max(0.0, time.time() - parse_time(envelope.time).timestamp())
+                )
                 await self._receipt("delivered", envelope, status, attempts, started)
                 return
             if outcome == "dead-letter" or attempts >= self.policy.max_attempts:

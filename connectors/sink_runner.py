@@ -129,6 +129,17 @@ async def serve_web(
     return runner
 
 
+async def record_lag(sink: HttpSink, consumer: AIOKafkaConsumer) -> None:
+    """``govesb_consumer_lag``: records of each assigned partition not yet delivered."""
+    group = f"govesb-sink-{sink.subscriber}"
+    for partition in consumer.assignment():
+        highwater = consumer.highwater(partition)
+        if highwater is None:
+            continue
+        lag = max(0, highwater - await consumer.position(partition))
+        sink.metrics.lag.labels(group, partition.topic, str(partition.partition)).set(lag)
+
+
 async def run_sink(settings: SinkSettings) -> None:
     """Consume, deliver, commit; until SIGTERM/SIGINT, then finish the batch in hand."""
     view = RegistryView(settings.kafka)
@@ -161,6 +172,7 @@ async def run_sink(settings: SinkSettings) -> None:
                     sink.add(record)
             await sink.flush()
             await consumer.commit()  # every fetched record is now delivered or dead-lettered
+            await record_lag(sink, consumer)
     finally:
         await consumer.stop()
         await sink.close()
