@@ -230,6 +230,7 @@ class KafkaBroker:
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="govesb-kafka-"))
             self._temporary = True
+        self.data_dir = self.data_dir.resolve()  # the JVM runs with the data dir as its cwd
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state_file = self.data_dir / "launcher.json"
         saved = json.loads(state_file.read_text()) if state_file.exists() else {}
@@ -319,6 +320,7 @@ class ApicurioRegistry:
         """Start the JVM; :meth:`wait_ready` waits for it."""
         java = require_java()
         if self.data_dir is not None:
+            self.data_dir = self.data_dir.resolve()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             state_file = self.data_dir / "launcher.json"
             saved = json.loads(state_file.read_text()) if state_file.exists() else {}

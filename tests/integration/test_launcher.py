@@ -86,10 +86,13 @@ def test_a_killed_launcher_takes_its_jvms_with_it(tmp_path: Path) -> None:
     assert _wait_gone(tmp_path, 45) == []
 
 
-def test_a_restart_on_the_same_data_dir_keeps_records_schemas_and_ports(tmp_path: Path) -> None:
+def test_a_restart_on_the_same_data_dir_keeps_records_schemas_and_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     topic = f"test.restart.{uuid.uuid4().hex}"
     schema = {"type": "record", "name": "Kept", "namespace": "tz.go.test", "fields": []}
-    with LocalBus(data_dir=tmp_path) as bus:
+    monkeypatch.chdir(tmp_path)  # a relative data dir, as `make kafka` passes it
+    with LocalBus(data_dir=Path("bus")) as bus:
         assert bus.broker is not None
         assert bus.registry is not None
         bootstrap, registry_url = bus.broker.bootstrap, bus.registry.url
@@ -104,7 +107,7 @@ def test_a_restart_on_the_same_data_dir_keeps_records_schemas_and_ports(tmp_path
         with urllib.request.urlopen(request, timeout=10) as response:
             schema_id = json.load(response)["id"]
 
-    with LocalBus(data_dir=tmp_path) as bus:
+    with LocalBus(data_dir=Path("bus")) as bus:
         assert bus.broker is not None
         assert bus.registry is not None
         assert (bus.broker.bootstrap, bus.registry.url) == (bootstrap, registry_url)
