@@ -13,10 +13,9 @@ import hmac
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from streams.envelope import Envelope
-from streams.jsonavro import to_json
 from streams.signing import PrivateKey, sign_event
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -31,16 +30,19 @@ class HttpRequest:
     headers: dict[str, str]
 
 
-def cloudevents_request(
-    envelope: Envelope, payload: dict[str, Any], subscription: str, key: PrivateKey, key_id: str
-) -> HttpRequest:
+def sign_body(envelope: Envelope, body: bytes, key: PrivateKey, key_id: str) -> Envelope:
+    """The envelope carrying the bus's signature over ``body`` (canonical bytes over id,
+    source, type, time and the body's SHA-256), as the pipeline signs HTTP deliveries."""
+    signature = sign_event(key, envelope.id, envelope.source, envelope.type, envelope.time, body)
+    return envelope.signed(key_id, signature)
+
+
+def cloudevents_request(envelope: Envelope, body: bytes, subscription: str) -> HttpRequest:
     """CloudEvents HTTP binary mode: attributes as ``ce-*`` headers, the data as JSON.
 
-    The bus signs the exact body bytes (canonical bytes over id, source, type, time and the
-    body's SHA-256), so a receiver verifies what it received, not the Avro it never saw.
+    ``envelope`` carries the bus's signature over the exact ``body`` bytes (see
+    :func:`sign_body`), so a receiver verifies what it received, not the Avro it never saw.
     """
-    body = json.dumps(to_json(payload), ensure_ascii=False, separators=(",", ":")).encode()
-    signature = sign_event(key, envelope.id, envelope.source, envelope.type, envelope.time, body)
     headers = {
         "Content-Type": "application/json",
         "ce-specversion": "1.0",
@@ -49,8 +51,8 @@ def cloudevents_request(
         "ce-type": envelope.type,
         "ce-time": envelope.time,
         "ce-subject": envelope.subject,
-        "ce-sigkeyid": key_id,
-        "ce-signature": signature,
+        "ce-sigkeyid": envelope.sig_key_id or "",
+        "ce-signature": envelope.signature or "",
         "ce-esbsubscription": subscription,
         "Idempotency-Key": envelope.id,
     }
@@ -59,23 +61,21 @@ def cloudevents_request(
     return HttpRequest(body, headers)
 
 
-def govesb_request(
-    envelope: Envelope, payload: dict[str, Any], push_code: str, key: PrivateKey
-) -> HttpRequest:
+def govesb_request(envelope: Envelope, body: bytes, push_code: str, key: PrivateKey) -> HttpRequest:
     """The GovESB push envelope ``{"data": {...}, "signature": ...}`` signed by the bus.
 
-    The signature (ECDSA/SHA-256, base64 DER) is over the exact UTF-8 bytes of the serialized
-    ``data`` object, which appear verbatim in the body, as GovESB clients expect.
+    ``body`` is the JSON of the event data, used verbatim as ``esbBody``. The signature
+    (ECDSA/SHA-256, base64 DER) is over the exact UTF-8 bytes of the serialized ``data``
+    object, which appear verbatim in the body, as GovESB clients expect.
     """
-    data = json.dumps(
-        {"pushCode": push_code, "requestId": envelope.id, "esbBody": to_json(payload)},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    signature = key.sign(data.encode())
-    body = f'{{"data":{data},"signature":"{signature}"}}'.encode()
+    data = b"".join((
+        b'{"pushCode":', json.dumps(push_code, ensure_ascii=False).encode(),
+        b',"requestId":', json.dumps(envelope.id).encode(),
+        b',"esbBody":', body, b"}",
+    ))  # fmt: skip
+    signature = key.sign(data)
     return HttpRequest(
-        body,
+        b'{"data":' + data + b',"signature":"' + signature.encode() + b'"}',
         {
             "Content-Type": "application/json",
             "Idempotency-Key": envelope.id,

@@ -34,18 +34,21 @@ from connectors.delivery import (
     govesb_request,
     hmac_signature,
     retry_after_s,
+    sign_body,
     verdict,
 )
 from streams import topics
 from streams.audit import AuditChain
 from streams.codec import SchemaStore
-from streams.envelope import Envelope, parse_time
+from streams.envelope import CONTENT_TYPE, JSON_CONTENT_TYPE, Envelope, parse_time
+from streams.jsonavro import to_json_bytes
 from streams.reasons import EventError
 from streams.registry_model import Endpoint
 from streams.signing import PrivateKey
 
 log = logging.getLogger(__name__)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+DELIVERY_CONTENT_TYPES = (JSON_CONTENT_TYPE, CONTENT_TYPE)
 
 
 class SinkMetrics:
@@ -96,6 +99,15 @@ class SinkMetrics:
             ["group", "topic", "partition"],
             registry=self.registry,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (it is on every delivery's path)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 @dataclass
@@ -131,6 +143,10 @@ class HttpSink:
     _receipts: list[tuple[bytes, bytes]] = field(default_factory=list)
     _token: tuple[str, float] | None = None
     _token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
+
+    def _metric(self, metric: Any, *labels: str) -> Any:
+        return self.metrics.child(metric, self.subscriber, *labels)
 
     def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Queue a record; records of one key keep their order."""
@@ -157,16 +173,16 @@ class HttpSink:
         await self.flush()
         await self.session.close()
 
-    def request_for(
-        self, envelope: Envelope, payload: dict[str, Any], agreement: str
-    ) -> HttpRequest:
-        """The request for one delivery, auth headers included."""
+    def request_for(self, envelope: Envelope, body: bytes, agreement: str) -> HttpRequest:
+        """The request for one delivery, auth headers included.
+
+        ``envelope`` carries the bus's signature over ``body`` (the CloudEvents form uses it;
+        the GovESB form is signed over its ``data`` bytes here).
+        """
         if self.endpoint.format == "govesb":
-            request = govesb_request(envelope, payload, agreement, self.bus_key)
+            request = govesb_request(envelope, body, agreement, self.bus_key)
         else:
-            request = cloudevents_request(
-                envelope, payload, agreement, self.bus_key, self.bus_key_id
-            )
+            request = cloudevents_request(envelope, body, agreement)
         auth = self.endpoint.auth
         secret = self.credentials.secret or ""
         if auth.type == "bearer":
@@ -179,15 +195,26 @@ class HttpSink:
             )
         return request
 
+    async def _body(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Envelope, bytes]:
+        """The envelope signed over the JSON body to send.
+
+        The pipeline renders and signs HTTP agreements' bodies: those bytes go out unchanged.
+        An Avro delivery (a Kafka agreement's record) is decoded, rendered and signed here.
+        """
+        envelope = Envelope.from_headers(record.headers, accept=DELIVERY_CONTENT_TYPES)
+        if envelope.content_type == JSON_CONTENT_TYPE and envelope.signature:
+            return envelope, record.value or b""
+        body = to_json_bytes((await self.schemas.decode(record.value or b"")).record)
+        return sign_body(envelope, body, self.bus_key, self.bus_key_id), body
+
     async def _deliver(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
-            envelope = Envelope.from_headers(record.headers)
-            decoded = await self.schemas.decode(record.value or b"")
+            envelope, body = await self._body(record)
         except EventError as error:
             await self._dead_letter(record, None, 0, f"{error.reason}: {error.detail}")
             return
-        agreement = dict(record.headers).get("esb_subscription", b"").decode()
-        request = self.request_for(envelope, decoded.record, agreement)
+        agreement = next((v for k, v in record.headers if k == "esb_subscription"), b"").decode()
+        request = self.request_for(envelope, body, agreement)
         attempts = 0
         renewed = False
         started = time.monotonic()
@@ -206,10 +233,10 @@ class HttpSink:
                 continue
             outcome = verdict(status)
             self.breaker.record(outcome != "retry", time.monotonic())
-            self.metrics.breaker.labels(self.subscriber).set(BREAKER_STATES[self.breaker.state])
+            self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
             if outcome == "delivered":
-                self.metrics.deliveries.labels(self.subscriber, "delivered", str(status)).inc()
-                self.metrics.end_to_end.labels(self.subscriber).observe(
+                self._metric(self.metrics.deliveries, "delivered", str(status)).inc()
+                self._metric(self.metrics.end_to_end).observe(
                     max(0.0, time.time() - parse_time(envelope.time).timestamp())
                 )
                 await self._receipt("delivered", envelope, status, attempts, started)
@@ -236,7 +263,7 @@ class HttpSink:
                             auth.username or "", self.credentials.secret or ""
                         )
                     },
-                    timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout_s),
+                    timeout=self._timeout(),
                     ssl=self.ssl_context or self.endpoint.verify_tls,
                 ) as response:
                     body = await response.json(content_type=None)
@@ -250,6 +277,12 @@ class HttpSink:
             self._token = (str(body["access_token"]), time.monotonic() + max(1.0, lifetime * 0.9))
             return self._token[0]
 
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        """The endpoint's request timeout (the endpoint may change with the registry)."""
+        if self._client_timeout.total != self.endpoint.timeout_s:
+            self._client_timeout = aiohttp.ClientTimeout(total=self.endpoint.timeout_s)
+        return self._client_timeout
+
     async def _send(self, request: HttpRequest) -> tuple[int | None, float | None, str]:
         started = time.monotonic()
         try:
@@ -257,7 +290,7 @@ class HttpSink:
                 self.endpoint.url,
                 data=request.body,
                 headers=request.headers,
-                timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout_s),
+                timeout=self._timeout(),
                 ssl=self.ssl_context or self.endpoint.verify_tls,  # True: default CA checks
                 allow_redirects=False,
             ) as response:
@@ -271,11 +304,11 @@ class HttpSink:
                     else None
                 )
         except (aiohttp.ClientError, TimeoutError) as error:
-            self.metrics.attempts.labels(self.subscriber, "error").inc()
+            self._metric(self.metrics.attempts, "error").inc()
             return None, None, f"{type(error).__name__}"
         finally:
-            self.metrics.latency.labels(self.subscriber).observe(time.monotonic() - started)
-        self.metrics.attempts.labels(self.subscriber, str(status)).inc()
+            self._metric(self.metrics.latency).observe(time.monotonic() - started)
+        self._metric(self.metrics.attempts, str(status)).inc()
         return status, retry_after, f"HTTP {status}: {text[:200]}"
 
     async def _dead_letter(
@@ -299,8 +332,8 @@ class HttpSink:
                 topics.dlq(self.subscriber), record.value, key=record.key, headers=headers
             )
         )
-        self.metrics.dlq.labels(self.subscriber).inc()
-        self.metrics.deliveries.labels(self.subscriber, "dead-lettered", str(status or 0)).inc()
+        self._metric(self.metrics.dlq).inc()
+        self._metric(self.metrics.deliveries, "dead-lettered", str(status or 0)).inc()
         if envelope is not None:
             await self._receipt("dead-lettered", envelope, status, attempts, started)
 

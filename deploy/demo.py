@@ -44,6 +44,7 @@ from streams.registry_sync import apply_registry
 from streams.routing import route
 from streams.settings import KafkaSettings, SchemaRegistrySettings, TopicSettings
 from streams.signing import load_private_key
+from streams.tail import describe_record
 
 REGISTRY_YAML = REPO / "deploy" / "registry.example.yaml"
 KEYS = REPO / "deploy" / "demo-keys"
@@ -174,9 +175,9 @@ async def show(
     for column in ("subscriber", "agreement", "events", "fields delivered (masked*)"):
         table.add_column(column)
     for (subscriber, agreement), records in sorted(arrived.items()):
-        decoded = await store.decode(records[0].value)
+        payload = (await describe_record(records[0], store))["payload"]
         mask = set(registry.subscriptions[agreement].mask)
-        fields = ", ".join(f + ("*" if f in mask else "") for f in decoded.record)
+        fields = ", ".join(f + ("*" if f in mask else "") for f in payload)
         table.add_row(subscriber, agreement, str(len(records)), fields)
     console.print(table)
 

@@ -20,14 +20,14 @@ from typing import Any
 GENESIS = "0" * 64
 
 
+def canonical_json(body: dict[str, Any]) -> str:
+    """Sorted keys, no spaces, UTF-8 as is: the form a record's hash is computed over."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def record_hash(body: dict[str, Any]) -> str:
     """SHA-256 over the canonical JSON of a record without its ``hash`` field."""
-    canonical = json.dumps(
-        {k: v for k, v in body.items() if k != "hash"},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    canonical = canonical_json({k: v for k, v in body.items() if k != "hash"})
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -67,10 +67,12 @@ class AuditChain:
             "reason": reason,
             "source": list(source) if source else None,
         }
-        body["hash"] = record_hash(body)
-        self.head = body["hash"]
+        # Serialised once: the record is its canonical form with the hash field appended;
+        # verify() parses it, drops "hash" and recomputes over the canonical form.
+        canonical = canonical_json(body)
+        self.head = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         self.seq += 1
-        return self.chain.encode(), json.dumps(body, ensure_ascii=False).encode()
+        return self.chain.encode(), f'{canonical[:-1]},"hash":"{self.head}"}}'.encode()
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The CloudEvents 1.0 envelope in Kafka binary mode: attributes as ``ce_*`` headers.
 
 The payload (the Kafka value) is the Avro record in Confluent wire format; the key is the
-business key, also carried as ``ce_subject``. ``ce_id`` is stable through every retry and
-hop: it is the event's identity on the bus.
+business key, also carried as ``ce_subject``. Deliveries for HTTP agreements are the exception:
+their value is the JSON body the endpoint receives (``content-type: application/json``),
+rendered and signed once by the pipeline so the HTTP sink forwards the signed bytes unchanged.
+``ce_id`` is stable through every retry and hop: it is the event's identity on the bus.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from streams.reasons import EventError, Reason
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/avro"
+JSON_CONTENT_TYPE = "application/json"
 
 _SOURCE = re.compile(
     r"^/institutions/(?P<institution>[a-z][a-z0-9-]*)/systems/(?P<system>[^/\s]+)$"
@@ -97,10 +100,11 @@ class Envelope:
         return [(name, value.encode()) for name, value in headers]
 
     @classmethod
-    def from_headers(cls, headers: Headers) -> Envelope:
+    def from_headers(cls, headers: Headers, accept: tuple[str, ...] = (CONTENT_TYPE,)) -> Envelope:
         """Read and check the envelope; raise :class:`EventError` with the reason.
 
-        The first occurrence of a header counts; values must be UTF-8.
+        The first occurrence of a header counts; values must be UTF-8. ``accept`` lists the
+        content types allowed (publishers: Avro only).
         """
         values: dict[str, str] = {}
         pairs = headers.items() if isinstance(headers, Mapping) else headers
@@ -133,9 +137,10 @@ class Envelope:
         except ValueError:
             raise EventError(Reason.INVALID_HEADER, "ce_time is not an RFC 3339 time") from None
         content_type = values.get("content-type", CONTENT_TYPE)
-        if content_type != CONTENT_TYPE:
+        if content_type not in accept:
             raise EventError(
-                Reason.INVALID_HEADER, f"content-type is {content_type!r}, expected {CONTENT_TYPE}"
+                Reason.INVALID_HEADER,
+                f"content-type is {content_type!r}, expected {' or '.join(accept)}",
             )
         return cls(
             id=values["ce_id"],

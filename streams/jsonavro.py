@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime as dt
 import decimal
+import json
 import uuid
 from typing import Any
 
@@ -128,6 +129,26 @@ def to_json(value: Any) -> Any:
         return {key: to_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [to_json(item) for item in value]
+    return _scalar(value)
+
+
+def to_json_bytes(value: Any) -> bytes:
+    """The compact UTF-8 JSON of a decoded Avro value: ``json.dumps(to_json(value))``.
+
+    The C encoder walks the value and calls back only for dates, decimals, bytes and UUIDs,
+    which makes this several times faster than converting first.
+    """
+    return json.dumps(value, default=_encode, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _encode(value: Any) -> Any:
+    converted = _scalar(value)
+    if converted is value:
+        raise TypeError(f"{type(value).__name__} is not a value Avro decodes to")
+    return converted
+
+
+def _scalar(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, dt.date):

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import fastavro
@@ -21,7 +21,8 @@ import fastavro
 from streams import topics
 from streams.audit import AuditChain
 from streams.codec import RegistryUnavailableError, SchemaStore, encode, schema_id_of
-from streams.envelope import Envelope
+from streams.envelope import JSON_CONTENT_TYPE, Envelope
+from streams.jsonavro import to_json_bytes
 from streams.reasons import EventError, Reason
 from streams.registry_model import Subscription
 from streams.registry_sync import RegistryView
@@ -192,14 +193,22 @@ class Pipeline:
         )
 
     async def deliver(self, event: ValidEvent, subscription: Subscription) -> Output:
-        """The event as ``subscription`` may see it, re-encoded and re-signed by the bus."""
+        """The event as ``subscription`` may see it, re-encoded and re-signed by the bus.
+
+        Kafka agreements get Avro under the agreement's delivery schema; HTTP agreements get
+        the JSON body the endpoint will receive, signed here so the sink forwards it as is.
+        """
         envelope = event.envelope
         reader = await self._reader_schema(envelope.type, subscription, event)
         payload = minimise(
             resolve(event.record.value or b"", event.writer.parsed, reader), subscription
         )
-        schema_id, parsed = await self._delivery_schema(envelope.type, subscription, event)
-        value = encode(schema_id, parsed, payload)
+        if subscription.delivery == "http":
+            value = to_json_bytes(payload)
+            envelope = replace(envelope, content_type=JSON_CONTENT_TYPE)
+        else:
+            schema_id, parsed = await self._delivery_schema(envelope.type, subscription, event)
+            value = encode(schema_id, parsed, payload)
         signature = sign_event(
             self.bus_key.key, envelope.id, envelope.source, envelope.type, envelope.time, value
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from streams.codec import RegistryUnavailableError, SchemaStore
 from streams.consuming import assign_whole_topic
+from streams.envelope import JSON_CONTENT_TYPE
 from streams.jsonavro import to_json
 from streams.reasons import EventError
 from streams.settings import KafkaSettings, SchemaRegistrySettings
@@ -33,6 +35,12 @@ async def describe_record(
     }
     if record.value is None:
         view["error"] = "tombstone (no value)"
+        return view
+    if view["headers"].get("content-type") == JSON_CONTENT_TYPE:  # an HTTP agreement's body
+        try:
+            view["payload"] = json.loads(record.value)
+        except ValueError as error:
+            view["error"] = f"not JSON: {error}"
         return view
     try:
         decoded = await schemas.decode(record.value)

@@ -17,9 +17,11 @@ from connectors.delivery import (
     govesb_request,
     hmac_signature,
     retry_after_s,
+    sign_body,
     verdict,
 )
 from streams.envelope import new_envelope
+from streams.jsonavro import to_json_bytes
 from streams.settings import REPO_ROOT
 from streams.signing import KeyRing, load_private_key, verify_event
 
@@ -78,7 +80,10 @@ def test_the_breaker_opens_after_consecutive_failures_and_half_opens_after_coold
 
 
 def test_a_cloudevents_request_is_signed_over_the_exact_body() -> None:
-    request = cloudevents_request(ENVELOPE, PAYLOAD, "utumishi-deaths", KEY, "ega-d06f8e0a5d19")
+    body = to_json_bytes(PAYLOAD)
+    envelope = sign_body(ENVELOPE, body, KEY, "ega-d06f8e0a5d19")
+    request = cloudevents_request(envelope, body, "utumishi-deaths")
+    assert request.body == body
     assert json.loads(request.body) == {"entryNumber": "2004518832", "dateOfDeath": "2026-11-20"}
     assert request.headers["Idempotency-Key"] == ENVELOPE.id
     ring = KeyRing()
@@ -89,13 +94,14 @@ def test_a_cloudevents_request_is_signed_over_the_exact_body() -> None:
 
 
 def test_a_govesb_push_is_signed_over_the_data_bytes_as_they_appear_in_the_body() -> None:
-    request = govesb_request(ENVELOPE, PAYLOAD, "utumishi-deaths", KEY)
+    request = govesb_request(ENVELOPE, to_json_bytes(PAYLOAD), "utumishi-deaths", KEY)
     text = request.body.decode()
     data = text[len('{"data":') : text.index(',"signature"')]
     signature = json.loads(text)["signature"]
     assert KEY.public_key().verify(data.encode(), signature)
     assert json.loads(data)["esbBody"]["dateOfDeath"] == "2026-11-20"
     assert json.loads(data)["pushCode"] == "utumishi-deaths"
+    assert json.loads(data)["requestId"] == ENVELOPE.id
 
 
 def test_the_hmac_header_covers_timestamp_and_body() -> None:

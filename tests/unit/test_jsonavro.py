@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 
 import pytest
 
-from streams.jsonavro import JsonAvroError, from_json, to_json
+from streams.jsonavro import JsonAvroError, from_json, to_json, to_json_bytes
 
 SCHEMA = {
     "type": "record",
@@ -54,6 +55,17 @@ def test_logical_types_convert_and_convert_back() -> None:
     assert value["parties"][0]["since"] == dt.date(2001, 5, 1)
     assert value["witness"]["since"] == dt.date(1999, 12, 31)
     assert to_json(value) == JSON
+
+
+def test_json_bytes_equal_the_converted_value_serialised() -> None:
+    value = from_json(SCHEMA, JSON)
+    value["photo"] = b"\x00\xffname"  # bytes become base64, as to_json does
+    value["note"] = "Dodoma — kituo cha afya"
+    expected = json.dumps(to_json(value), ensure_ascii=False, separators=(",", ":")).encode()
+    assert to_json_bytes(value) == expected
+    assert json.loads(to_json_bytes(value))["registeredAt"] == "2026-11-20T09:30:00Z"
+    with pytest.raises(TypeError, match="set"):
+        to_json_bytes({"odd": {1, 2}})
 
 
 @pytest.mark.parametrize(
