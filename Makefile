@@ -22,6 +22,10 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed ## Create the venv, install pinned packages, fetch Kafka + Apicurio once
 	$(BIN)/python -m deploy.kafka.launcher --cache $(CACHE) fetch
+	@# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus/.
+	@command -v promtool >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 
 test: setup ## Run the test suite (unit + integration on a real broker and registry; not chaos)
 	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)

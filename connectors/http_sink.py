@@ -145,6 +145,11 @@ class HttpSink:
     _token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
 
+    def __post_init__(self) -> None:
+        # Series that exist from the start, so rate()/increase() see their first change.
+        self._metric(self.metrics.dlq)
+        self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
+
     def _metric(self, metric: Any, *labels: str) -> Any:
         return self.metrics.child(metric, self.subscriber, *labels)
 
