@@ -139,7 +139,7 @@ async def serve_web(
 
 async def record_lag(sink: HttpSink, consumer: AIOKafkaConsumer) -> None:
     """``govesb_consumer_lag``: records of each assigned partition not yet delivered."""
-    group = f"govesb-sink-{sink.subscriber}"
+    group = topics.sink_group(sink.subscriber)
     for partition in consumer.assignment():
         highwater = consumer.highwater(partition)
         if highwater is None:
@@ -156,7 +156,7 @@ async def run_sink(settings: SinkSettings) -> None:
     consumer = AIOKafkaConsumer(
         topics.deliver(settings.subscriber),
         **settings.kafka.aiokafka_options(),
-        group_id=f"govesb-sink-{settings.subscriber}",
+        group_id=topics.sink_group(settings.subscriber),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )

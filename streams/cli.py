@@ -264,6 +264,55 @@ def registry_apply(
         out.print(f"  - {key}")
 
 
+@registry_app.command("export")
+def registry_export(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="registry YAML")] = Path(
+        "deploy/registry.example.yaml"
+    ),
+    strimzi: Annotated[
+        bool, typer.Option("--strimzi", help="Strimzi KafkaTopic and KafkaUser resources")
+    ] = False,
+    cluster: Annotated[str, typer.Option(help="the Strimzi Kafka cluster's name")] = "govesb",
+    namespace: Annotated[
+        str | None, typer.Option(help="metadata.namespace of every resource")
+    ] = None,
+    out_dir: Annotated[
+        str, typer.Option("--out", help="a directory (one file per kind), or - for stdout")
+    ] = "-",
+) -> None:
+    """Lint, then write the registry's topics and Kafka users as Kubernetes resources."""
+    from streams.registry_export import export_problems, files_by_kind, strimzi_resources, to_yaml
+
+    if not strimzi:
+        err.print("[red]error:[/red] choose the output: --strimzi (the only one so far)")
+        raise typer.Exit(2)
+    registry = _load_registry(path)
+    problems = export_problems(registry)
+    if problems:
+        report(problems, str(path))
+    resources = strimzi_resources(
+        registry, settings_of(ctx).topics, cluster=cluster, namespace=namespace
+    )
+    source = path.as_posix()
+    if out_dir == "-":
+        sys.stdout.write(to_yaml(resources, source, cluster))
+        where = "stdout"
+    else:
+        directory = Path(out_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, text in files_by_kind(resources, source, cluster).items():
+                (directory / name).write_text(text, encoding="utf-8")
+        except OSError as error:
+            err.print(f"[red]error:[/red] cannot write to {directory}: {error.strerror}")
+            raise typer.Exit(2) from None
+        where = str(directory)
+    kinds = [str(resource["kind"]) for resource in resources]
+    counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+    err.print(f"[green]✓[/green] {path}: {counts} for Strimzi cluster {cluster} → {where}")
+
+
 # --------------------------------------------------------------------------- audit
 
 

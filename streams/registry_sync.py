@@ -85,6 +85,11 @@ def desired_topics(registry: BusRegistry, settings: TopicSettings) -> list[topic
     return specs
 
 
+def replication_factor(settings: TopicSettings, brokers: int) -> int:
+    """Replicas of a new topic: the configured number, else 3, or fewer when fewer brokers."""
+    return settings.replication_factor or min(3, brokers)
+
+
 class RegistryView:
     """An in-memory view of ``esb.registry``, kept up to date while running.
 
@@ -243,7 +248,7 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         cluster = await admin.describe_cluster()
         brokers = len(cluster.get("brokers", [])) or 1
-        replication = settings.replication_factor or min(3, brokers)
+        replication = replication_factor(settings, brokers)
         missing = [spec for spec in specs if spec.name not in existing]
         if missing:
             await admin.create_topics(

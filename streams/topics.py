@@ -31,6 +31,11 @@ def dlq(institution: str) -> str:
     return f"esb.dlq.{institution}"
 
 
+def sink_group(subscriber: str) -> str:
+    """The consumer group of ``subscriber``'s HTTP sink."""
+    return f"govesb-sink-{subscriber}"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic to create: name, partitions and topic-level configuration."""
