@@ -36,8 +36,8 @@ test-unit: $(BIN)/.installed ## Run only the fast unit tests (no network)
 test-chaos: setup ## Run every test, fault-injection (chaos) ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: setup ## Start broker + registry, publish and consume a sample government event
-	$(BIN)/python -m deploy.demo
+demo: setup ## The whole bus on this machine with a stream flowing (govesb dev; ARGS=--keep-running)
+	$(BIN)/govesb dev $(ARGS)
 
 bench: setup ## Benchmarks, side by side with bare baselines (not part of make test)
 	$(BIN)/python -m tests.benchmarks.bench_codec

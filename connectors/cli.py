@@ -129,3 +129,30 @@ def connect_gateway(
         err.print("[red]error:[/red] no clients: set GOVESB_CLIENTS__<INSTITUTION>=<secret>")
         raise typer.Exit(2)
     asyncio.run(run_gateway(settings))
+
+
+# --------------------------------------------------------------------------- dev
+
+
+@app.command()
+def dev(
+    events: Annotated[int, typer.Option(min=1, help="valid events to publish")] = 120,
+    invalid: Annotated[int, typer.Option(min=0, help="invalid events mixed in")] = 10,
+    rate: Annotated[float, typer.Option(min=0.1, help="events per second (open loop)")] = 40.0,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="leave the stack up; print every URL")
+    ] = False,
+) -> None:
+    """The whole bus on this machine with a stream flowing (what `make demo` runs).
+
+    Starts Kafka, the schema registry, the worker, the HTTP sink, the gateway, a sample
+    legacy endpoint and Prometheus; Ctrl-C stops everything it started. Needs a source
+    checkout (Java 17 and Maven for the broker and registry jars).
+    """
+    try:
+        from deploy.dev import DevOptions, main
+    except ImportError:
+        raise Failure(
+            "govesb dev runs from a source checkout: clone the repository and run `make demo`"
+        ) from None
+    raise typer.Exit(main(DevOptions(events, invalid, rate, keep_running)))

@@ -1,4 +1,4 @@
-"""The legacy half of ``make demo``: HTTP in, HTTP out, through the bus.
+"""The legacy half of ``govesb dev``: HTTP in, HTTP out, through the bus.
 
 A legacy RITA system posts GovESB-format death pushes to the gateway (OAuth2 token, then
 ``POST /engine/esb/push-request`` signed with RITA's key over the exact ``data`` bytes); the
@@ -88,7 +88,8 @@ def start_connectors(bus: LocalBus) -> tuple[WorkerProcess, WorkerProcess]:
         "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
     }
     sink_port, gateway_port = free_port(), free_port()
-    logs = REPO / ".cache"
+    logs = REPO / ".cache" / "dev"
+    logs.mkdir(parents=True, exist_ok=True)
     sink = start_govesb(
         ["connect", "http-sink", "--subscriber", "utumishi", "--web-port", str(sink_port)],
         {**common, "GOVESB_SECRETS__UTUMISHI_SINK_TOKEN": SINK_TOKEN},
@@ -106,8 +107,13 @@ def start_connectors(bus: LocalBus) -> tuple[WorkerProcess, WorkerProcess]:
     return sink, gateway
 
 
-async def legacy_flow(console: Console, endpoint: PayrollEndpoint, gateway_port: int) -> bool:
-    """Push 3 deaths as a legacy GovESB client; follow each to the payroll endpoint."""
+async def legacy_flow(
+    console: Console, endpoint: PayrollEndpoint, gateway_port: int
+) -> tuple[int, int]:
+    """Push 3 deaths as a legacy GovESB client; follow each to the payroll endpoint.
+
+    Returns (pushed, delivered to the endpoint).
+    """
     catalog = Catalog.load()
     samples = yaml.safe_load((catalog.path.parent / "samples.yaml").read_text())
     rita = load_private_key((REPO / "deploy" / "demo-keys" / "rita.key.pem").read_text())
@@ -159,4 +165,4 @@ async def legacy_flow(console: Console, endpoint: PayrollEndpoint, gateway_port:
     console.print(table)
     delivered = sum(1 for event_id in pushed if event_id in endpoint.received)
     console.print(f"legacy: pushed {len(pushed)}, delivered to the payroll endpoint {delivered}")
-    return delivered == len(pushed)
+    return len(pushed), delivered

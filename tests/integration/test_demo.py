@@ -1,39 +1,86 @@
-"""``make demo`` as a user runs it: it ends with everything delivered and nothing lost."""
+"""``make demo`` (``govesb dev``) as a user runs it: everything delivered, nothing lost, every
+Prometheus target up; with ``--keep-running`` Ctrl-C stops what it started and nothing else."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from deploy.dev_stream import INVALID_KINDS
 from deploy.kafka.launcher import REPO, die_with_parent
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.slow]
 
 
-def test_the_demo_delivers_everything_rejects_what_it_should_and_loses_nothing() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "deploy.demo"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        preexec_fn=die_with_parent,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = re.search(
-        r"delivered: (\d+)/(\d+), rejected: (\d+) \(expected (\d+)\), lost: (\d+)", result.stdout
-    )
-    assert summary is not None, result.stdout[-2000:]
-    delivered, expected, rejected, expected_rejected, lost = map(int, summary.groups())
-    assert delivered == expected > 0
-    assert rejected == expected_rejected > 0
-    assert lost == 0
-    assert "intact" in result.stdout
-    for reason in ("bad-signature", "unknown-key", "duplicate", "wire-format", "source-mismatch"):
-        assert reason in result.stdout
-    # The legacy flow: GovESB pushes through the gateway reach the legacy payroll endpoint.
-    assert "legacy: pushed 3, delivered to the payroll endpoint 3" in result.stdout
-    assert "INVALID" not in result.stdout
+def _children(pid: int) -> set[int]:
+    """Direct children of ``pid`` (the JVMs, govesb processes and Prometheus it started)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found |= {int(child) for child in children}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+def test_dev_delivers_everything_loses_nothing_and_ctrl_c_stops_only_what_it_started(
+    tmp_path: Path,
+) -> None:
+    bystander = subprocess.Popen(["sleep", "300"], preexec_fn=die_with_parent)
+    output = tmp_path / "dev.out"
+    with output.open("w") as out:
+        dev = subprocess.Popen(
+            [str(Path(sys.executable).with_name("govesb")), "dev", "--events", "90",
+             "--invalid", "10", "--keep-running"],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "COLUMNS": "160"}, preexec_fn=die_with_parent,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while "Ctrl-C stops everything" not in output.read_text():
+            assert dev.poll() is None, output.read_text()[-3000:]
+            assert time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(1)
+        text = output.read_text()
+        summary = re.findall(
+            r"delivered: (\d+)/(\d+), rejected: (\d+) \(expected (\d+)\), lost: (\d+)", text
+        )
+        assert len(summary) == 1, text[-3000:]
+        delivered, expected, rejected, expected_rejected, lost = map(int, summary[0])
+        assert delivered == expected > 0
+        assert rejected == expected_rejected == 10
+        assert lost == 0
+        assert "intact" in text
+        assert "Prometheus targets: all up" in text
+        for reason in INVALID_KINDS:  # each kind of invalid event, rejected with its reason
+            assert re.search(rf"│ {reason} +│ 2 +│ 2 +│", text), reason
+        assert "legacy: pushed 3, delivered to the payroll endpoint 3" in text
+        assert "INVALID" not in text
+        for service in ("Kafka bootstrap", "Prometheus", "gateway", "legacy payroll endpoint"):
+            assert service in text
+
+        started = _children(dev.pid)
+        assert len(started) >= 6, started  # broker, registry, worker, sink, gateway, Prometheus
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(90) == 130
+        time.sleep(0.5)
+        assert [pid for pid in started if _alive(pid)] == []
+        assert bystander.poll() is None, "govesb dev stopped a process it did not start"
+        assert "everything govesb dev started is down" in output.read_text()
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+        bystander.kill()
