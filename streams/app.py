@@ -31,7 +31,7 @@ from streams.codec import RegistryUnavailableError, SchemaStore
 from streams.metrics import PipelineMetrics
 from streams.pipeline import BusKey, Outcome, Output, Pipeline, RecentEvents
 from streams.registry_sync import RegistryView
-from streams.settings import WorkerSettings
+from streams.settings import KafkaSettings, WorkerSettings
 from streams.signing import load_private_key
 from streams.validation import IngressRecord, Limits
 
@@ -244,7 +244,9 @@ def create_app(
     """
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka.bootstrap_servers}",
+        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings.kafka),
+        broker_client_id=settings.kafka.client_id,
         key_serializer="raw",
         value_serializer="raw",
         web_host=settings.web_host,
@@ -287,6 +289,22 @@ def create_app(
 
     app.on_before_shutdown.connect(stop)
     return app, worker
+
+
+def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
+    """Faust's form of the TLS and SASL settings every other client takes from ``kafka``."""
+    options = kafka.aiokafka_options()
+    context = options.get("ssl_context")
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_context=context,
+            mechanism=kafka.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 async def ingress_topics_of(settings: WorkerSettings) -> list[str]:
