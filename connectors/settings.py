@@ -23,19 +23,55 @@ class SinkSettings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
-    subscriber: str = ""
-    web_host: str = "127.0.0.1"
-    web_port: int = 6067
+    subscriber: str = Field(
+        default="",
+        description="institution whose `esb.deliver.<institution>` this sink sends to the HTTP "
+        "endpoint registered for it; `--subscriber` sets it",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="address `/health` and `/metrics` listen on; `127.0.0.1`: this machine only",
+    )
+    web_port: int = Field(
+        default=6067, description="port of `/health` and `/metrics`; `--web-port` overrides it"
+    )
     signing_key_file: Path | None = Field(default=None, description="the bus key (re-signing)")
-    signing_key_id: str | None = None
+    signing_key_id: str | None = Field(
+        default=None,
+        description="key id of the bus key (`ce_sigkeyid` of bodies the sink signs); the sink "
+        "refuses to start without both",
+    )
     secrets: dict[str, SecretStr] = {}
-    max_attempts: int = 8
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 30.0
+    max_attempts: int = Field(
+        default=8,
+        description="attempts per record before it goes to `esb.dlq.<subscriber>`; attempts "
+        "while the circuit breaker is not closed do not count",
+    )
+    backoff_initial_s: float = Field(
+        default=0.2,
+        description="backoff ceiling after the first failed attempt, in seconds; it doubles "
+        "each attempt and the wait is random up to it (full jitter)",
+    )
+    backoff_max_s: float = Field(
+        default=30.0,
+        description="cap of the backoff ceiling, in seconds; a longer `Retry-After` is honoured "
+        "up to 4 times this",
+    )
     concurrency: int = Field(default=16, description="keys delivered in parallel")
-    batch_max_records: int = 500
-    breaker_threshold: int = 5
-    breaker_cooldown_s: float = 10.0
+    batch_max_records: int = Field(
+        default=500,
+        description="most records fetched per poll; offsets are committed once every record of "
+        "the batch is delivered or dead-lettered",
+    )
+    breaker_threshold: int = Field(
+        default=5,
+        description="consecutive retryable failures (connection errors, timeouts, 408, 425, "
+        "429, 500, 502-504) that open the circuit breaker: no requests while it is open",
+    )
+    breaker_cooldown_s: float = Field(
+        default=10.0,
+        description="seconds the breaker stays open before one trial request (half-open)",
+    )
     client_cert_file: Path | None = Field(default=None, description="PEM certificate for mTLS")
     client_key_file: Path | None = Field(default=None, description="PEM private key for mTLS")
     ca_file: Path | None = Field(
@@ -63,16 +99,48 @@ class GatewaySettings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
-    catalog: Path = DEFAULT_CATALOG
-    web_host: str = "127.0.0.1"
-    web_port: int = 8088
-    signing_key_file: Path | None = None
-    signing_key_id: str | None = None
+    catalog: Path = Field(
+        default=DEFAULT_CATALOG,
+        description="the event catalogue YAML: JSON data is validated against, and encoded "
+        "with, its schemas",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="address the API, `/health` and `/metrics` listen on; `127.0.0.1`: this "
+        "machine only",
+    )
+    web_port: int = Field(
+        default=8088, description="port of the gateway; `--web-port` overrides it"
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="PEM or base64 DER private key of the bus: signs the events the gateway "
+        "produces and its push-request replies",
+    )
+    signing_key_id: str | None = Field(
+        default=None,
+        description="key id of that bus key (`ce_sigkeyid`); the gateway refuses to start "
+        "without both",
+    )
     clients: dict[str, SecretStr] = {}
-    max_body_bytes: int = 1_000_000
-    rate_per_s: float = 100.0
-    burst: float = 200.0
-    token_ttl_s: int = 3600
+    max_body_bytes: int = Field(
+        default=1_000_000,
+        description="largest request body, and largest encoded event, in bytes; larger: 413",
+    )
+    rate_per_s: float = Field(
+        default=100.0,
+        description="requests per second each institution may make (token bucket); beyond: 429 "
+        "with `Retry-After`",
+    )
+    burst: float = Field(
+        default=200.0,
+        description="requests an institution may make at once before `rate_per_s` applies",
+    )
+    token_ttl_s: int = Field(
+        default=3600,
+        description="lifetime of `/oauth/token` access tokens, in seconds; a token is held in "
+        "the memory of the gateway process that issued it",
+    )
     produce_timeout_s: float = Field(
         default=10.0, description="how long a request waits for the broker's ack before 503"
     )

@@ -19,17 +19,42 @@ DEFAULT_CATALOG = REPO_ROOT / "schemas" / "catalog.yaml"
 
 
 class KafkaSettings(BaseModel):
-    """How to reach the Kafka cluster."""
+    """How to reach the Kafka cluster.
+
+    Every Kafka client of every process uses all of these (the worker's Faust consumer and
+    producer get them as Faust broker credentials).
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    client_id: str = "govesb"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        description="brokers to contact first, `host:port` separated by commas; "
+        "`govesb --bootstrap` overrides it",
+    )
+    client_id: str = Field(
+        default="govesb", description="client id the processes send to the brokers (logs, quotas)"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="how clients connect: plain TCP, TLS (`SSL`), or SASL over plain TCP or TLS",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None,
+        description="SASL mechanism, for the `SASL_*` protocols; unset: no SASL credentials "
+        "are sent",
+    )
+    sasl_username: str | None = Field(
+        default=None, description="SASL user name (sent only when `sasl_mechanism` is set)"
+    )
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (sent only when `sasl_mechanism` is set)"
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM CA bundle the brokers' certificates must chain to, for `SSL` and "
+        "`SASL_SSL` (host names are checked); unset: the system's CAs",
+    )
 
     def aiokafka_options(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""
@@ -58,9 +83,17 @@ class SchemaRegistrySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
-    username: str | None = None
-    password: SecretStr | None = None
+    url: str = Field(
+        default="http://127.0.0.1:8081/apis/ccompat/v7",
+        description="base URL of the Confluent-compatible API (Apicurio: `…/apis/ccompat/v7`); "
+        "`govesb --schema-registry` overrides it",
+    )
+    username: str | None = Field(
+        default=None, description="HTTP Basic user name; sent only when `password` is set too"
+    )
+    password: SecretStr | None = Field(
+        default=None, description="HTTP Basic password; sent only when `username` is set too"
+    )
 
     def client_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's (Async)SchemaRegistryClient."""
@@ -71,20 +104,39 @@ class SchemaRegistrySettings(BaseModel):
 
 
 class TopicSettings(BaseModel):
-    """Partitions and replication of the topics ``govesb registry apply`` creates."""
+    """Partitions and replication of the topics ``govesb registry apply`` creates.
+
+    Only missing topics are created: an existing topic keeps its partitions and retention.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     replication_factor: int | None = Field(
         default=None, description="None: 3, or the number of brokers when fewer"
     )
-    ingress_partitions: int = 6
-    deliver_partitions: int = 6
-    rejected_partitions: int = 3
-    dlq_partitions: int = 3
-    audit_partitions: int = 3
-    retention_days: int = 7
-    rejected_retention_days: int = 30
+    ingress_partitions: int = Field(
+        default=6, description="partitions of each `esb.ingress.<institution>` topic"
+    )
+    deliver_partitions: int = Field(
+        default=6,
+        description="partitions of each `esb.deliver.<institution>` topic: the most consumers "
+        "of one subscriber's group that get records",
+    )
+    rejected_partitions: int = Field(
+        default=3, description="partitions of each `esb.rejected.<institution>` topic"
+    )
+    dlq_partitions: int = Field(
+        default=3, description="partitions of each `esb.dlq.<institution>` topic"
+    )
+    audit_partitions: int = Field(
+        default=3, description="partitions of `esb.audit` (kept forever: `retention.ms=-1`)"
+    )
+    retention_days: int = Field(
+        default=7, description="retention of `esb.ingress.*` and `esb.deliver.*` topics, in days"
+    )
+    rejected_retention_days: int = Field(
+        default=30, description="retention of `esb.rejected.*` and `esb.dlq.*` topics, in days"
+    )
 
 
 class CliSettings(BaseSettings):
@@ -97,7 +149,11 @@ class CliSettings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     topics: TopicSettings = TopicSettings()
-    catalog: Path = DEFAULT_CATALOG
+    catalog: Path = Field(
+        default=DEFAULT_CATALOG,
+        description="the event catalogue YAML (`govesb publish --sample` reads `samples.yaml` "
+        "beside it); `govesb --catalog` overrides it",
+    )
 
 
 class WorkerSettings(BaseSettings):
@@ -109,16 +165,52 @@ class WorkerSettings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
-    app_id: str = "govesb-pipeline"
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
+    app_id: str = Field(
+        default="govesb-pipeline",
+        description="Faust app id and consumer group: workers with the same id share the "
+        "ingress partitions; also labels the lag metric and the audit chains",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="address `/health` and `/metrics` listen on; `127.0.0.1`: this machine "
+        "only (`0.0.0.0` in a container)",
+    )
+    web_port: int = Field(
+        default=6066,
+        description="port of `/health` and `/metrics`; `govesb worker --web-port` overrides it",
+    )
     signing_key_file: Path | None = Field(
         default=None, description="PEM or base64 DER private key the bus re-signs deliveries with"
     )
-    signing_key_id: str | None = None
+    signing_key_id: str | None = Field(
+        default=None,
+        description="key id of that bus key, sent as `ce_sigkeyid`; the worker refuses to start "
+        "without both",
+    )
     max_in_flight: int = Field(default=2000, description="events processed but not yet acked")
-    max_value_bytes: int = 1_000_000
-    max_future_skew_s: float = 300.0
-    duplicate_window_s: float = 24 * 3600.0
-    shutdown_timeout_s: float = 20.0
-    commit_interval_s: float = 1.0
+    max_value_bytes: int = Field(
+        default=1_000_000,
+        description="largest record value accepted, in bytes; a larger one is rejected as "
+        "`oversize`",
+    )
+    max_future_skew_s: float = Field(
+        default=300.0,
+        description="how far `ce_time` may be ahead of the worker's clock, in seconds; further "
+        "is rejected as `future-time`",
+    )
+    duplicate_window_s: float = Field(
+        default=24 * 3600.0,
+        description="how long an event id is remembered, in seconds (default 24 h); the same id "
+        "at another offset within it is rejected as `duplicate`. Kept in each worker's memory "
+        "(at most 1,000,000 ids), not across restarts",
+    )
+    shutdown_timeout_s: float = Field(
+        default=20.0,
+        description="graceful stop bound, in seconds: in-flight events get half of it to be "
+        "acknowledged; the rest are read again later (at-least-once)",
+    )
+    commit_interval_s: float = Field(
+        default=1.0,
+        description="how often acknowledged ingress offsets are committed, in seconds (Faust "
+        "`broker_commit_interval`); events after the last commit are read again after a crash",
+    )
