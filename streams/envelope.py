@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from streams.reasons import EventError, Reason
 
 SPEC_VERSION = "1.0"
+_SPEC_VERSION_BYTES = SPEC_VERSION.encode()
 CONTENT_TYPE = "application/avro"
 JSON_CONTENT_TYPE = "application/json"
 
@@ -31,6 +32,10 @@ _OPTIONAL = {
     "ce_signature": "signature",
 }
 
+_ENVELOPE_HEADERS = (*_REQUIRED, *_OPTIONAL, "content-type")
+# A UUID in its canonical 8-4-4-4-12 form (what str(uuid.uuid4()) gives), either case.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
+
 Headers = Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None]
 
 
@@ -41,7 +46,9 @@ def source_for(institution: str, system: str) -> str:
 
 def format_time(moment: dt.datetime) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-27T08:15:00.123Z``."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not dt.UTC:
+        moment = moment.astimezone(dt.UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -85,19 +92,21 @@ class Envelope:
     def to_headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers in CloudEvents Kafka binary mode."""
         headers = [
-            ("ce_specversion", SPEC_VERSION),
-            ("ce_id", self.id),
-            ("ce_source", self.source),
-            ("ce_type", self.type),
-            ("ce_time", self.time),
-            ("ce_subject", self.subject),
-            ("content-type", self.content_type),
+            ("ce_specversion", _SPEC_VERSION_BYTES),
+            ("ce_id", self.id.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_type", self.type.encode()),
+            ("ce_time", self.time.encode()),
+            ("ce_subject", self.subject.encode()),
+            ("content-type", self.content_type.encode()),
         ]
-        for header, attribute in _OPTIONAL.items():
-            value = getattr(self, attribute)
-            if value is not None:
-                headers.append((header, value))
-        return [(name, value.encode()) for name, value in headers]
+        if self.correlation_id is not None:
+            headers.append(("ce_correlationid", self.correlation_id.encode()))
+        if self.sig_key_id is not None:
+            headers.append(("ce_sigkeyid", self.sig_key_id.encode()))
+        if self.signature is not None:
+            headers.append(("ce_signature", self.signature.encode()))
+        return headers
 
     @classmethod
     def from_headers(cls, headers: Headers, accept: tuple[str, ...] = (CONTENT_TYPE,)) -> Envelope:
@@ -106,10 +115,13 @@ class Envelope:
         The first occurrence of a header counts; values must be UTF-8. ``accept`` lists the
         content types allowed (publishers: Avro only).
         """
-        values: dict[str, str] = {}
         pairs = headers.items() if isinstance(headers, Mapping) else headers
-        for name, raw in pairs:
-            if name in values or raw is None:
+        # The first occurrence wins: built from the end, earlier pairs overwrite later ones.
+        first = dict(reversed([(name, raw) for name, raw in pairs if raw is not None]))
+        values: dict[str, str] = {}
+        for name in _ENVELOPE_HEADERS:  # only the envelope's own headers are read
+            raw = first.get(name)
+            if raw is None:
                 continue
             try:
                 values[name] = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -123,10 +135,8 @@ class Envelope:
                 Reason.INVALID_HEADER,
                 f"ce_specversion is {values['ce_specversion']!r}, expected {SPEC_VERSION!r}",
             )
-        try:
-            uuid.UUID(values["ce_id"])
-        except ValueError:
-            raise EventError(Reason.INVALID_HEADER, "ce_id is not a UUID") from None
+        if not _UUID.match(values["ce_id"]):
+            raise EventError(Reason.INVALID_HEADER, "ce_id is not a UUID")
         if not _SOURCE.match(values["ce_source"]):
             raise EventError(
                 Reason.INVALID_HEADER,
