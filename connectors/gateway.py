@@ -21,6 +21,7 @@ import json
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,32 @@ class GatewayMetrics:
 
 
 @dataclass
+class ReplayWindow:
+    """Signed pushes accepted within ``window_s``, oldest first, pruned from the front.
+
+    Each check costs O(1) amortised however many pushes the window holds; past
+    ``max_entries`` the oldest are forgotten first.
+    """
+
+    window_s: float = 86_400.0
+    max_entries: int = 1_000_000
+    _accepted: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+    def seen(self, digest: str, now: float) -> bool:
+        """Whether ``digest`` was accepted within the window."""
+        while self._accepted:
+            oldest_at = next(iter(self._accepted.values()))
+            if now - oldest_at < self.window_s and len(self._accepted) < self.max_entries:
+                break
+            self._accepted.popitem(last=False)
+        return digest in self._accepted
+
+    def add(self, digest: str, now: float) -> None:
+        """Remember ``digest`` as accepted at ``now``."""
+        self._accepted[digest] = now
+
+
+@dataclass
 class TokenBucket:
     """Per-institution rate limit: ``rate`` requests per second, bursts up to ``burst``."""
 
@@ -128,7 +155,7 @@ class Gateway:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
-    _seen_signatures: dict[str, float] = field(default_factory=dict)
+    _seen_signatures: ReplayWindow = field(default_factory=ReplayWindow)
 
     # ----------------------------------------------------------------- auth and limits
 
@@ -336,9 +363,7 @@ class Gateway:
                 401, "invalid_signature", "the signature does not verify over the data bytes"
             )
         digest = hashlib.sha256(signature.encode()).hexdigest()
-        now = time.monotonic()
-        self._seen_signatures = {s: t for s, t in self._seen_signatures.items() if now - t < 86_400}
-        if digest in self._seen_signatures:
+        if self._seen_signatures.seen(digest, time.monotonic()):
             raise HttpError(409, "replayed", "this signed request was already accepted")
         data = document["data"]
         push_code = data.get("pushCode") if isinstance(data, dict) else None
@@ -351,7 +376,7 @@ class Gateway:
         published = await self.publish(
             institution, "govesb-push", event_type, data.get("esbBody"), event_id=event_id
         )
-        self._seen_signatures[digest] = now
+        self._seen_signatures.add(digest, time.monotonic())
         ack = json.dumps(
             {
                 "success": True,
