@@ -190,7 +190,10 @@ async def test_a_govesb_push_signed_with_secp256k1_is_accepted_and_one_altered_b
     http, state = gateway
     token = await _token(http)
     auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    citizen = to_json({**SAMPLES[CITIZEN], "nin": "19900114141010007777"})
+    # A name of this run's own: signatures are deterministic (RFC 6979), so the same push
+    # on a reused bus would carry an event id an earlier run already put on the topic.
+    unique = {"nin": "19900114141010007777", "firstName": f"Neema-{uuid.uuid4().hex[:8]}"}
+    citizen = to_json({**SAMPLES[CITIZEN], **unique})
     data, signature = _govesb_push(CITIZEN, citizen)
     body = f'{{"data":{data},"signature":"{signature}"}}'
     altered = body.replace("19900114141010007777", "19900114141010007778")
