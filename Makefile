@@ -39,9 +39,8 @@ test-chaos: setup ## Run every test, fault-injection (chaos) ones included
 demo: setup ## The whole bus on this machine with a stream flowing (govesb dev; ARGS=--keep-running)
 	$(BIN)/govesb dev $(ARGS)
 
-bench: setup ## Benchmarks, side by side with bare baselines (not part of make test)
-	$(BIN)/python -m tests.benchmarks.bench_codec
-	$(BIN)/python -m tests.benchmarks.bench_sink
+bench: setup ## Benchmarks against bare baselines, side by side; last line JSON (not in make test)
+	$(BIN)/python -m tests.benchmarks $(ARGS)
 
 kafka: setup ## Run a local broker + registry in the foreground (data in .cache/data) until Ctrl-C
 	$(BIN)/python -m deploy.kafka.launcher --cache $(CACHE) up --data-dir $(CACHE)/data/dev

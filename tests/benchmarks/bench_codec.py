@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import time
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ from streams.codec import HEADER_SIZE, WriterSchema, decode_body, encode, schema
 from streams.envelope import Envelope, new_envelope
 from streams.jsonavro import from_json
 from streams.settings import DEFAULT_CATALOG
+from tests.benchmarks.common import BenchBus, Figure, Section, print_section, ratios
 
 
 def _events() -> list[tuple[int, object, dict]]:
@@ -80,49 +80,45 @@ def _rate(run: Callable[[list, int], int], events: list, rounds: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+def measure(events_per_repetition: int, repeat: int) -> Section:
+    """Bare fastavro, our codec, our codec + envelope: interleaved, ``repeat`` times."""
+    events = _events()
+    rounds = max(1, events_per_repetition // len(events))
+    assert HEADER_SIZE == 5
+    _rate(bare_fastavro, events, 50)  # warm up
+    _rate(govesb_codec, events, 50)
+    results: dict[str, list[float]] = {"bare": [], "codec": [], "codec+envelope": []}
+    for _ in range(repeat):  # interleaved so drift hits every side alike
+        results["bare"].append(_rate(bare_fastavro, events, rounds))
+        results["codec"].append(_rate(govesb_codec, events, rounds))
+        results["codec+envelope"].append(_rate(govesb_codec_and_envelope, events, rounds))
+    section = Section("1. codec: encode + decode of every catalogue sample vs bare fastavro")
+    section.add("bare_events_per_s", "bare fastavro", Figure.of(results["bare"]), "events/s")
+    section.add("codec_events_per_s", "our codec", Figure.of(results["codec"]), "events/s")
+    section.add("codec_ratio", "our codec / bare", ratios(results["codec"], results["bare"]), "x")
+    section.add(
+        "codec_envelope_ratio",
+        "codec + envelope / bare",
+        ratios(results["codec+envelope"], results["bare"]),
+        "x",
+    )
+    section.extra["events_per_repetition"] = rounds * len(events)
+    return section
+
+
+async def run(bus: BenchBus, repeat: int) -> Section:
+    """The codec needs neither broker nor registry; ``bus`` is unused."""
+    return measure(20_000, repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20_000, help="events per repetition")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions (median reported)")
     args = parser.parse_args()
-    events = _events()
-    rounds = max(1, args.events // len(events))
-    assert HEADER_SIZE == 5
-    _rate(bare_fastavro, events, 50)  # warm up
-    _rate(govesb_codec, events, 50)
-    results: dict[str, list[float]] = {"bare": [], "codec": [], "codec+envelope": []}
-    for _ in range(args.repeat):  # interleaved so drift hits every side alike
-        results["bare"].append(_rate(bare_fastavro, events, rounds))
-        results["codec"].append(_rate(govesb_codec, events, rounds))
-        results["codec+envelope"].append(_rate(govesb_codec_and_envelope, events, rounds))
-    ratios = {
-        name: [ours / bare for ours, bare in zip(rates, results["bare"], strict=True)]
-        for name, rates in results.items()
-        if name != "bare"
-    }
-    print(f"{'side':<16}{'events/s (median)':>20}{'ratio vs bare (median [min, max])':>38}")
-    print(f"{'bare fastavro':<16}{statistics.median(results['bare']):>20,.0f}{'1.00':>38}")
-    for name, values in ratios.items():
-        rate = statistics.median(results[name])
-        spread = f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
-        print(f"{name:<16}{rate:>20,.0f}{spread:>38}")
-    print(
-        json.dumps(
-            {
-                "events_per_repetition": rounds * len(events),
-                "repetitions": args.repeat,
-                "bare_events_per_s": statistics.median(results["bare"]),
-                **{
-                    f"{name}_ratio": {
-                        "median": statistics.median(values),
-                        "min": min(values),
-                        "max": max(values),
-                    }
-                    for name, values in ratios.items()
-                },
-            }
-        )
-    )
+    section = measure(args.events, args.repeat)
+    print_section(section)
+    print(json.dumps(section.as_dict()))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import statistics
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import replace
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -34,7 +31,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from connectors.delivery import HttpRequest, sign_body
 from connectors.http_sink import DELIVERY_CONTENT_TYPES, HttpSink
 from connectors.sink_runner import RECEIPT_BATCH_BYTES
-from deploy.kafka.launcher import LocalBus, free_port
+from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
 from streams.audit import AuditChain
 from streams.catalog import Catalog
@@ -44,6 +41,7 @@ from streams.jsonavro import from_json, to_json_bytes
 from streams.registry_model import Endpoint
 from streams.settings import DEFAULT_CATALOG
 from streams.signing import load_private_key
+from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
 
 KEYS = 16
 BUS_KEY = load_private_key(DEMO_BUS_KEY.read_text())
@@ -116,7 +114,7 @@ async def sink_run(sink: HttpSink, records: list[ConsumerRecord[bytes, bytes]]) 
     return len(records) / (time.perf_counter() - started)
 
 
-async def main_async(bootstrap: str, registry_url: str, events: int, repeat: int) -> dict[str, Any]:
+async def measure(bootstrap: str, registry_url: str, events: int, repeat: int) -> Section:
     runner, url, received = await _endpoint()
     records = await _records(registry_url, events, rendered=True)
     avro_records = await _records(registry_url, events, rendered=False)
@@ -155,21 +153,21 @@ async def main_async(bootstrap: str, registry_url: str, events: int, repeat: int
     await sink.close()
     await producer.stop()
     await runner.cleanup()
-    return {
-        "events": events,
-        "repetitions": repeat,
-        "bare_post_events_per_s": statistics.median(bare),
-        "sink_events_per_s": statistics.median(ours),
-        "sink_ratio": _ratio(ours, bare),
-        "sink_avro_events_per_s": statistics.median(avro),
-        "sink_avro_ratio": _ratio(avro, bare),
-        "endpoint_requests": received[0],
-    }
+    section = Section("4. HTTP sink delivery rate vs a bare aiohttp POST loop (same requests)")
+    section.add("bare_post_events_per_s", "bare aiohttp POST loop", Figure.of(bare), "events/s")
+    section.add("sink_events_per_s", "HttpSink, pipeline-rendered JSON", Figure.of(ours),
+                "events/s")  # fmt: skip
+    section.add("sink_ratio", "HttpSink / bare", ratios(ours, bare), "x")
+    section.add("sink_avro_events_per_s", "HttpSink, Avro rendered in the sink", Figure.of(avro),
+                "events/s")  # fmt: skip
+    section.add("sink_avro_ratio", "HttpSink (Avro) / bare", ratios(avro, bare), "x")
+    section.extra |= {"events": events, "endpoint_requests": received[0]}
+    return section
 
 
-def _ratio(ours: list[float], bare: list[float]) -> dict[str, float]:
-    ratios = [o / b for o, b in zip(ours, bare, strict=True)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+async def run(bus: BenchBus, repeat: int) -> Section:
+    """2000 deliveries per repetition."""
+    return await measure(bus.bootstrap, bus.registry_url, 2000, repeat)
 
 
 def main() -> None:
@@ -177,27 +175,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    bootstrap = os.environ.get("GOVESB_TEST_BOOTSTRAP")
-    registry_url = os.environ.get("GOVESB_TEST_REGISTRY")
-    bus = None
-    if not (bootstrap and registry_url):
-        bus = LocalBus().start()
-        bootstrap, registry_url = bus.bootstrap, bus.registry_url
-    try:
-        result = asyncio.run(main_async(bootstrap, registry_url, args.events, args.repeat))
-    finally:
-        if bus is not None:
-            bus.stop()
-    print(f"{'side':<34}{'events/s (median)':>18}  ratio to bare [min, max]")
-    print(f"{'bare aiohttp POST loop':<34}{result['bare_post_events_per_s']:>18,.0f}")
-    for label, rate, ratio in (
-        ("HttpSink, pipeline-rendered JSON", result["sink_events_per_s"], result["sink_ratio"]),
-        ("HttpSink, Avro rendered in sink", result["sink_avro_events_per_s"],
-         result["sink_avro_ratio"]),
-    ):  # fmt: skip
-        print(f"{label:<34}{rate:>18,.0f}  {ratio['median']:.2f} "
-              f"[{ratio['min']:.2f}, {ratio['max']:.2f}]")  # fmt: skip
-    print(json.dumps(result))
+    with bench_bus() as bus:
+        section = asyncio.run(measure(bus.bootstrap, bus.registry_url, args.events, args.repeat))
+    print_section(section)
+    print(json.dumps(section.as_dict()))
 
 
 if __name__ == "__main__":

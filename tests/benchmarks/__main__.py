@@ -1,0 +1,63 @@
+"""``make bench``: every benchmark against one local broker and registry, then one JSON line.
+
+    python -m tests.benchmarks [--repeat R] [--only codec,sink,...]
+
+Each figure is the median of R repetitions (at least 3) with min and max; ratios are taken
+per repetition against a baseline run side by side in the same process tree, so drift on
+this noisy 2-core machine hits both sides alike. The last line of output is one JSON object
+with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+import time
+from typing import Any
+
+from tests.benchmarks.common import bench_bus, print_section
+
+BENCHMARKS = {  # name -> module, in the order the issue lists them
+    "codec": "tests.benchmarks.bench_codec",
+    "pipeline": "tests.benchmarks.bench_pipeline",
+    "latency": "tests.benchmarks.bench_latency",
+    "sink": "tests.benchmarks.bench_sink",
+    "gateway": "tests.benchmarks.bench_gateway",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (at least 3)")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated names")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    repeat = max(3, args.repeat)
+    report: dict[str, Any] = {"repetitions": repeat}
+    failed = []
+    with bench_bus() as bus:
+        for name in names:
+            started = time.monotonic()
+            print(f"[{name}] running ...", file=sys.stderr, flush=True)
+            try:
+                module = importlib.import_module(BENCHMARKS[name])
+                section = asyncio.run(module.run(bus, repeat))
+            except Exception as error:  # one failing benchmark must not hide the others
+                print(f"[{name}] failed: {type(error).__name__}: {error}", file=sys.stderr)
+                report[name] = {"error": f"{type(error).__name__}: {error}"}
+                failed.append(name)
+                continue
+            print_section(section)
+            report[name] = section.as_dict() | {"seconds": round(time.monotonic() - started, 1)}
+    print(json.dumps(report))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

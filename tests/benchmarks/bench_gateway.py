@@ -1,0 +1,399 @@
+"""HTTP gateway accepted events/s against a bare aiohttp handler, same requests, same run.
+
+    python -m tests.benchmarks.bench_gateway [--events N] [--repeat R] [--clients C]
+
+Registers the schemas, applies the example registry and starts a real ``govesb connect
+gateway`` (RITA's client secret in ``GOVESB_CLIENTS__RITA``, rate limits out of the way), and
+a bare aiohttp app in a child process of its own that reads each body and answers 202 with a
+small JSON, doing nothing else. One client in this process, C concurrent connections (16),
+sends both servers the very same N requests, pre-built: CloudEvents (structured JSON,
+``tz.go.rita.DeathRegistered``) to ``/v1/events``, then GovESB pushes signed with RITA's key to
+``/engine/esb/push-request``. The gateway answers 202 only after the broker acknowledged the
+event (acks=all), so its figure is accepted events/s; the ratio gateway / bare is taken per
+repetition. Every answer must be 202: others are counted, and more than 1% fails the run.
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+from connectors.delivery import basic_auth
+from deploy.demo_legacy import RITA_SECRET
+from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
+from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
+from streams import topics
+from streams.consuming import assign_topics
+from streams.governance import register_catalog
+from streams.jsonavro import to_json
+from streams.registry_model import BusRegistry, load_registry
+from streams.registry_sync import apply_registry
+from streams.settings import KafkaSettings, TopicSettings
+from streams.signing import PrivateKey, load_private_key
+from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
+
+DEATH = "tz.go.rita.DeathRegistered"
+EVENTS = 2000
+CLIENTS = 16
+LOGS = REPO / ".cache" / "bench"
+EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.yaml"
+MAX_FAILED_SHARE = 0.01
+EVENTS_PATH = "/v1/events"
+PUSH_PATH = "/engine/esb/push-request"
+
+Request = tuple[str, bytes, dict[str, str]]  # path, body, headers
+
+
+# ----------------------------------------------------------------- the bare handler (child)
+
+
+def serve_bare(port: int) -> None:
+    """A handler that does nothing: read the body, answer 202 with a small JSON."""
+    die_with_parent()
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"status": "accepted"}, status=202)
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post(EVENTS_PATH, accept)
+        app.router.add_post(PUSH_PATH, accept)
+        app.router.add_get("/health", health)
+        runner = web.AppRunner(app)  # aiohttp's defaults, as the gateway has them
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+@dataclass
+class BareServer:
+    """The bare handler's child process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    async def wait_ready(self, http: aiohttp.ClientSession, bound_s: float = 30.0) -> None:
+        deadline = time.monotonic() + bound_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LauncherError(
+                    f"the bare handler exited with {self.process.returncode}: "
+                    f"{self.log_path.read_text()[-2000:]}"
+                )
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{self.port}/health") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+        raise LauncherError(f"the bare handler did not answer in {bound_s:.0f}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_bare(port: int) -> BareServer:
+    log_path = LOGS / "gateway-bare.log"
+    code = (
+        "import sys; from tests.benchmarks.bench_gateway import serve_bare as s; "
+        "s(int(sys.argv[1]))"
+    )
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, str(port)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    return BareServer(process, port, log_path)
+
+
+# ----------------------------------------------------------------- the gateway side
+
+
+async def prepare(bus: BenchBus) -> BusRegistry:
+    """Register the schemas and apply the example registry (RITA, its key, its types)."""
+    registry, lint = load_registry(EXAMPLE_REGISTRY)
+    if registry is None:
+        raise LauncherError("; ".join(map(str, lint)))
+    _, problems = await register_catalog(
+        registry.catalog, AsyncSchemaRegistryClient({"url": bus.registry_url})
+    )
+    if problems:
+        raise LauncherError("; ".join(map(str, problems)))
+    await apply_registry(registry, KafkaSettings(bootstrap_servers=bus.bootstrap), TopicSettings())
+    return registry
+
+
+def start_gateway(bus: BenchBus) -> WorkerProcess:
+    """``govesb connect gateway`` as ``govesb dev`` starts it, with the rate limit lifted."""
+    port = free_port()
+    return start_govesb(
+        ["connect", "gateway", "--web-port", str(port)],
+        {
+            "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bus.bootstrap,
+            "GOVESB_SCHEMA_REGISTRY__URL": bus.registry_url,
+            "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
+            "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
+            "GOVESB_CLIENTS__RITA": RITA_SECRET,
+            # The benchmark measures the gateway, not its per-institution token bucket.
+            "GOVESB_RATE_PER_S": "1000000",
+            "GOVESB_BURST": "1000000",
+        },
+        LOGS / "gateway.log",
+        port,
+        lambda body: body["status"] == "ok",
+    )
+
+
+async def ingress_end(kafka: KafkaSettings) -> int:
+    """Records written to ``esb.ingress.rita`` so far (sum of the partitions' end offsets)."""
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await assign_topics(consumer, [topics.ingress("rita")], from_beginning=False)
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
+# ----------------------------------------------------------------- the requests and the client
+
+
+def _deaths(samples: dict[str, Any], n: int) -> Iterator[dict[str, Any]]:
+    tag = f"8{uuid.uuid4().int % 10**4:04d}"  # entry numbers (Kafka keys) unique to the batch
+    for index in range(n):
+        yield {**samples[DEATH], "entryNumber": f"{tag}{index:05d}"}
+
+
+def cloudevents(samples: dict[str, Any], n: int, token: str) -> list[Request]:
+    """Structured-mode CloudEvents, one new id each."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents+json"}
+    return [
+        (
+            EVENTS_PATH,
+            json.dumps({
+                "specversion": "1.0",
+                "id": str(uuid.uuid4()),
+                "source": "/institutions/rita/systems/crvs",
+                "type": DEATH,
+                "data": death,
+            }).encode(),
+            headers,
+        )
+        for death in _deaths(samples, n)
+    ]  # fmt: skip
+
+
+def pushes(samples: dict[str, Any], n: int, token: str, rita: PrivateKey) -> list[Request]:
+    """GovESB pushes as legacy clients build them: compact ``data``, signed over its bytes.
+
+    New signatures every call: the gateway refuses a signed push it already accepted.
+    """
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    requests = []
+    for death in _deaths(samples, n):
+        data = json.dumps(
+            {"pushCode": DEATH, "requestId": str(uuid.uuid4()), "esbBody": to_json(death)},
+            separators=(",", ":"),
+        )
+        body = f'{{"data":{data},"signature":"{rita.sign(data.encode())}"}}'
+        requests.append((PUSH_PATH, body.encode(), headers))
+    return requests
+
+
+@dataclass
+class Drive:
+    """One pass of the requests over one server."""
+
+    events_per_s: float
+    statuses: Counter[int] = field(default_factory=Counter)
+    example: str = ""  # the body of one answer that was not 202
+
+    @property
+    def failed(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status != 202)
+
+
+async def drive(
+    http: aiohttp.ClientSession, base: str, requests: list[Request], clients: int
+) -> Drive:
+    """Send every request once, ``clients`` at a time; accepted (202) events per second."""
+    pending = iter(requests)
+    result = Drive(0.0)
+
+    async def client() -> None:
+        for path, body, headers in pending:  # one shared iterator: each request sent once
+            async with http.post(f"{base}{path}", data=body, headers=headers) as response:
+                text = await response.read()
+                result.statuses[response.status] += 1
+                if response.status != 202 and not result.example:
+                    result.example = f"{response.status}: {text[:300].decode(errors='replace')}"
+
+    started = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 600)
+    result.events_per_s = result.statuses[202] / (time.perf_counter() - started)
+    return result
+
+
+async def token_for(http: aiohttp.ClientSession, base: str) -> str:
+    async with http.post(
+        f"{base}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": basic_auth("rita", RITA_SECRET)},
+    ) as response:
+        body = await response.json()
+        if response.status != 200:
+            raise LauncherError(f"the gateway refused the token request: {body}")
+        return str(body["access_token"])
+
+
+# ----------------------------------------------------------------- the benchmark
+
+
+async def run(
+    bus: BenchBus, repeat: int, *, events: int = EVENTS, clients: int = CLIENTS
+) -> Section:
+    """Gateway and bare handler up; both paths ``repeat`` times, interleaved; then all down."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
+    bare = start_bare(free_port())
+    gateway: WorkerProcess | None = None
+    started = time.monotonic()
+    try:
+        registry = await prepare(bus)
+        gateway = await asyncio.to_thread(start_gateway, bus)
+        samples = yaml.safe_load((registry.catalog.path.parent / "samples.yaml").read_text())
+        rita = load_private_key((REPO / "deploy" / "demo-keys" / "rita.key.pem").read_text())
+        servers = {
+            "gateway": f"http://127.0.0.1:{gateway.web_port}",
+            "bare": f"http://127.0.0.1:{bare.port}",
+        }
+        rates: dict[tuple[str, str], list[float]] = {}
+        statuses: dict[str, Counter[int]] = {"gateway": Counter(), "bare": Counter()}
+        examples: list[str] = []
+        connector = aiohttp.TCPConnector(limit=clients * 2, limit_per_host=clients)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            await bare.wait_ready(http)
+            token = await token_for(http, servers["gateway"])
+            before = await ingress_end(kafka)
+            warm_accepted = 0
+            for side, base in servers.items():  # warm up: connections, the schema id lookup
+                for requests in (
+                    cloudevents(samples, clients * 8, token),
+                    pushes(samples, clients * 8, token, rita),
+                ):
+                    result = await drive(http, base, requests, clients)
+                    warm_accepted += result.statuses[202] if side == "gateway" else 0
+            for _ in range(repeat):
+                for path, build in (
+                    ("events", lambda: cloudevents(samples, events, token)),
+                    ("push", lambda: pushes(samples, events, token, rita)),
+                ):
+                    requests = build()  # the same requests for both sides, built before timing
+                    for side, base in servers.items():
+                        result = await drive(http, base, requests, clients)
+                        rates.setdefault((side, path), []).append(result.events_per_s)
+                        statuses[side].update(result.statuses)
+                        if result.example:
+                            examples.append(f"{side} {path}: {result.example}")
+                        if result.failed > MAX_FAILED_SHARE * len(requests):
+                            raise RuntimeError(
+                                f"{side} answered {result.failed} of {len(requests)} {path} "
+                                f"requests with other than 202: {dict(result.statuses)}; "
+                                f"e.g. {result.example}; see {LOGS}"
+                            )
+            added = await ingress_end(kafka) - before
+        section = Section(
+            f"HTTP gateway: accepted events/s ({clients} clients) vs a bare aiohttp handler"
+        )
+        for path, what in (("events", "CloudEvents /v1/events"), ("push", "GovESB push")):
+            infix = "" if path == "events" else "_push"
+            gateway_rate, bare_rate = rates[("gateway", path)], rates[("bare", path)]
+            section.add(
+                f"bare_handler{infix}_events_per_s",
+                f"bare handler, {what}",
+                Figure.of(bare_rate),
+                "events/s",
+            )
+            section.add(
+                f"gateway{infix}_events_per_s", f"gateway, {what}", Figure.of(gateway_rate),
+                "events/s",
+            )  # fmt: skip
+            section.add(
+                f"gateway{infix}_ratio", f"gateway / bare, {what}",
+                ratios(gateway_rate, bare_rate), "x",
+            )  # fmt: skip
+        accepted = statuses["gateway"][202]
+        section.extra |= {
+            "events_per_repetition": events,
+            "clients": clients,
+            "repetitions": repeat,
+            "gateway_non_202": sum(statuses["gateway"].values()) - accepted,
+            "bare_non_202": sum(statuses["bare"].values()) - statuses["bare"][202],
+            "gateway_statuses": {str(k): v for k, v in sorted(statuses["gateway"].items())},
+            "non_202_examples": examples[:3],
+            # every 202 must be a record on the bus (warm-up requests included)
+            "gateway_accepted": accepted + warm_accepted,
+            "ingress_records_added": added,
+            "run_s": round(time.monotonic() - started, 1),
+        }
+        if added < accepted + warm_accepted:
+            raise RuntimeError(
+                f"the gateway accepted {accepted + warm_accepted} events; {added} are on the bus"
+            )
+        return section
+    finally:
+        if gateway is not None:
+            await asyncio.to_thread(gateway.stop)
+        bare.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=EVENTS, help="requests per side and path")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent connections")
+    args = parser.parse_args()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    with bench_bus() as bus:
+        section = asyncio.run(run(bus, args.repeat, events=args.events, clients=args.clients))
+    print_section(section)
+    print(json.dumps(section.as_dict()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""What every benchmark shares: figures with median/min/max, ratios, the bus, the report.
+
+A benchmark module exposes ``async def run(bus: BenchBus, repeat: int) -> Section``: its
+measurements as rows (each a figure, median of the repetitions with min and max) and the
+JSON-ready dict of every figure. ``python -m tests.benchmarks`` (``make bench``) runs every
+module against one local broker and registry, prints the tables, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy.kafka.launcher import LocalBus
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured quantity over the repetitions."""
+
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Figure:
+        if not samples:
+            raise ValueError("a figure needs at least one sample")
+        return cls(tuple(samples))
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "median": self.median,
+            "min": min(self.samples),
+            "max": max(self.samples),
+            "samples": list(self.samples),
+        }
+
+    def text(self, digits: int = 2) -> str:
+        """``median [min, max]``."""
+        if self.median >= 100:
+            return f"{self.median:,.0f} [{min(self.samples):,.0f}, {max(self.samples):,.0f}]"
+        return (
+            f"{self.median:.{digits}f} [{min(self.samples):.{digits}f}, "
+            f"{max(self.samples):.{digits}f}]"
+        )
+
+
+def ratios(ours: Sequence[float], baseline: Sequence[float]) -> Figure:
+    """Per-repetition ratios ours / baseline (runs paired side by side)."""
+    return Figure.of([o / b for o, b in zip(ours, baseline, strict=True)])
+
+
+@dataclass
+class Section:
+    """One benchmark's result: rows for the table, figures for the JSON line."""
+
+    title: str
+    rows: list[tuple[str, Figure, str]] = field(default_factory=list)  # label, figure, unit
+    extra: dict[str, Any] = field(default_factory=dict)  # non-figure facts (counts, profile)
+
+    def add(self, key: str, label: str, figure: Figure, unit: str) -> Figure:
+        self.rows.append((label, figure, unit))
+        self.extra.setdefault("_keys", {})[label] = key
+        return figure
+
+    def as_dict(self) -> dict[str, Any]:
+        keys = self.extra.get("_keys", {})
+        figures = {keys[label]: fig.as_dict() | {"unit": unit} for label, fig, unit in self.rows}
+        facts = {k: v for k, v in self.extra.items() if k != "_keys"}
+        return figures | facts
+
+
+@dataclass(frozen=True)
+class BenchBus:
+    """Where the benchmarks' broker and registry are."""
+
+    bootstrap: str
+    registry_url: str
+
+
+@contextmanager
+def bench_bus() -> Iterator[BenchBus]:
+    """``GOVESB_TEST_BOOTSTRAP`` / ``GOVESB_TEST_REGISTRY`` if set, else a fresh local bus."""
+    bootstrap = os.environ.get("GOVESB_TEST_BOOTSTRAP")
+    registry_url = os.environ.get("GOVESB_TEST_REGISTRY")
+    if bootstrap and registry_url:
+        yield BenchBus(bootstrap, registry_url)
+        return
+    with LocalBus() as bus:
+        yield BenchBus(bus.bootstrap, bus.registry_url)
+
+
+def print_section(section: Section) -> None:
+    """The section as a table: measure, median [min, max], unit."""
+    print(f"\n{section.title}")
+    width = max([len(label) for label, _, _ in section.rows] + [10])
+    for label, figure, unit in section.rows:
+        print(f"  {label:<{width}}  {figure.text():>32}  {unit}")
