@@ -123,6 +123,7 @@ class Pipeline:
         self.recent = recent or RecentEvents()
         self._pinned: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
         self._delivery_ids: dict[tuple[str, str, int | str], tuple[int, Any]] = {}
+        self._agreement_json: dict[int, tuple[Subscription, str]] = {}
 
     def directory(self) -> Directory:
         """The registry facts validation needs, from the live view."""
@@ -200,9 +201,14 @@ class Pipeline:
         """
         envelope = event.envelope
         reader = await self._reader_schema(envelope.type, subscription, event)
-        payload = minimise(
-            resolve(event.record.value or b"", event.writer.parsed, reader), subscription
+        # Validation decoded the payload with the writer's schema: only a pinned older
+        # version needs reading again (schema resolution).
+        decoded = (
+            event.payload
+            if reader is event.writer.parsed
+            else resolve(event.record.value or b"", event.writer.parsed, reader)
         )
+        payload = minimise(decoded, subscription)
         if subscription.delivery == "http":
             value = to_json_bytes(payload)
             envelope = replace(envelope, content_type=JSON_CONTENT_TYPE)
@@ -237,11 +243,15 @@ class Pipeline:
     ) -> tuple[int, Any]:
         version = subscription.schema_version
         # Keyed by the whole agreement: a change applied to the registry gets a new schema.
-        key = (
-            subscription.model_dump_json(),
-            event_type,
-            event.writer.id if version == "latest" else version,
-        )
+        # (The registry view holds one object per agreement until it changes, so its JSON is
+        # computed once per object, not per delivery.)
+        known = self._agreement_json.get(id(subscription))
+        if known is None or known[0] is not subscription:
+            known = self._agreement_json[id(subscription)] = (
+                subscription,
+                subscription.model_dump_json(),
+            )
+        key = (known[1], event_type, event.writer.id if version == "latest" else version)
         cached = self._delivery_ids.get(key)
         if cached is not None:
             return cached
