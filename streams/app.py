@@ -320,4 +320,8 @@ def run_worker(settings: WorkerSettings, loglevel: str = "INFO") -> None:
     from faust import Worker
 
     app, _ = create_app(settings, asyncio.run(ingress_topics_of(settings)))
-    Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # Faust's terminal spinner (on at WARNING and above) sets the root logger to DEBUG so it
+    # can spin on every record: every debug call of aiokafka then builds a record per event.
+    worker.spinner = None
+    worker.execute_from_commandline()
