@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams import __version__
+from streams.acls import DEFAULT_WORKER_GROUP
 from streams.catalog import Catalog, CatalogError, Problem
 from streams.cli_keys import keys_app
 from streams.settings import CliSettings, SchemaRegistrySettings
@@ -233,22 +234,40 @@ def registry_apply(
     path: Annotated[Path, typer.Argument(help="registry YAML")] = Path(
         "deploy/registry.example.yaml"
     ),
+    worker_group: Annotated[
+        str, typer.Option(help="the pipeline workers' consumer group (their GOVESB_APP_ID)")
+    ] = DEFAULT_WORKER_GROUP,
 ) -> None:
-    """Lint, then create missing topics and write changed records to esb.registry."""
+    """Lint, then create missing topics, set the Kafka ACLs (where the cluster enforces them)
+    and write changed records to esb.registry."""
+    from confluent_kafka import KafkaException
+
+    from streams.acls import principal_problems
     from streams.registry_sync import apply_registry
 
     settings = settings_of(ctx)
     registry = _load_registry(path)
+    problems = principal_problems(registry)
+    if problems:
+        report(problems, str(path))
 
     async def apply() -> Any:
         try:
             return await asyncio.wait_for(
-                apply_registry(registry, settings.kafka, settings.topics), 120
+                apply_registry(
+                    registry, settings.kafka, settings.topics, worker_group=worker_group
+                ),
+                120,
             )
         except (TimeoutError, OSError) as error:
             raise Failure(
                 f"Kafka at {settings.kafka.bootstrap_servers} did not answer: "
                 f"{type(error).__name__} {error}"
+            ) from None
+        except (KafkaError, KafkaException) as error:
+            raise Failure(
+                f"Kafka at {settings.kafka.bootstrap_servers} refused: {type(error).__name__} "
+                f"{error}"
             ) from None
 
     result = run(apply())
@@ -256,8 +275,19 @@ def registry_apply(
         f"topics created: {len(result.topics_created)}, records written: "
         f"{len(result.written)}, removed: {len(result.deleted)}"
     )
+    acls = result.acls
+    if acls.skipped:
+        out.print(f"[yellow]ACLs: {acls.skipped}, skipped[/yellow]")
+    else:
+        out.print(
+            f"ACLs: {len(acls.created)} created, {len(acls.deleted)} deleted, {acls.kept} unchanged"
+        )
     for name in result.topics_created:
         out.print(f"  + topic {name}")
+    for acl in acls.created:
+        out.print(f"  + acl {acl}")
+    for acl in acls.deleted:
+        out.print(f"  - acl {acl}")
     for key in result.written:
         out.print(f"  ~ {key}")
     for key in result.deleted:

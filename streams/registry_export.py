@@ -3,72 +3,65 @@
 On Kubernetes the Strimzi Topic and User Operators own the bus's topics and its Kafka users:
 one ``KafkaTopic`` per topic that ``govesb registry apply`` would create (same names,
 partitions and configuration, from ``registry_sync.desired_topics``), and one ``KafkaUser``
-(SCRAM-SHA-512, simple authorization) per institution and per bus process, each allowed only
-what it needs:
-
-- an institution writes its ``esb.ingress.<id>``, reads its ``esb.deliver.<id>`` and
-  ``esb.rejected.<id>``, and reads through consumer groups named ``<id>.<anything>`` (the dot
-  cannot occur in an institution id, so no institution can use another's groups);
-- the pipeline worker reads every ingress topic (consumer group: its ``app_id``) and
-  ``esb.registry``, and writes every deliver and rejected topic and ``esb.audit``;
-- the gateway writes every ingress topic and reads ``esb.registry``;
-- the HTTP sink of a subscriber reads its ``esb.deliver.<id>`` (group ``govesb-sink-<id>``)
-  and ``esb.registry``, and writes its ``esb.dlq.<id>`` and ``esb.audit``;
-- the operators' commands (``govesb audit verify``, ``govesb dlq list|replay``) read
-  ``esb.audit`` and every dead-letter topic and write deliver topics (replay);
-- ``govesb registry apply`` (the admin user) describes the ``esb.`` topics and reads and writes
-  ``esb.registry``; it creates no topic, as the Topic Operator does that.
-
-Idempotent producers need no cluster ACL: since Kafka 3.0 a Write ACL on a topic suffices.
+(SCRAM-SHA-512, simple authorization) per institution and per bus process, with the ACLs
+``streams.acls.bus_acls`` gives it — the same ones ``govesb registry apply`` sets on a cluster
+whose ACLs it manages itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import yaml
 
-from streams import topics
+from streams.acls import (
+    ADMIN_USER,
+    BUS_USER_PREFIX,
+    DEFAULT_WORKER_GROUP,
+    GATEWAY_USER,
+    OPERATOR_USER,
+    WORKER_USER,
+    AclRule,
+    bus_acls,
+    http_subscribers,
+    principal_problems,
+    sink_user,
+)
 from streams.catalog import Problem
 from streams.registry_model import BusRegistry
 from streams.registry_sync import desired_topics, replication_factor
-from streams.settings import TopicSettings, WorkerSettings
+from streams.settings import TopicSettings
+
+__all__ = [  # the bus's user names are streams.acls', re-exported for the export's callers
+    "ADMIN_USER",
+    "API_VERSION",
+    "BUS_USER_PREFIX",
+    "DEFAULT_BROKERS",
+    "FILE_NAMES",
+    "GATEWAY_USER",
+    "OPERATOR_USER",
+    "WORKER_USER",
+    "export_problems",
+    "files_by_kind",
+    "header",
+    "http_subscribers",
+    "kafka_topics",
+    "kafka_users",
+    "sink_user",
+    "strimzi_resources",
+    "to_yaml",
+]
 
 API_VERSION = "kafka.strimzi.io/v1beta2"
-BUS_USER_PREFIX = "govesb-"
-WORKER_USER = "govesb-worker"
-GATEWAY_USER = "govesb-gateway"
-OPERATOR_USER = "govesb-operator"
-ADMIN_USER = "govesb-admin"
 FILE_NAMES = {"KafkaTopic": "kafka-topics.yaml", "KafkaUser": "kafka-users.yaml"}
 DEFAULT_BROKERS = 3
-_WORKER_GROUP = str(WorkerSettings.model_fields["app_id"].default)
 
 Resource = dict[str, Any]
 
 
-def sink_user(subscriber: str) -> str:
-    """The Kafka user of ``subscriber``'s HTTP sink."""
-    return f"{BUS_USER_PREFIX}sink-{subscriber}"
-
-
-def http_subscribers(registry: BusRegistry) -> list[str]:
-    """Institutions with at least one agreement delivered over HTTP: each runs an HTTP sink."""
-    return sorted({s.subscriber for s in registry.document.subscriptions if s.delivery == "http"})
-
-
 def export_problems(registry: BusRegistry) -> list[Problem]:
     """What makes a linted registry unexportable: an institution id taken by a bus user."""
-    return [
-        Problem(
-            path=f"institutions[{index}].id",
-            message=f"{institution.id!r}: ids starting with {BUS_USER_PREFIX!r} are the bus's "
-            "own Kafka users",
-        )
-        for index, institution in enumerate(registry.document.institutions)
-        if institution.id.startswith(BUS_USER_PREFIX)
-    ]
+    return principal_problems(registry)
 
 
 def _metadata(name: str, cluster: str, namespace: str | None) -> dict[str, Any]:
@@ -79,41 +72,27 @@ def _metadata(name: str, cluster: str, namespace: str | None) -> dict[str, Any]:
     return metadata
 
 
-def _acl(kind: str, name: str, operations: Iterable[str], *, prefix: bool = False) -> Resource:
+def _acl(rule: AclRule) -> Resource:
     return {
-        "resource": {"type": kind, "name": name, "patternType": "prefix" if prefix else "literal"},
-        "operations": list(operations),
+        "resource": {
+            "type": rule.resource_type,
+            "name": rule.name,
+            "patternType": "prefix" if rule.prefix else "literal",
+        },
+        "operations": list(rule.operations),
     }
 
 
-def _read(topic: str) -> Resource:
-    return _acl("topic", topic, ["Read", "Describe"])
-
-
-def _write(topic: str) -> Resource:
-    return _acl("topic", topic, ["Write", "Describe"])
-
-
-def _user(name: str, acls: list[Resource], cluster: str, namespace: str | None) -> Resource:
+def _user(name: str, rules: list[AclRule], cluster: str, namespace: str | None) -> Resource:
     return {
         "apiVersion": API_VERSION,
         "kind": "KafkaUser",
         "metadata": _metadata(name, cluster, namespace),
         "spec": {
             "authentication": {"type": "scram-sha-512"},
-            "authorization": {"type": "simple", "acls": acls},
+            "authorization": {"type": "simple", "acls": [_acl(rule) for rule in rules]},
         },
     }
-
-
-def institution_acls(institution: str) -> list[Resource]:
-    """What an institution's own systems may do on the bus."""
-    return [
-        _write(topics.ingress(institution)),
-        _read(topics.deliver(institution)),
-        _read(topics.rejected(institution)),
-        _acl("group", f"{institution}.", ["Read"], prefix=True),
-    ]
 
 
 def kafka_topics(
@@ -147,47 +126,13 @@ def kafka_users(
     *,
     cluster: str,
     namespace: str | None = None,
-    worker_group: str = _WORKER_GROUP,
+    worker_group: str = DEFAULT_WORKER_GROUP,
 ) -> list[Resource]:
     """One ``KafkaUser`` per institution, then the bus's own processes."""
-    ids = [institution.id for institution in registry.document.institutions]
-    users = [_user(i, institution_acls(i), cluster, namespace) for i in ids]
-    worker = [
-        *(_read(topics.ingress(i)) for i in ids),
-        _acl("group", worker_group, ["Read"]),
-        _read(topics.REGISTRY),
-        *(_write(topics.deliver(i)) for i in ids),
-        *(_write(topics.rejected(i)) for i in ids),
-        _write(topics.AUDIT),
+    return [
+        _user(name, rules, cluster, namespace)
+        for name, rules in bus_acls(registry, worker_group=worker_group).items()
     ]
-    gateway = [*(_write(topics.ingress(i)) for i in ids), _read(topics.REGISTRY)]
-    operator = [
-        _read(topics.AUDIT),
-        *(_read(topics.dlq(i)) for i in ids),
-        *(_write(topics.deliver(i)) for i in ids),
-    ]
-    admin = [
-        _acl("topic", "esb.", ["Describe"], prefix=True),
-        _acl("topic", topics.REGISTRY, ["Read", "Write", "Describe"]),
-    ]
-    users += [
-        _user(WORKER_USER, worker, cluster, namespace),
-        _user(GATEWAY_USER, gateway, cluster, namespace),
-    ]
-    for subscriber in http_subscribers(registry):
-        sink = [
-            _read(topics.deliver(subscriber)),
-            _acl("group", topics.sink_group(subscriber), ["Read"]),
-            _read(topics.REGISTRY),
-            _write(topics.dlq(subscriber)),
-            _write(topics.AUDIT),
-        ]
-        users.append(_user(sink_user(subscriber), sink, cluster, namespace))
-    users += [
-        _user(OPERATOR_USER, operator, cluster, namespace),
-        _user(ADMIN_USER, admin, cluster, namespace),
-    ]
-    return users
 
 
 def strimzi_resources(

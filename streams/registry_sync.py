@@ -2,7 +2,9 @@
 
 ``esb.registry`` is a compacted topic of JSON records keyed ``institution/<id>``,
 ``event-type/<full name>`` and ``subscription/<id>``; a removed entry is a tombstone.
-Applying writes only what changed, so a second apply of the same YAML writes nothing.
+Applying creates missing topics, sets the Kafka ACLs the registry implies (``streams.acls``;
+on a cluster with an authorizer) and writes only what changed, so a second apply of the same
+YAML changes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams import topics
+from streams.acls import DEFAULT_WORKER_GROUP, AclReport, acl_bindings, bus_acls, sync_acls
 from streams.consuming import assign_whole_topic
 from streams.registry_model import BusRegistry, Institution, Subscription
 from streams.settings import KafkaSettings, TopicSettings
@@ -236,6 +239,7 @@ class ApplyReport:
     topics_created: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    acls: AclReport = field(default_factory=AclReport)
 
 
 async def ensure_topics(
@@ -279,15 +283,30 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
 
 
 async def apply_registry(
-    registry: BusRegistry, kafka: KafkaSettings, settings: TopicSettings
+    registry: BusRegistry,
+    kafka: KafkaSettings,
+    settings: TopicSettings,
+    *,
+    worker_group: str = DEFAULT_WORKER_GROUP,
 ) -> ApplyReport:
-    """Create missing topics, then write the changed records and tombstones (acks=all)."""
+    """Create missing topics, set the ACLs, then write the changed records and tombstones.
+
+    ACLs come before records: a new institution's systems are allowed in before the
+    processes learn of it, and a removed one's records (which tell apply whose ACLs it owns)
+    go only after its ACLs did, so an apply that fails half-way is finished by the next.
+    ``worker_group`` is the pipeline workers' consumer group (their ``GOVESB_APP_ID``).
+    """
     report = ApplyReport()
     report.topics_created = await ensure_topics(kafka, desired_topics(registry, settings), settings)
     view = RegistryView(kafka)
     await view.start(follow=False)
     current = dict(view.raw)
     await view.stop()
+    before = {key.partition("/")[2] for key in current if key.startswith("institution/")}
+    known = {i.id for i in registry.document.institutions} | before
+    report.acls = await sync_acls(
+        kafka, acl_bindings(bus_acls(registry, worker_group=worker_group)), known
+    )
     changes = plan_changes(registry_records(registry), current)
     producer = AIOKafkaProducer(**kafka.aiokafka_options(), acks="all", enable_idempotence=True)
     await producer.start()

@@ -7,6 +7,7 @@ fixtures, ``make kafka`` and ``make demo``::
     python -m deploy.kafka.launcher fetch          # download once, print what is cached
     python -m deploy.kafka.launcher up             # broker + registry until Ctrl-C
     python -m deploy.kafka.launcher up --data-dir .cache/data/dev --kafka-port 9092
+    python -m deploy.kafka.launcher up --secure    # plus a SASL_SSL listener, ACLs enforced
 
 Every process started here is stopped with SIGTERM, then killed after a bound, and on Linux
 dies with the process that started it, so an interrupted test run leaves nothing behind.
@@ -46,6 +47,13 @@ from deploy.kafka.runtime import (
     require_java,
     stderr,
 )
+from deploy.kafka.tls import (
+    SecureEndpoint,
+    SecureListener,
+    prepare_secure_listener,
+    scram_credential,
+    secure_listener_properties,
+)
 
 LOG4J_CONFIG = HERE / "log4j2.properties"
 CCOMPAT_PATH = "/apis/ccompat/v7"
@@ -57,6 +65,7 @@ __all__ = [
     "KafkaBroker",
     "LauncherError",
     "LocalBus",
+    "SecureListener",
     "metadata_ready",
     "registry_ready",
 ]
@@ -163,9 +172,24 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def broker_properties(data_dir: Path, port: int, controller_port: int) -> str:
-    """server.properties of a single-node combined broker+controller on loopback."""
+def broker_properties(
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    secure: SecureEndpoint | None = None,
+) -> str:
+    """server.properties of a single-node combined broker+controller on loopback.
+
+    With ``secure``, a ``SASL_SSL`` listener (SCRAM-SHA-512) is added and the
+    StandardAuthorizer enforces ACLs on it; the PLAINTEXT and CONTROLLER listeners stay for
+    the broker's own traffic (their unauthenticated principal, ``User:ANONYMOUS``, is a super
+    user, as the broker registering with its controller must be).
+    """
     listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if secure is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure.port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -174,7 +198,7 @@ def broker_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "advertised.listeners": listeners,
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "log.dirs": str(data_dir / "log"),
         "num.partitions": "3",
         "offsets.topic.replication.factor": "1",
@@ -188,14 +212,26 @@ def broker_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "auto.create.topics.enable": "true",
         "log.retention.hours": "168",
     }
+    if secure is not None:
+        settings.update(secure_listener_properties(secure))
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def metadata_ready(bootstrap: str) -> bool:
-    """True when the broker answers a Metadata request listing itself."""
+def metadata_ready(bootstrap: str, config: dict[str, Any] | None = None) -> bool:
+    """True when the broker answers a Metadata request listing itself.
+
+    ``config``: more librdkafka settings, e.g. TLS and SASL for a secure listener.
+    """
     from confluent_kafka.admin import AdminClient  # project dependency; imported lazily
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": 2000})
+    admin = AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "log_level": 0,
+            "socket.timeout.ms": 2000,
+            **(config or {}),
+        }
+    )
     try:
         metadata = admin.list_topics(timeout=2)
     except Exception:
@@ -208,7 +244,8 @@ class KafkaBroker:
     """A single-node KRaft Kafka broker on loopback.
 
     With a ``data_dir``, data and the chosen ports survive a restart; without one a temporary
-    directory is used and removed on stop.
+    directory is used and removed on stop. With ``security``, a ``SASL_SSL`` listener with
+    ACLs enforced is added (:class:`SecureListener`); the PLAINTEXT one stays as it is.
     """
 
     lib: Path
@@ -216,13 +253,30 @@ class KafkaBroker:
     port: int | None = None
     controller_port: int | None = None
     heap_mb: int = 512
+    security: SecureListener | None = None
     _proc: _JavaProcess | None = field(default=None, init=False, repr=False)
     _temporary: bool = field(default=False, init=False, repr=False)
+    _secure: SecureEndpoint | None = field(default=None, init=False, repr=False)
 
     @property
     def bootstrap(self) -> str:
-        """``host:port`` for clients."""
+        """``host:port`` for clients (the PLAINTEXT listener)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure(self) -> SecureEndpoint:
+        """The ``SASL_SSL`` listener: address, CA, super user, client settings, user creation."""
+        if self._secure is None:
+            raise LauncherError(
+                "this broker has no secure listener: KafkaBroker(security=SecureListener()) "
+                "and launch() it first"
+            )
+        return self._secure
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """``host:port`` of the ``SASL_SSL`` listener."""
+        return self.secure.bootstrap
 
     def launch(self) -> None:
         """Format storage if needed and start the JVM; :meth:`wait_ready` waits for it."""
@@ -236,20 +290,34 @@ class KafkaBroker:
         saved = json.loads(state_file.read_text()) if state_file.exists() else {}
         self.port = self.port or saved.get("port") or free_port()
         self.controller_port = self.controller_port or saved.get("controller_port") or free_port()
-        for taken in (self.port, self.controller_port):
+        state = {"port": self.port, "controller_port": self.controller_port}
+        if self.security is not None:
+            state["sasl_port"] = self.security.port or saved.get("sasl_port") or free_port()
+            try:
+                self._secure = prepare_secure_listener(
+                    self.data_dir / "tls", self.security, state["sasl_port"]
+                )
+            except ValueError as error:
+                raise LauncherError(str(error)) from None
+        for taken in state.values():
             if _port_is_open(taken):
                 raise LauncherError(f"port {taken} on 127.0.0.1 is already in use")
-        state_file.write_text(
-            json.dumps({"port": self.port, "controller_port": self.controller_port})
-        )
+        state_file.write_text(json.dumps(state))
         properties = self.data_dir / "server.properties"
-        properties.write_text(broker_properties(self.data_dir, self.port, self.controller_port))
+        properties.write_text(
+            broker_properties(self.data_dir, self.port, self.controller_port, self._secure)
+        )
 
         classpath = f"{self.lib}/*"
         if not (self.data_dir / "log" / "meta.properties").exists():
+            scram = (
+                ["--add-scram", scram_credential(*self._secure.admin_credentials)]
+                if self._secure is not None
+                else []
+            )
             formatted = subprocess.run(
                 [java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "--standalone", "-t", new_cluster_id(), "-c", str(properties)],
+                 "--standalone", "-t", new_cluster_id(), "-c", str(properties), *scram],
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             if formatted.returncode != 0:
@@ -267,6 +335,15 @@ class KafkaBroker:
         """Block until a Metadata request succeeds, or raise with the log's last lines."""
         _wait_until(lambda: _port_is_open(self.port or 0), self._proc, timeout, "Kafka port")
         _wait_until(lambda: metadata_ready(self.bootstrap), self._proc, timeout, "Kafka broker")
+        if self._secure is not None:  # TLS and the admin's SCRAM login work too
+            secure = self._secure
+            admin = secure.client_config(*secure.admin_credentials)
+            _wait_until(
+                lambda: metadata_ready(secure.bootstrap, admin),
+                self._proc,
+                timeout,
+                "Kafka SASL_SSL listener",
+            )
 
     def start(self, timeout: float = 90.0) -> None:
         """Launch and wait until the broker serves."""
@@ -374,6 +451,8 @@ class LocalBus:
     """Broker and registry together, started in parallel; a context manager.
 
     ``data_dir`` keeps both under ``<data_dir>/kafka`` and ``<data_dir>/registry``.
+    ``security`` gives the broker a ``SASL_SSL`` listener with ACLs enforced
+    (:class:`SecureListener`); the registry stays plain HTTP.
     """
 
     data_dir: Path | None = None
@@ -381,6 +460,7 @@ class LocalBus:
     registry_port: int | None = None
     cache: Path = DEFAULT_CACHE
     say: Say = stderr
+    security: SecureListener | None = None
     broker: KafkaBroker | None = field(default=None, init=False)
     registry: ApicurioRegistry | None = field(default=None, init=False)
 
@@ -391,6 +471,7 @@ class LocalBus:
             runtime.kafka_lib,
             self.data_dir / "kafka" if self.data_dir else None,
             port=self.kafka_port,
+            security=self.security,
         )
         registry = self.registry = ApicurioRegistry(
             runtime.apicurio_jar,
@@ -418,8 +499,9 @@ class LocalBus:
         except BaseException:
             self.stop()
             raise
+        secure = f" (SASL_SSL at {broker.secure_bootstrap})" if self.security else ""
         self.say(
-            f"Kafka {runtime.kafka_version} at {broker.bootstrap}, Apicurio "
+            f"Kafka {runtime.kafka_version} at {broker.bootstrap}{secure}, Apicurio "
             f"{runtime.apicurio_version} at {registry.url} "
             f"(ready in {time.monotonic() - started:.1f}s)"
         )
@@ -431,6 +513,13 @@ class LocalBus:
         if self.broker is None:
             raise LauncherError("the local bus is not started")
         return self.broker.bootstrap
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """The broker's ``SASL_SSL`` ``host:port`` (with ``security`` only)."""
+        if self.broker is None:
+            raise LauncherError("the local bus is not started")
+        return self.broker.secure_bootstrap
 
     @property
     def registry_url(self) -> str:
@@ -491,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--data-dir", type=Path, help="keep data here across restarts (default: temp)")
     up.add_argument("--kafka-port", type=int, help="broker port (default: free or saved port)")
     up.add_argument("--registry-port", type=int, help="registry port (default: free or saved)")
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="add a SASL_SSL (SCRAM-SHA-512) listener with ACLs enforced; prints how to log in",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -499,10 +593,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kafka {runtime.kafka_version}: {runtime.kafka_lib}")
             print(f"apicurio {runtime.apicurio_version}: {runtime.apicurio_jar}")
             return 0
-        bus = LocalBus(args.data_dir, args.kafka_port, args.registry_port, args.cache)
+        bus = LocalBus(
+            args.data_dir,
+            args.kafka_port,
+            args.registry_port,
+            args.cache,
+            security=SecureListener() if args.secure else None,
+        )
         with _stop_signals_interrupt(), bus:
             print(f"GOVESB_TEST_BOOTSTRAP={bus.bootstrap}", flush=True)
             print(f"GOVESB_TEST_REGISTRY={bus.registry_url}", flush=True)
+            if bus.broker is not None and args.secure:
+                secure = bus.broker.secure
+                env = secure.client_env(secure.admin_user, f"$(cat {secure.password_file})")
+                print("the super user, over TLS:", flush=True)
+                for name, value in env.items():
+                    print(f"  {name}={value}", flush=True)
             print("press Ctrl-C to stop", flush=True)
             while bus.running:
                 time.sleep(0.5)

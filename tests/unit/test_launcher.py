@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.kafka import launcher, runtime
+from deploy.kafka import launcher, runtime, tls
 
 
 def test_cluster_ids_are_urlsafe_base64_of_16_bytes_and_never_start_with_a_dash() -> None:
@@ -30,6 +34,81 @@ def test_broker_properties_describe_a_single_node_kraft_broker_on_loopback(
     assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:19093"
     assert props["log.dirs"] == str(tmp_path / "log")
     assert props["offsets.topic.replication.factor"] == "1"
+
+
+def test_the_secure_mode_adds_a_sasl_ssl_listener_with_acls_enforced(tmp_path: Path) -> None:
+    files = tls.BrokerTls(ca_file=tmp_path / "ca.pem", keystore=tmp_path / "ks.pem")
+    secure = tls.SecureEndpoint(port=19094, tls=files, admin_user="root", admin_password="pw")  # noqa: S106
+    text = launcher.broker_properties(tmp_path, 19092, 19093, secure)
+    props = dict(line.split("=", 1) for line in text.splitlines())
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093,SASL_SSL://127.0.0.1:19094"
+    )
+    assert props["listener.security.protocol.map"].endswith(",SASL_SSL:SASL_SSL")
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["authorizer.class.name"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    )
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:root;User:ANONYMOUS"
+    assert (props["ssl.keystore.type"], props["ssl.keystore.location"]) == (
+        "PEM",
+        str(files.keystore),
+    )
+    assert props["auto.create.topics.enable"] == "false"
+    # The default broker has none of it.
+    plain = launcher.broker_properties(tmp_path, 19092, 19093)
+    assert "SASL" not in plain
+    assert "authorizer" not in plain
+
+
+def test_the_admin_credential_is_formatted_salted_never_as_the_password() -> None:
+    argument = tls.scram_credential("admin", "pa55word", iterations=4096)
+    assert "pa55word" not in argument
+    match = re.fullmatch(
+        r'SCRAM-SHA-512=\[name=admin,iterations=4096,salt="([^"]+)",saltedpassword="([^"]+)"\]',
+        argument,
+    )
+    assert match is not None
+    salt, salted = (base64.b64decode(group) for group in match.groups())
+    # RFC 5802 SaltedPassword := Hi(password, salt, i) = PBKDF2 with HMAC-SHA-512.
+    assert salted == hashlib.pbkdf2_hmac("sha512", b"pa55word", salt, 4096)
+
+
+def test_the_broker_certificate_is_for_loopback_and_issued_by_the_ca(tmp_path: Path) -> None:
+    files = tls.write_broker_tls(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate(files.ca_file.read_bytes())
+    pem = files.keystore.read_bytes()
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")  # unencrypted PKCS#8, as Kafka reads
+    leaf, issuer = x509.load_pem_x509_certificates(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
+    assert issuer == ca
+    leaf.verify_directly_issued_by(ca)
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
+    assert stat.S_IMODE(files.keystore.stat().st_mode) == 0o600
+    # Kept on a second call: clients given the CA keep working across restarts.
+    assert tls.write_broker_tls(tmp_path / "tls") == files
+    assert files.ca_file.read_bytes() == ca.public_bytes(tls.serialization.Encoding.PEM)
+
+
+def test_the_admin_password_is_kept_with_the_data_dir(tmp_path: Path) -> None:
+    first = tls.prepare_secure_listener(tmp_path / "tls", tls.SecureListener(), 19094)
+    assert len(first.admin_password) >= 24
+    assert first.admin_password not in repr(first)
+    assert stat.S_IMODE(first.password_file.stat().st_mode) == 0o600
+    again = tls.prepare_secure_listener(tmp_path / "tls", tls.SecureListener(), 19094)
+    assert (again.admin_password, again.tls) == (first.admin_password, first.tls)
+    other = tls.SecureListener(admin_password="another")  # noqa: S106 - a test value
+    with pytest.raises(ValueError, match="formatted with another admin password"):
+        tls.prepare_secure_listener(tmp_path / "tls", other, 19094)
+
+
+def test_secure_addresses_are_refused_on_a_plain_broker(tmp_path: Path) -> None:
+    broker = launcher.KafkaBroker(tmp_path)
+    with pytest.raises(runtime.LauncherError, match="no secure listener"):
+        _ = broker.secure_bootstrap
 
 
 def _fake_tool(directory: Path, name: str, script: str) -> None:
