@@ -6,18 +6,20 @@ institution's ECDSA signature verified over the exact ``data`` bytes), ``GET /he
 ``GET /metrics``, ``GET /openapi.json``. JSON is validated against the Avro schema and
 encoded; the event goes to ``esb.ingress.<institution>`` signed by the bus (the institution's
 own credentials and signature were checked here), and the reply comes only after the broker
-acknowledged it (acks=all, idempotent producer). Errors are JSON with a code and a message;
-no stack trace ever leaves the process.
+acknowledged it (acks=all, idempotent producer). Bodies must be strict JSON (UTF-8, no
+duplicate keys, no lone surrogates): what the gateway accepts, the pipeline accepts. Errors
+are JSON with a code and a message; no stack trace ever leaves the process, and the log has
+one line per request without headers or bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -26,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from fastavro.validation import ValidationError, validate
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,12 +45,15 @@ from connectors.openapi import OPENAPI
 from streams import topics
 from streams.catalog import Catalog, EventType
 from streams.codec import RegistryUnavailableError, SchemaStore, encode
-from streams.envelope import new_envelope, source_for
+from streams.envelope import new_envelope, parse_source, source_for
 from streams.jsonavro import JsonAvroError, from_json
 from streams.registry_sync import RegistryView
 from streams.signing import PrivateKey, sign_event
 
 GOVESB_NAMESPACE = uuid.UUID("6f1c2b1e-3c1a-4f7e-9b7d-0e2a6c9d4b11")
+CLOUDEVENT_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "correlationid")
+
+log = logging.getLogger(__name__)
 
 
 class HttpError(Exception):
@@ -113,6 +120,10 @@ class ReplayWindow:
         """Remember ``digest`` as accepted at ``now``."""
         self._accepted[digest] = now
 
+    def discard(self, digest: str) -> None:
+        """Forget ``digest`` (its request failed, so the client may send it again)."""
+        self._accepted.pop(digest, None)
+
 
 @dataclass
 class TokenBucket:
@@ -165,7 +176,7 @@ class Gateway:
             raise HttpError(400, "unsupported_grant_type", "grant_type must be client_credentials")
         client_id, client_secret = _basic_credentials(authorization)
         expected = self.clients.get(client_id)
-        if expected is None or not secrets.compare_digest(expected, client_secret):
+        if expected is None or not _same_secret(expected, client_secret):
             raise HttpError(401, "invalid_client", "unknown client or wrong secret")
         token = secrets.token_urlsafe(32)
         self._tokens[token] = (client_id, time.monotonic() + self.token_ttl_s)
@@ -189,7 +200,7 @@ class Gateway:
                 raise HttpError(401, "invalid_token", "the bearer token has expired")
         elif "X-API-Key" in request.headers:
             key = request.headers["X-API-Key"]
-            matches = [c for c, s in self.clients.items() if secrets.compare_digest(s, key)]
+            matches = [c for c, s in self.clients.items() if _same_secret(s, key)]
             if not matches:
                 raise HttpError(401, "invalid_api_key", "unknown API key")
             institution = matches[0]
@@ -225,8 +236,14 @@ class Gateway:
         *,
         event_id: str | None = None,
         correlation_id: str | None = None,
+        data_field: str = "data",
     ) -> str:
-        """Validate JSON against the schema, encode, sign, produce; return the event id."""
+        """Validate JSON against the schema, encode, sign, produce; return the event id.
+
+        ``data_field`` names where ``data`` was in the request, for the refusal of none.
+        """
+        if data is None:
+            raise HttpError(400, "invalid_data", f"{data_field} is required", field=data_field)
         try:
             record = from_json(event_type.schema, data)
             validate(record, event_type.parsed, raise_errors=True)
@@ -245,15 +262,23 @@ class Gateway:
                 "invalid_data",
                 f"data does not match {event_type.name}: {type(error).__name__}",
             ) from None
-        if not isinstance(record, dict) or not isinstance(record.get(event_type.key), str):
+        if not isinstance(record, dict) or not record.get(event_type.key):
+            # The key becomes ce_subject, which the pipeline requires to be non-empty.
             raise HttpError(
-                400, "invalid_data", f"key field {event_type.key!r} missing", field=event_type.key
-            )
+                400, "invalid_data", f"key field {event_type.key!r} missing or empty",
+                field=event_type.key,
+            )  # fmt: skip
         try:
             schema_id = await self.schemas.id_for(event_type)
         except (RegistryUnavailableError, LookupError) as error:
             raise HttpError(503, "registry_unavailable", str(error).split(":")[0]) from None
-        value = encode(schema_id, event_type.parsed, record)
+        try:
+            value = encode(schema_id, event_type.parsed, record)
+        except (ValueError, TypeError, OverflowError) as error:  # validated, yet unencodable
+            raise HttpError(
+                400, "invalid_data",
+                f"data cannot be encoded as {event_type.name}: {type(error).__name__}",
+            ) from None  # fmt: skip
         if len(value) > self.max_body_bytes:
             raise HttpError(413, "too_large", "the encoded event is over the size limit")
         envelope = new_envelope(
@@ -296,87 +321,114 @@ class Gateway:
             raise HttpError(415, "unsupported_media_type", "send application/x-www-form-urlencoded")
         try:
             form = {k: str(v) for k, v in (await request.post()).items()}
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, LookupError):  # undecodable, or a charset Python does not know
             raise HttpError(400, "invalid_request", "the form body cannot be read") from None
         return web.json_response(self.issue_token(request.headers.get("Authorization"), form))
 
     async def events(self, request: web.Request) -> web.Response:
         """POST /v1/events: CloudEvents structured or binary mode, JSON data."""
         institution = self.institution_of(request)
-        raw = await self._body(request)
         content_type = request.content_type
-        if content_type == "application/cloudevents+json":
-            event = _json(raw)
-            if not isinstance(event, dict):
-                raise HttpError(400, "invalid_event", "a CloudEvent must be a JSON object")
-            attributes = {k: event.get(k) for k in ("specversion", "id", "source", "type", "time")}
-            data = event.get("data")
-            correlation = event.get("correlationid")
-        elif content_type == "application/json":
-            attributes = {
-                k: request.headers.get(f"ce-{k}")
-                for k in ("specversion", "id", "source", "type", "time")
-            }
-            data = _json(raw)
-            correlation = request.headers.get("ce-correlationid")
-        else:
+        if content_type not in ("application/cloudevents+json", "application/json"):
             raise HttpError(
                 415,
                 "unsupported_media_type",
                 "send application/cloudevents+json or application/json with ce-* headers",
             )
+        raw = await self._body(request)
+        attributes: dict[str, Any]
+        if content_type == "application/cloudevents+json":
+            event = _json(raw)
+            if not isinstance(event, dict):
+                raise HttpError(400, "invalid_event", "a CloudEvent must be a JSON object")
+            attributes = {name: event.get(name) for name in CLOUDEVENT_ATTRIBUTES}
+            data = event.get("data")
+        else:
+            attributes = {name: request.headers.get(f"ce-{name}") for name in CLOUDEVENT_ATTRIBUTES}
+            data = _json(raw)
+        for name, value in attributes.items():
+            # Header values aiohttp could not decode as UTF-8 arrive with lone surrogates.
+            if value is not None and not _is_text(value):
+                raise HttpError(400, "invalid_event", f"{name} must be a UTF-8 string", field=name)
         if attributes["specversion"] != "1.0":
             raise HttpError(400, "invalid_event", "specversion must be 1.0", field="specversion")
         if not attributes["type"]:
             raise HttpError(400, "invalid_event", "type is required", field="type")
-        system = _system_of(str(attributes["source"] or ""), institution)
+        system = _system_of(attributes["source"] or "", institution)
         event_id = attributes["id"]
         if event_id is not None:
             try:
-                event_id = str(uuid.UUID(str(event_id)))
+                event_id = str(uuid.UUID(event_id))
             except ValueError:
                 raise HttpError(400, "invalid_event", "id must be a UUID", field="id") from None
-        event_type = self.event_type_for(institution, str(attributes["type"]))
+        event_type = self.event_type_for(institution, attributes["type"])
         published = await self.publish(
             institution, system, event_type, data, event_id=event_id,
-            correlation_id=str(correlation) if correlation else None,
+            correlation_id=attributes["correlationid"] or None,
         )  # fmt: skip
         return web.json_response({"id": published, "status": "accepted"}, status=202)
 
     async def push(self, request: web.Request) -> web.Response:
-        """POST /engine/esb/push-request: the GovESB push format."""
+        """POST /engine/esb/push-request: the GovESB push format.
+
+        The signature covers the exact bytes of ``data`` as sent; what is published is those
+        bytes parsed, never another copy of ``data`` elsewhere in the body. A push is
+        identified by its signature's ``r`` and the data bytes, so the same push with its
+        signature re-encoded (another base64 or DER form, or ``s`` replaced by ``n - s``) is
+        a replay too.
+        """
         institution = self.institution_of(request)
+        if request.content_type != "application/json":
+            raise HttpError(415, "unsupported_media_type", "send application/json")
         raw = await self._body(request)
-        document = _json(raw)  # refuses bodies that are not UTF-8 JSON with 400
-        text = raw.decode("utf-8")
+        document = _json(raw)  # UTF-8 JSON, no duplicate keys: 400 otherwise
         if not isinstance(document, dict) or "data" not in document or "signature" not in document:
             raise HttpError(400, "invalid_request", 'expected {"data": {...}, "signature": "..."}')
-        data_text = _exact_data(text)
-        signature = str(document["signature"])
+        signature = document["signature"]
+        if not isinstance(signature, str):
+            raise HttpError(
+                400, "invalid_request", "signature must be a base64 string", field="signature"
+            )
+        data_text = _exact_data(raw.decode("utf-8"))
+        data_bytes = data_text.encode()
+        try:
+            data = _json(data_bytes)
+        except HttpError:
+            data = _NOT_DATA
+        if data != document["data"]:  # the cut is not the data member: nothing else is signed
+            raise HttpError(
+                400, "invalid_request", 'the body must be {"data":...,"signature":"..."}'
+            )
         own_keys = [
             self.view.keyring.get(key_id)
             for key_id, owner in self.view.key_owners.items()
             if owner == institution  # key_owners holds only keys that are not revoked
         ]
-        if not any(key and key.verify(data_text.encode(), signature) for key in own_keys):
+        if not any(key and key.verify(data_bytes, signature) for key in own_keys):
             raise HttpError(
                 401, "invalid_signature", "the signature does not verify over the data bytes"
             )
-        digest = hashlib.sha256(signature.encode()).hexdigest()
-        if self._seen_signatures.seen(digest, time.monotonic()):
+        identity = _push_identity(data_bytes, signature)
+        if self._seen_signatures.seen(identity, time.monotonic()):
             raise HttpError(409, "replayed", "this signed request was already accepted")
-        data = document["data"]
         push_code = data.get("pushCode") if isinstance(data, dict) else None
-        if not push_code:
+        if not push_code or not isinstance(push_code, str):
             raise HttpError(
                 400, "invalid_request", "data.pushCode is required", field="data.pushCode"
             )
-        event_type = self.event_type_for(institution, str(push_code))
-        event_id = str(uuid.uuid5(GOVESB_NAMESPACE, signature))
-        published = await self.publish(
-            institution, "govesb-push", event_type, data.get("esbBody"), event_id=event_id
-        )
-        self._seen_signatures.add(digest, time.monotonic())
+        event_type = self.event_type_for(institution, push_code)
+        event_id = str(uuid.uuid5(GOVESB_NAMESPACE, identity))
+        # Held while publishing, so the same push sent concurrently is a replay too; released
+        # if publishing fails, so the client may send it again.
+        self._seen_signatures.add(identity, time.monotonic())
+        try:
+            published = await self.publish(
+                institution, "govesb-push", event_type, data.get("esbBody"),
+                event_id=event_id, data_field="data.esbBody",
+            )  # fmt: skip
+        except BaseException:
+            self._seen_signatures.discard(identity)
+            raise
         ack = json.dumps(
             {
                 "success": True,
@@ -391,10 +443,13 @@ class Gateway:
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise HttpError(413, "too_large", f"the body is over {self.max_body_bytes} bytes")
-        body = await request.content.read(self.max_body_bytes + 1)
-        if len(body) > self.max_body_bytes:
-            raise HttpError(413, "too_large", f"the body is over {self.max_body_bytes} bytes")
-        return body
+        # StreamReader.read(n) returns what is buffered, up to n: read until the end.
+        body = bytearray()
+        while chunk := await request.content.read(self.max_body_bytes + 1 - len(body)):
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise HttpError(413, "too_large", f"the body is over {self.max_body_bytes} bytes")
+        return bytes(body)
 
     def application(self) -> web.Application:
         """The aiohttp application with every route and the error middleware."""
@@ -417,6 +472,7 @@ class Gateway:
                     {"error": "http", "message": error.reason}, status=error.status, headers=kept
                 )
             except Exception:  # never a stack trace to the client
+                log.exception("unexpected failure on %s %s", request.method, route)
                 response = web.json_response(
                     {"error": "internal", "message": "internal error"}, status=500
                 )
@@ -455,11 +511,55 @@ async def _openapi(_: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
+_NOT_DATA = object()
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        # Parsers disagree on which of two equal keys wins; a signed or validated body must
+        # have one meaning only.
+        raise ValueError("duplicate key")
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json(raw: bytes) -> Any:
+    """The body as JSON (RFC 8259): UTF-8 without BOM, no duplicate keys, no NaN or
+    Infinity, every string valid Unicode; 400 ``invalid_json`` otherwise."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HttpError(400, "invalid_json", "the body is not valid JSON") from None
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant
+        )
+        # A "\ud800" escape parses to a lone surrogate, which no UTF-8 event can carry.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
+        raise HttpError(
+            400,
+            "invalid_json",
+            "the body is not valid JSON (UTF-8, no duplicate keys, no lone surrogates)",
+        ) from None
+    return value
+
+
+def _is_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _same_secret(expected: str, given: str) -> bool:
+    """Constant-time comparison; anything the client sent may hold non-ASCII characters."""
+    return secrets.compare_digest(
+        expected.encode("utf-8", "surrogateescape"), given.encode("utf-8", "surrogateescape")
+    )
 
 
 def _exact_data(text: str) -> str:
@@ -472,32 +572,62 @@ def _exact_data(text: str) -> str:
     return text[start + len('"data":') : end].strip()
 
 
+def _push_identity(data: bytes, signature: str) -> str:
+    """What makes a signed push the same push: the data bytes and the signature's ``r``.
+
+    The base64 text is not it: several texts decode to the same DER, and ``(r, n - s)``
+    verifies as well as ``(r, s)``. ``r`` is fixed by the signer's nonce, so only the holder
+    of the key can make another signature of the same data.
+    """
+    r, _ = decode_dss_signature(base64.b64decode(signature))  # it verified: well-formed
+    return hashlib.sha256(data + b"\x00" + str(r).encode()).hexdigest()
+
+
 def _system_of(source: str, institution: str) -> str:
-    prefix = f"/institutions/{institution}/systems/"
     if not source:
         return "gateway"
-    if not source.startswith(prefix) or len(source) == len(prefix):
+    own = source_for(institution, "")
+    parsed = parse_source(source)
+    if parsed is not None and parsed[0] == institution:
+        return parsed[1]
+    if parsed is None and source.startswith(own):  # ours, but the pipeline could not read it
         raise HttpError(
-            403,
-            "source_mismatch",
-            f"source must be {source_for(institution, '<system>')}",
+            400, "invalid_event", f"source must be {own}<system>, a system without / or spaces",
             field="source",
-        )
-    return source[len(prefix) :]
+        )  # fmt: skip
+    raise HttpError(
+        403,
+        "source_mismatch",
+        f"source must be {source_for(institution, '<system>')}",
+        field="source",
+    )
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str]:
     if not authorization or not authorization.lower().startswith("basic "):
         raise HttpError(401, "invalid_client", "client authentication (HTTP Basic) is required")
     try:
-        client_id, _, client_secret = base64.b64decode(authorization[6:]).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+    except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         raise HttpError(401, "invalid_client", "malformed Basic credentials") from None
+    client_id, _, client_secret = decoded.partition(":")
     return client_id, client_secret
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: method, path, status, duration.
+
+    Never headers, query strings or bodies: those carry tokens, secrets and personal data.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Log ``request`` and the status it got."""
+        self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
 
 
 async def run_gateway(settings: Any) -> None:
     """``govesb connect gateway``: serve until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
     import asyncio
     import signal
 
@@ -525,7 +655,7 @@ async def run_gateway(settings: Any) -> None:
         token_ttl_s=settings.token_ttl_s,
         produce_timeout_s=settings.produce_timeout_s,
     )
-    runner = web.AppRunner(gateway.application())
+    runner = web.AppRunner(gateway.application(), access_log_class=AccessLog)
     await runner.setup()
     await web.TCPSite(runner, settings.web_host, settings.web_port).start()
     stopping = asyncio.Event()

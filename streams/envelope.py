@@ -44,6 +44,12 @@ def source_for(institution: str, system: str) -> str:
     return f"/institutions/{institution}/systems/{system}"
 
 
+def parse_source(source: str) -> tuple[str, str] | None:
+    """The (institution, system) a ``ce_source`` names, or None if it is not of that form."""
+    match = _SOURCE.match(source)
+    return (match["institution"], match["system"]) if match else None
+
+
 def format_time(moment: dt.datetime) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-27T08:15:00.123Z``."""
     if moment.tzinfo is not dt.UTC:
@@ -76,14 +82,14 @@ class Envelope:
     @property
     def institution(self) -> str:
         """The publishing institution, from ``ce_source``."""
-        match = _SOURCE.match(self.source)
-        return match["institution"] if match else ""
+        parsed = parse_source(self.source)
+        return parsed[0] if parsed else ""
 
     @property
     def system(self) -> str:
         """The publishing system, from ``ce_source``."""
-        match = _SOURCE.match(self.source)
-        return match["system"] if match else ""
+        parsed = parse_source(self.source)
+        return parsed[1] if parsed else ""
 
     def signed(self, key_id: str, signature: str) -> Envelope:
         """A copy carrying ``key_id`` and ``signature``."""
@@ -124,8 +130,10 @@ class Envelope:
             if raw is None:
                 continue
             try:
+                # Text given as str must be encodable too: a lone surrogate is not Unicode.
                 values[name] = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-            except UnicodeDecodeError:
+                values[name].encode("utf-8")
+            except UnicodeError:
                 raise EventError(Reason.INVALID_HEADER, f"{name} is not valid UTF-8") from None
         missing = [name for name in _REQUIRED if not values.get(name)]
         if missing:

@@ -1,0 +1,1 @@
+"""Corpora of inputs the bus must refuse, each with the refusal it documents."""
