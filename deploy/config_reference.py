@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
+from connectors.dr import DrCliSettings
 from connectors.settings import GatewaySettings, SinkSettings
 from streams.settings import REPO_ROOT, CliSettings, WorkerSettings
 
@@ -46,6 +47,7 @@ PROCESSES = (
     Process("govesb connect http-sink --subscriber <institution>", SinkSettings),
     Process("govesb connect gateway", GatewaySettings),
     Process("govesb schemas|registry|publish|tail|audit|dlq …", CliSettings),
+    Process("govesb dr status|failover", DrCliSettings),
 )
 
 
