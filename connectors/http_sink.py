@@ -5,8 +5,11 @@ in parallel (bounded). Timeouts, connection errors, 408/425/429 (``Retry-After``
 5xx are retried with exponential backoff and jitter; other 4xx, and records whose attempts are
 spent, go to ``esb.dlq.<subscriber>`` with the error. Offsets are committed only after every
 record of a batch was delivered or dead-lettered. A circuit breaker per endpoint pauses
-consumption while the endpoint is down instead of spending attempts; attempts made while the
-breaker is not closed are not counted against a record.
+consumption while the endpoint is down instead of spending attempts: once open, nothing is sent
+until its cooldown has passed, then a single trial request (half-open) closes it again or
+reopens it; attempts made while the breaker is not closed are not counted against a record.
+An Avro delivery whose schema is not cached waits (that key only) while the schema registry
+is unavailable.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from connectors.delivery import (
 )
 from streams import topics
 from streams.audit import AuditChain
-from streams.codec import SchemaStore
+from streams.codec import RegistryUnavailableError, SchemaStore
 from streams.envelope import CONTENT_TYPE, JSON_CONTENT_TYPE, Envelope, parse_time
 from streams.jsonavro import to_json_bytes
 from streams.reasons import EventError
@@ -144,6 +147,7 @@ class HttpSink:
     _token: tuple[str, float] | None = None
     _token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
+    _trial: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
         # Series that exist from the start, so rate()/increase() see their first change.
@@ -213,32 +217,55 @@ class HttpSink:
         return sign_body(envelope, body, self.bus_key, self.bus_key_id), body
 
     async def _deliver(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            envelope, body = await self._body(record)
-        except EventError as error:
-            await self._dead_letter(record, None, 0, f"{error.reason}: {error.detail}")
-            return
+        delay = 0.5
+        while True:
+            try:
+                envelope, body = await self._body(record)
+                break
+            except EventError as error:
+                await self._dead_letter(record, None, 0, f"{error.reason}: {error.detail}")
+                return
+            except RegistryUnavailableError as error:
+                # An Avro delivery whose schema this process has not cached yet: wait for
+                # the registry (this key only; other keys go on), never give the record up.
+                log.warning("schema registry unavailable (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         agreement = next((v for k, v in record.headers if k == "esb_subscription"), b"").decode()
         request = self.request_for(envelope, body, agreement)
         attempts = 0
         renewed = False
         started = time.monotonic()
         while True:
-            wait = self.breaker.wait_s(time.monotonic())
+            now = time.monotonic()
+            wait = self.breaker.wait_s(now)
             if wait:
                 await asyncio.sleep(wait)
                 continue
-            counted = self.breaker.state == "closed"
-            if self.endpoint.auth.type == "oauth2":
-                request.headers["Authorization"] = f"Bearer {await self._oauth_token()}"
-            status, retry_after, excerpt = await self._send(request)
-            attempts += 1 if counted else 0
-            if status == 401 and self.endpoint.auth.type == "oauth2" and not renewed:
-                self._token, renewed = None, True  # expired or revoked: renew once, send again
-                continue
-            outcome = verdict(status)
-            self.breaker.record(outcome != "retry", time.monotonic())
-            self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
+            trial: asyncio.Future[None] | None = None
+            if self.breaker.state != "closed":
+                if self._trial is not None:  # one trial request at a time; the others wait
+                    await asyncio.wait([self._trial])
+                    continue
+                self.breaker.allow(now)  # open -> half-open: this request is the trial
+                self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
+                trial = self._trial = asyncio.get_running_loop().create_future()
+            try:
+                if self.endpoint.auth.type == "oauth2":
+                    request.headers["Authorization"] = f"Bearer {await self._oauth_token()}"
+                status, retry_after, excerpt = await self._send(request)
+                # Attempts while the breaker is not closed (the trial) are not counted.
+                attempts += 1 if trial is None else 0
+                if status == 401 and self.endpoint.auth.type == "oauth2" and not renewed:
+                    self._token, renewed = None, True  # expired or revoked: renew, send again
+                    continue
+                outcome = verdict(status)
+                self.breaker.record(outcome != "retry", time.monotonic())
+                self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
+            finally:
+                if trial is not None:
+                    self._trial = None
+                    trial.set_result(None)
             if outcome == "delivered":
                 self._metric(self.metrics.deliveries, "delivered", str(status)).inc()
                 self._metric(self.metrics.end_to_end).observe(

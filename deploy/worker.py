@@ -44,6 +44,12 @@ class WorkerProcess:
         """The /metrics text."""
         return self._get("/metrics").decode()
 
+    def kill(self) -> int:
+        """SIGKILL (``kill -9``): no shutdown, no flush, no commit; return the exit code."""
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.process.wait(10)
+
     def stop(self, bound_s: float = 30.0) -> tuple[int, float]:
         """SIGTERM; return (exit code, seconds it took); killed if past ``bound_s``."""
         started = time.monotonic()
