@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,7 +27,7 @@ from aiokafka.errors import KafkaError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import topics
+from streams import fetch_guard, topics
 from streams.audit import AuditChain
 from streams.codec import RegistryUnavailableError, SchemaStore
 from streams.metrics import PipelineMetrics
@@ -242,8 +244,13 @@ def create_app(
     does not work with aiokafka 0.14): an institution added later is picked up on restart,
     and ``/health`` says so meanwhile.
     """
+    fetch_guard.install()
+    # the pipeline keeps no Faust tables; without this Faust makes <app_id>-data in cwd
+    datadir = Path(tempfile.gettempdir()) / "govesb-faust" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
+        datadir=datadir,
         broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings.kafka),
         broker_client_id=settings.kafka.client_id,

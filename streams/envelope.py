@@ -21,6 +21,8 @@ SPEC_VERSION = "1.0"
 _SPEC_VERSION_BYTES = SPEC_VERSION.encode()
 CONTENT_TYPE = "application/avro"
 JSON_CONTENT_TYPE = "application/json"
+#: Put first by the consumer on a record whose header names it could not read as sent.
+UNREADABLE_HEADER = "esb_unreadable"
 
 _SOURCE = re.compile(
     r"^/institutions/(?P<institution>[a-z][a-z0-9-]*)/systems/(?P<system>[^/\s]+)$"

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
+from streams import fetch_guard
 from streams.codec import RegistryUnavailableError, SchemaStore
 from streams.consuming import assign_whole_topic
 from streams.envelope import JSON_CONTENT_TYPE
@@ -65,6 +66,7 @@ async def tail_topic(
 ) -> int:
     """Print every record of ``topic`` (all partitions); return how many were printed."""
     schemas = SchemaStore(AsyncSchemaRegistryClient(schema_registry.client_config()))
+    fetch_guard.install()  # an ingress topic may hold a record with unreadable header names
     consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     count = 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.codec import HEADER_SIZE, WriterSchema, decode_body, schema_id_of
-from streams.envelope import Envelope, parse_time
+from streams.envelope import UNREADABLE_HEADER, Envelope, parse_time
 from streams.reasons import EventError, Reason
 from streams.signing import KeyRing, canonical_bytes
 
@@ -179,6 +179,8 @@ def validate(
     ``writer`` is the registered schema for the value's schema id (None if the registry has
     no such id); the caller resolves it, so this stays free of I/O.
     """
+    if record.headers and record.headers[0][0] == UNREADABLE_HEADER:
+        raise EventError(Reason.INVALID_HEADER, (record.headers[0][1] or b"").decode())
     value = check_size(record, limits)
     envelope = Envelope.from_headers(record.headers)
     publisher = publisher_of(record.topic)

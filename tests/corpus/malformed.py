@@ -46,6 +46,21 @@ def demo_key(institution: str) -> PrivateKey:
 # --------------------------------------------------------------------------- Kafka
 
 
+class RawName(str):
+    """A header name sent as arbitrary bytes: what a careless producer can put on the wire
+    (aiokafka's pure-Python batch builder calls ``encode`` on the name)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> RawName:
+        name = super().__new__(cls, raw.decode(errors="replace"))
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
 @dataclass(frozen=True)
 class KafkaRecord:
     """A record to produce to an ingress topic: headers in order, repeats allowed."""

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.delivery import basic_auth
@@ -40,6 +41,7 @@ from tests.corpus.malformed import (
     PAYMENT,
     Forge,
     KafkaRecord,
+    RawName,
     push_data,
     push_text,
     signed,
@@ -70,12 +72,12 @@ async def _consumer_at_end(kafka: str, topics: list[str]) -> AIOKafkaConsumer:
     return consumer
 
 
-async def _rejections(
+async def _rejected_copies(
     consumer: AIOKafkaConsumer, run: str, expected: int, worker: WorkerProcess
-) -> dict[str, str]:
-    """``corpus_case`` -> ``esb_reason`` of this run's rejected records: until ``expected``
-    were found, the worker exited, or 90 s passed."""
-    found: dict[str, str] = {}
+) -> dict[str, Any]:
+    """``corpus_case`` -> this run's rejected record: until ``expected`` were found, the
+    worker exited, or 90 s passed."""
+    found: dict[str, Any] = {}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(90):
             while len(found) < expected and worker.process.poll() is None:
@@ -83,9 +85,16 @@ async def _rejections(
                     for record in batch:
                         headers = dict(record.headers)
                         if headers.get("corpus_run") == run.encode():
-                            name = headers["corpus_case"].decode()
-                            found[name] = headers["esb_reason"].decode()
+                            found[headers["corpus_case"].decode()] = record
     return found
+
+
+async def _rejections(
+    consumer: AIOKafkaConsumer, run: str, expected: int, worker: WorkerProcess
+) -> dict[str, str]:
+    """``corpus_case`` -> ``esb_reason`` of this run's rejected records."""
+    found = await _rejected_copies(consumer, run, expected, worker)
+    return {name: dict(record.headers)["esb_reason"].decode() for name, record in found.items()}
 
 
 @pytest.mark.timeout(300)
@@ -212,3 +221,58 @@ async def test_every_gateway_case_gets_its_status_error_and_field(
     push_id = json.loads(response.body)["data"]["esbBody"]["eventId"]
     records = await _collect(kafka, ["esb.ingress.nida"], {event["id"], push_id}, wait_s=20)
     assert {dict(r.headers)["ce_id"].decode() for r in records} == {event["id"], push_id}
+
+
+@pytest.mark.timeout(240)
+async def test_a_header_name_that_is_not_utf8_is_rejected_and_the_worker_stays_up(
+    kafka: str, registry: str, start_worker
+) -> None:
+    """One batch: valid, valid, a valid event with a non-UTF-8 header name, valid. The
+    Kafka client's strict decoding of that name used to stop the worker for good."""
+    worker = start_worker()
+    forge = Forge(await _schema_ids(registry))
+    run = uuid.uuid4().hex
+    goods = [forge.good() for _ in range(3)]
+    bad = forge.good()
+    consumer = await _consumer_at_end(kafka, REJECTED)
+    # Not idempotent: aiokafka only lets its own builder carry a producer id.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch._builder = _DefaultRecordBatchBuilderPy(  # the pure-Python one sends raw names
+            2, 0, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
+            batch_size=1 << 20,
+        )  # fmt: skip
+        sent = [goods[0], goods[1], bad, goods[2]]
+        for n, record in enumerate(sent):
+            marks = [("corpus_run", run.encode()), ("corpus_case", f"raw-name-{n}".encode())]
+            extra = [(RawName(b"x-trace-\xff\xfe"), b"1")] if record is bad else []
+            batch.append(
+                key=record.key, value=record.value, timestamp=None,
+                headers=[*record.headers, *extra, *marks],
+            )  # fmt: skip
+        batch.close()
+        await (await producer.send_batch(batch, bad.topic, partition=0))
+        late = forge.good()  # and the partition goes on after it
+        await producer.send_and_wait(
+            late.topic, late.value, key=late.key, headers=list(late.headers)
+        )
+        rejected = await _rejected_copies(consumer, run, 1, worker)
+        expected = {(r.first("ce_id") or b"").decode() for r in [*goods, late]}
+        records = await _collect(kafka, [DELIVERED], expected, wait_s=60)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+    assert worker.process.poll() is None, worker.log_path.read_text()[-3000:]
+    assert list(rejected) == ["raw-name-2"]
+    headers = dict(rejected["raw-name-2"].headers)
+    assert headers["esb_reason"] == b"invalid-header"
+    shown = b"x-trace-\xff\xfe".decode(errors="backslashreplace")  # x-trace-\\xff\\xfe
+    assert (
+        headers["esb_detail"] == f"header {len(bad.headers)} name {shown!r} is not UTF-8".encode()
+    )
+    assert headers["ce_id"] == bad.first("ce_id")
+    assert {dict(r.headers)["ce_id"].decode() for r in records} == expected
+    assert rejected["raw-name-2"].value == bad.value  # the record itself is kept, not dropped

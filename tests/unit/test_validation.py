@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from streams.codec import encode
+from streams.envelope import UNREADABLE_HEADER
 from streams.pipeline import RecentEvents
 from streams.reasons import EventError, Reason
 from streams.validation import Limits, validate
@@ -174,3 +175,13 @@ def test_an_event_the_gateway_signed_with_the_bus_key_is_accepted_for_the_publis
     valid = validate(as_record(event, headers=headers), directory(), writer(CITIZEN),
                      dt.datetime.now(dt.UTC))  # fmt: skip
     assert valid.publisher == "nida"
+
+
+def test_a_record_the_consumer_could_not_read_as_sent_is_refused_with_why() -> None:
+    event = prepared("nida", CITIZEN)
+    why = b"header 7 name 'ce_\\\\xffx' is not UTF-8"
+    headers = [(UNREADABLE_HEADER, why), *event.headers, ("ce_\\xffx", b"1")]
+    assert _reason(as_record(event, headers=headers)) == (
+        Reason.INVALID_HEADER,
+        "header 7 name 'ce_\\\\xffx' is not UTF-8",
+    )
