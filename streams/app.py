@@ -38,6 +38,14 @@ from streams.signing import load_private_key
 from streams.validation import IngressRecord, Limits
 
 log = logging.getLogger(__name__)
+# aiokafka keeps one open batch per partition and send() waits while it is full and the
+# previous request (one in flight with idempotence) is out. Every audit record of a worker
+# goes to one partition (its chain is the key): with 16 KiB batches the worker waited a
+# broker round trip each time that batch filled. Below the broker's 1 MiB default.
+OUTPUT_BATCH_BYTES = 512 * 1024
+# Fewer, fuller produce requests: the broker shares the machine's cores with the workers
+# (make bench: one worker 1,099 -> 1,360 events/s, two 1,231 -> 1,722 going from 2 to 8 ms).
+OUTPUT_LINGER_MS = 8
 
 
 @dataclass
@@ -83,7 +91,8 @@ class PipelineWorker:
                 **self.settings.kafka.aiokafka_options(),
                 acks="all",
                 enable_idempotence=True,
-                linger_ms=2,
+                linger_ms=OUTPUT_LINGER_MS,
+                max_batch_size=OUTPUT_BATCH_BYTES,
             )
             await producer.start()
             self.producer = producer

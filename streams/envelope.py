@@ -99,6 +99,13 @@ class Envelope:
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers in CloudEvents Kafka binary mode."""
+        return self.signed_headers(self.sig_key_id, self.signature)
+
+    def signed_headers(
+        self, key_id: str | None, signature: str | None, content_type: str | None = None
+    ) -> list[tuple[str, bytes]]:
+        """The headers of this envelope signed by ``key_id`` (and with ``content_type``),
+        without making that copy: the pipeline does this for every delivery."""
         headers = [
             ("ce_specversion", _SPEC_VERSION_BYTES),
             ("ce_id", self.id.encode()),
@@ -106,14 +113,14 @@ class Envelope:
             ("ce_type", self.type.encode()),
             ("ce_time", self.time.encode()),
             ("ce_subject", self.subject.encode()),
-            ("content-type", self.content_type.encode()),
+            ("content-type", (content_type or self.content_type).encode()),
         ]
         if self.correlation_id is not None:
             headers.append(("ce_correlationid", self.correlation_id.encode()))
-        if self.sig_key_id is not None:
-            headers.append(("ce_sigkeyid", self.sig_key_id.encode()))
-        if self.signature is not None:
-            headers.append(("ce_signature", self.signature.encode()))
+        if key_id is not None:
+            headers.append(("ce_sigkeyid", key_id.encode()))
+        if signature is not None:
+            headers.append(("ce_signature", signature.encode()))
         return headers
 
     @classmethod

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import fastavro
@@ -209,9 +209,10 @@ class Pipeline:
             else resolve(event.record.value or b"", event.writer.parsed, reader)
         )
         payload = minimise(decoded, subscription)
+        content_type = None
         if subscription.delivery == "http":
             value = to_json_bytes(payload)
-            envelope = replace(envelope, content_type=JSON_CONTENT_TYPE)
+            content_type = JSON_CONTENT_TYPE
         else:
             schema_id, parsed = await self._delivery_schema(envelope.type, subscription, event)
             value = encode(schema_id, parsed, payload)
@@ -219,7 +220,7 @@ class Pipeline:
             self.bus_key.key, envelope.id, envelope.source, envelope.type, envelope.time, value
         )
         headers = (
-            *envelope.signed(self.bus_key.key_id, signature).to_headers(),
+            *envelope.signed_headers(self.bus_key.key_id, signature, content_type),
             ("esb_subscription", subscription.id.encode()),
         )
         return Output(
