@@ -10,6 +10,7 @@ Writer schemas are fetched once per id and kept parsed; the hot path does no reg
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,6 +22,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streams.catalog import EventType
 from streams.reasons import EventError, Reason
+
+log = logging.getLogger(__name__)
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -186,15 +189,33 @@ class SchemaStore:
         return self._texts[key]
 
     async def register(self, subject: str, schema: dict[str, Any]) -> int:
-        """Register ``schema`` under ``subject`` (idempotent) and return its id (cached)."""
+        """Register ``schema`` under the bus-owned ``subject`` (idempotent); its id (cached).
+
+        Only the bus writes these subjects (delivery schemas), and a new version follows an
+        agreement change the subscriber accepted, so a registry enforcing compatibility on
+        them (Confluent's default is BACKWARD; Apicurio enforces a subject's level once set)
+        gets the subject's level set to NONE and the registration is tried again.
+        """
         text = json.dumps(schema, separators=(",", ":"))
         known = self._ids.get((subject, text))
         if known is not None:
             return known
         try:
-            schema_id = await self._client.register_schema(subject, Schema(text, "AVRO"))
+            try:
+                schema_id = await self._client.register_schema(subject, Schema(text, "AVRO"))
+            except SchemaRegistryError as refused:
+                if refused.http_status_code not in (409, 422):
+                    raise
+                log.warning(
+                    "schema registry refused a new version of %s (%s); setting the subject's "
+                    "compatibility to NONE", subject, refused.error_message,
+                )  # fmt: skip
+                await self._client.set_compatibility(subject_name=subject, level="NONE")
+                schema_id = await self._client.register_schema(subject, Schema(text, "AVRO"))
         except Exception as error:
-            raise RegistryUnavailableError(f"schema registry: {error}") from error
+            raise RegistryUnavailableError(
+                f"schema registry, subject {subject}: {error}"
+            ) from error
         self._ids[(subject, text)] = schema_id
         return schema_id
 

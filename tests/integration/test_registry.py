@@ -7,9 +7,17 @@ import struct
 import uuid
 
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient, record_subject_name_strategy
+from confluent_kafka.schema_registry import (
+    AsyncSchemaRegistryClient,
+    Schema,
+    SchemaRegistryClient,
+    record_subject_name_strategy,
+)
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
+
+from streams.codec import SchemaStore
 
 pytestmark = [pytest.mark.registry]
 
@@ -48,3 +56,28 @@ def test_avro_round_trip_through_the_registry_with_record_name_subjects(registry
     assert wire[0] == 0
     assert struct.unpack(">I", wire[1:5])[0] == registered.schema_id
     assert AvroDeserializer(client)(wire, context) == payment
+
+
+async def test_a_delivery_subject_under_an_enforced_compatibility_level_still_takes_a_new_shape(
+    registry: str,
+) -> None:
+    """An agreement that starts sharing a required field is BACKWARD-incompatible; a registry
+    enforcing that on the bus's own delivery subject must not stall the pipeline."""
+    subject = f"tz.go.esb.delivery.test{uuid.uuid4().hex[:8]}.TaxPaymentReceived"
+    client = AsyncSchemaRegistryClient({"url": registry})
+    store = SchemaStore(client)
+    first = json.loads(_schema("tz.go.esb.delivery"))
+    first["fields"] = first["fields"][:1]
+    second = json.loads(_schema("tz.go.esb.delivery"))
+    first_id = await store.register(subject, first)
+    await client.set_compatibility(subject_name=subject, level="BACKWARD")
+    with pytest.raises(SchemaRegistryError) as refused:  # the registry does enforce it
+        await client.register_schema(subject, Schema(json.dumps(second), "AVRO"))
+    assert refused.value.http_status_code == 409
+
+    second_id = await store.register(subject, second)
+
+    assert second_id != first_id
+    latest = await client.get_latest_version(subject)
+    assert (latest.schema_id, json.loads(latest.schema.schema_str)) == (second_id, second)
+    assert await client.get_compatibility(subject) == "NONE"
