@@ -36,29 +36,21 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import io
 import json
 import pstats
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
-import fastavro
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
-from confluent_kafka import ConsumerGroupTopicPartitions
-from confluent_kafka import TopicPartition as KafkaPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from aiokafka import AIOKafkaProducer, TopicPartition
+from confluent_kafka.admin import NewTopic
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from deploy.kafka.launcher import die_with_parent
@@ -66,15 +58,14 @@ from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_wo
 from streams import topics
 from streams.audit import AuditChain
 from streams.catalog import Catalog
-from streams.codec import HEADER, MAGIC, SchemaStore, WriterSchema, schema_id_of
-from streams.consuming import assign_topics
+from streams.codec import SchemaStore, WriterSchema, schema_id_of
 from streams.governance import register_catalog
 from streams.jsonavro import from_json
 from streams.pipeline import BusKey, Pipeline
 from streams.publisher import Publisher
 from streams.registry_model import BusRegistry, Subscription, load_registry
 from streams.registry_sync import RegistryView, apply_registry
-from streams.routing import delivery_name, delivery_schema, minimise
+from streams.routing import delivery_name, delivery_schema
 from streams.settings import (
     DEFAULT_CATALOG,
     REPO_ROOT,
@@ -92,17 +83,31 @@ from streams.signing import (
 )
 from streams.validation import IngressRecord
 from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
+from tests.benchmarks.pipeline_parts import (
+    CHILD_READY,
+    DEMO_KEYS,
+    ENVELOPE,
+    FANOUT,
+    READY_S,
+    BenchError,
+    DeliveryCounter,
+    Record,
+    admin_call,
+    child_loop,
+    end_offsets,
+    events_handled,
+    per_op_us,
+    profile_location,
+    read_range,
+    set_group_offsets,
+    tail_of,
+)
 
 MODULE = "tests.benchmarks.bench_pipeline"
 EVENTS = 5000  # per publisher curve
 EXAMPLE_REGISTRY = REPO_ROOT / "deploy" / "registry.example.yaml"
-DEMO_KEYS = REPO_ROOT / "deploy" / "demo-keys"
-FANOUT = 3
 IN_PROCESS_RECORDS = 2000  # Pipeline.handle, cProfile, and the crypto ceiling per curve
 PROFILE_TOP = 12
-READY_S = 60.0
-CHILD_READY = "bench-pipeline-child ready"
-ENVELOPE = itemgetter("ce_sigkeyid", "ce_signature", "ce_id", "ce_source", "ce_type", "ce_time")
 # One type per publisher curve, each with exactly three Kafka agreements.
 BATCH_TYPES = ("tz.go.rita.DeathRegistered", "tz.go.tra.TaxpayerRegistered")
 EXTRA_SUBSCRIPTIONS: list[dict[str, Any]] = [
@@ -137,243 +142,6 @@ EXTRA_SUBSCRIPTIONS: list[dict[str, Any]] = [
         "mask": ["phoneNumber"],
     },
 ]
-
-Record: TypeAlias = ConsumerRecord[bytes, bytes]
-Output: TypeAlias = tuple[str, bytes, list[tuple[str, bytes]]]  # topic, value, headers (key kept)
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure (a process did not start, deliveries did not arrive)."""
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
-# --- Kafka helpers ------------------------------------------------------------------------
-
-
-async def _end_offsets(bootstrap: str, names: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        partitions = await assign_topics(consumer, names, from_beginning=False)
-        return dict(await consumer.end_offsets(partitions))
-    finally:
-        await consumer.stop()
-
-
-async def _read_range(
-    bootstrap: str, start: dict[TopicPartition, int], end: dict[TopicPartition, int]
-) -> list[Record]:
-    """The records from ``start`` (inclusive) to ``end`` (exclusive) of each partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    records: list[Record] = []
-    try:
-        remaining = {tp for tp in start if end[tp] > start[tp]}
-        consumer.assign(list(remaining))
-        for tp in remaining:
-            consumer.seek(tp, start[tp])
-        async with asyncio.timeout(READY_S):
-            while remaining:
-                for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                    records.extend(r for r in batch if r.offset < end[tp])
-                    if await consumer.position(tp) >= end[tp]:
-                        remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return records
-
-
-def _admin_call(bootstrap: str, call: str, *args: Any, **kwargs: Any) -> None:
-    """One AdminClient request; waits for every future (the client must outlive them)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    for future in getattr(admin, call)(*args, **kwargs).values():
-        future.result(timeout=30)
-
-
-def _set_group_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    """Give the new, empty consumer group ``group`` these committed offsets."""
-    partitions = [KafkaPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
-    _admin_call(
-        bootstrap, "alter_consumer_group_offsets", [ConsumerGroupTopicPartitions(group, partitions)]
-    )
-
-
-class DeliveryCounter:
-    """Counts (event id, topic) pairs of ``event_ids`` written to ``topic_names`` from now on."""
-
-    def __init__(self, bootstrap: str, topic_names: list[str], event_ids: set[bytes]) -> None:
-        self._bootstrap = bootstrap
-        self._topics = topic_names
-        self._ids = event_ids
-        self.expected = FANOUT * len(event_ids)
-        self.seen: set[tuple[bytes, str]] = set()
-        self.first_at: float | None = None
-        self.done_at: float | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> DeliveryCounter:
-        """Position at the current ends (resolved now, not lazily), then count in the back."""
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, fetch_max_wait_ms=50
-        )
-        await self._consumer.start()
-        partitions = await assign_topics(self._consumer, self._topics, from_beginning=False)
-        for tp, offset in (await self._consumer.end_offsets(partitions)).items():
-            self._consumer.seek(tp, offset)
-        self._task = asyncio.create_task(self._count())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def _count(self) -> None:
-        assert self._consumer is not None
-        while len(self.seen) < self.expected:
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=5000)
-            now = time.monotonic()
-            for tp, records in batches.items():
-                for record in records:
-                    event_id = next((v for k, v in record.headers if k == "ce_id"), None)
-                    if event_id in self._ids:
-                        self.first_at = self.first_at or now
-                        self.seen.add((event_id, tp.topic))
-        self.done_at = time.monotonic()
-
-    async def rate(self, ready_at: float, what: str, logs: list[Path]) -> float:
-        """Events/s from ``ready_at`` (or the first delivery, if earlier) to the last delivery.
-
-        Raises:
-            BenchError: not every delivery arrived within 120 s plus 10 ms per delivery.
-        """
-        assert self._task is not None
-        bound = 120.0 + self.expected / 100
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), bound)
-        except TimeoutError:
-            tails = "\n".join(f"--- {path}\n{_tail(path)}" for path in logs)
-            raise BenchError(
-                f"{what}: only {len(self.seen)} of {self.expected} deliveries arrived within "
-                f"{bound:.0f} s\n{tails}"
-            ) from None
-        assert self.done_at is not None
-        started = min(ready_at, self.first_at or ready_at)
-        return len(self._ids) / (self.done_at - started)
-
-
-# --- the child loops (2a and 2b) ----------------------------------------------------------
-
-
-class SameWork:
-    """The pipeline's work on one valid event, inline: decode, verify, then per agreement
-    minimise, encode, sign. No envelope checks, routing filters, duplicate window or audit."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.writers = {
-            int(sid): fastavro.parse_schema(json.loads(text))
-            for sid, text in config["writers"].items()
-        }
-        self.routes = {
-            event_type: [
-                (
-                    Subscription.model_validate(route["subscription"]),
-                    HEADER.pack(MAGIC, route["schema_id"]),
-                    fastavro.parse_schema(route["schema"]),
-                    route["topic"],
-                )
-                for route in routes
-            ]
-            for event_type, routes in config["routes"].items()
-        }
-        self.keyring = KeyRing()
-        for key_id, public_key in config["keys"].items():
-            self.keyring.add(key_id, load_public_key(public_key))
-        self.bus_key = load_private_key(DEMO_BUS_KEY.read_bytes())
-
-    def __call__(self, record: Record) -> list[Output]:
-        key_id, signature, event_id, source, event_type, time_ = ENVELOPE(
-            {k: v.decode() for k, v in record.headers}
-        )
-        body = io.BytesIO(record.value)
-        body.seek(HEADER.size)
-        writer = self.writers[schema_id_of(record.value)]
-        payload: dict[str, Any] = fastavro.schemaless_reader(body, writer, None)  # type: ignore[assignment]
-        verify_event(self.keyring, key_id, signature, event_id, source, event_type, time_,
-                     record.value)  # fmt: skip
-        kept = [(k, v) for k, v in record.headers if k not in ("ce_sigkeyid", "ce_signature")]
-        outputs = []
-        for subscription, header, parsed, topic in self.routes[event_type]:
-            out = io.BytesIO()
-            out.write(header)
-            fastavro.schemaless_writer(out, parsed, minimise(payload, subscription))
-            value = out.getvalue()
-            bus_signature = sign_event(self.bus_key, event_id, source, event_type, time_, value)
-            headers = [
-                *kept,
-                ("ce_sigkeyid", DEMO_BUS_KEY_ID.encode()),
-                ("ce_signature", bus_signature.encode()),
-                ("esb_subscription", subscription.id.encode()),
-            ]
-            outputs.append((topic, value, headers))
-        return outputs
-
-
-async def _child_loop(config: dict[str, Any]) -> None:
-    """Consume from the group's committed offsets, produce, commit; until SIGTERM."""
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    work: Callable[[Record], list[Output]]
-    if config["mode"] == "work":
-        work = SameWork(config)
-    else:
-
-        def work(record: Record) -> list[Output]:
-            return [(topic, record.value, list(record.headers)) for topic in config["copy_topics"]]
-
-    consumer = AIOKafkaConsumer(
-        *config["ingress"],
-        bootstrap_servers=config["bootstrap"],
-        group_id=config["group"],
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=config["bootstrap"], acks="all", enable_idempotence=True, linger_ms=2
-    )
-    await producer.start()
-    await consumer.start()
-    try:
-        async with asyncio.timeout(READY_S):
-            while not consumer.assignment():  # noqa: ASYNC110 - the group join runs in the back
-                await asyncio.sleep(0.05)
-        print(CHILD_READY, flush=True)
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=100, max_records=500)
-            sent = [
-                await producer.send(topic, value, key=record.key, headers=headers)
-                for records in batches.values()
-                for record in records
-                for topic, value, headers in work(record)
-            ]
-            if sent:
-                await asyncio.gather(*sent)
-                await consumer.commit()
-    finally:
-        await consumer.stop()
-        await producer.stop()
-
-
-# --- the benchmark ------------------------------------------------------------------------
 
 
 @dataclass
@@ -417,10 +185,10 @@ class PipelineBench:
         """A fresh group whose offsets are the batch's start (``at_batch``) or the ends."""
         group = f"bench-pipeline-{side}-{uuid.uuid4().hex[:8]}"
         self.groups.append(group)
-        offsets = await _end_offsets(self.bootstrap, self.ingress)
+        offsets = await end_offsets(self.bootstrap, self.ingress)
         if at_batch:
             offsets.update(self.batch_start)
-        await asyncio.to_thread(_set_group_offsets, self.bootstrap, group, offsets)
+        await asyncio.to_thread(set_group_offsets, self.bootstrap, group, offsets)
         return group
 
     async def child_side(self, mode: str) -> float:
@@ -445,7 +213,7 @@ class PipelineBench:
                     async with asyncio.timeout(READY_S):
                         while (await child.stdout.readline()).decode().strip() != CHILD_READY:
                             if child.stdout.at_eof():
-                                raise BenchError(f"{mode} loop exited:\n{_tail(log_path)}")
+                                raise BenchError(f"{mode} loop exited:\n{tail_of(log_path)}")
                 except TimeoutError:
                     raise BenchError(f"{mode} loop not ready in {READY_S:.0f} s") from None
                 return await counter.rate(time.monotonic(), f"{mode} loop", [log_path])
@@ -496,7 +264,7 @@ class PipelineBench:
                                             partition=r.partition)  # fmt: skip
                 what = f"{workers} worker(s){', replay' if replay else ''}"
                 rate = await counter.rate(ready_at, what, logs)
-                self.worker_events.append(sum(_events_handled(w) for w in started))
+                self.worker_events.append(sum(events_handled(w) for w in started))
                 return rate
         finally:
             await producer.stop()
@@ -507,7 +275,7 @@ class PipelineBench:
 
     async def _settled(self, workers: list[WorkerProcess]) -> list[int]:
         """Partitions per worker, once each holds some and together all, two polls running."""
-        total = len(await _end_offsets(self.bootstrap, self.ingress))
+        total = len(await end_offsets(self.bootstrap, self.ingress))
         stable, assigned = 0, [0] * len(workers)
         try:
             async with asyncio.timeout(READY_S):
@@ -561,7 +329,7 @@ class PipelineBench:
         rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)
         return [
             {
-                "function": _where(*where),
+                "function": profile_location(*where),
                 "calls": calls,
                 "tottime_s": round(own, 4),
                 "share_pct": round(100 * own / stats.total_tt, 1),
@@ -581,52 +349,6 @@ class PipelineBench:
             for _ in range(FANOUT):
                 sign_event(self.bus_key, event_id, source, type_, time_, value)
         return len(signed) / (time.perf_counter() - started)
-
-
-def _where(path: str, line: int, name: str) -> str:
-    if path == "~":
-        return name
-    if "site-packages/" in path:
-        path = path.split("site-packages/", 1)[1]
-    elif path.startswith(str(REPO_ROOT)):
-        path = str(Path(path).relative_to(REPO_ROOT))
-    else:
-        path = Path(path).name
-    return f"{path}:{line}({name})"
-
-
-def _events_handled(worker: WorkerProcess) -> int:
-    """The worker's govesb_pipeline_events_total, summed: it should have read just the batch."""
-    try:
-        text = worker.metrics()
-    except OSError:
-        return -1
-    lines = text.splitlines()
-    prefix = "govesb_pipeline_events_total{"
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)))
-
-
-def _per_op_us() -> dict[str, dict[str, float]]:
-    """Microseconds per sign and per verify on each curve (canonical bytes included)."""
-    out = {}
-    for name in ("ega", "tra"):  # secp256k1, P-256
-        key = load_private_key((DEMO_KEYS / f"{name}.key.pem").read_bytes())
-        ring = KeyRing()
-        ring.add("k", key.public_key())
-        rounds, value = 500, b"\0" * 200
-        started = time.perf_counter()
-        signatures = [sign_event(key, "id", "src", "type", "time", value) for _ in range(rounds)]
-        signed = time.perf_counter()
-        for signature in signatures:
-            verify_event(ring, "k", signature, "id", "src", "type", "time", value)
-        verified = time.perf_counter()
-        sign_us, verify_us = 1e6 * (signed - started) / rounds, 1e6 * (verified - signed) / rounds
-        out[key.curve] = {
-            "sign_us": round(sign_us, 1),
-            "verify_us": round(verify_us, 1),
-            "events_per_s_if_bus_key_too": round(1e6 / (verify_us + FANOUT * sign_us)),
-        }
-    return out
 
 
 def _bench_registry(workdir: Path) -> BusRegistry:
@@ -692,11 +414,11 @@ async def setup(bus: BenchBus, events: int, workdir: Path) -> PipelineBench:
         curve = load_private_key((DEMO_KEYS / f"{owner}.key.pem").read_bytes()).curve
         batches.append(Batch(event_type, owner, key_id, curve, subscriptions))
     batch_topics = [topics.ingress(b.publisher) for b in batches]
-    start = await _end_offsets(bus.bootstrap, batch_topics)
+    start = await end_offsets(bus.bootstrap, batch_topics)
     for batch in batches:
         await _publish(bus, catalog, batch, events)
-    end = await _end_offsets(bus.bootstrap, batch_topics)
-    records = await _read_range(bus.bootstrap, start, end)
+    end = await end_offsets(bus.bootstrap, batch_topics)
+    records = await read_range(bus.bootstrap, start, end)
     if len(records) != events * len(batches):
         raise BenchError(f"read back {len(records)} ingress records of {events * len(batches)}")
 
@@ -726,7 +448,7 @@ async def setup(bus: BenchBus, events: int, workdir: Path) -> PipelineBench:
     work_topics = sorted({route["topic"] for rs in routes.values() for route in rs})
     partitions = TopicSettings().deliver_partitions
     new_topics = [NewTopic(name, partitions, 1) for name in copy_topics + work_topics]
-    await asyncio.to_thread(_admin_call, bus.bootstrap, "create_topics", new_topics)
+    await asyncio.to_thread(admin_call, bus.bootstrap, "create_topics", new_topics)
     keys = {
         k.id: k.public_key
         for b in batches
@@ -776,7 +498,7 @@ async def _clean_up(bootstrap: str, bench: PipelineBench | None) -> None:
         for call, names in (("delete_topics", bench.bench_topics),
                             ("delete_consumer_groups", bench.groups)):  # fmt: skip
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(_admin_call, bootstrap, call, names)
+                await asyncio.to_thread(admin_call, bootstrap, call, names)
     example, _ = load_registry(EXAMPLE_REGISTRY)
     try:
         if example is not None:
@@ -860,7 +582,7 @@ async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
         ],
         "bus_key": {"key_id": DEMO_BUS_KEY_ID, "curve": bench.bus_key.curve},
         "crypto_ceiling_work": f"1 publisher verify + {FANOUT} bus signs, per event",
-        "crypto_us_per_op": _per_op_us(),
+        "crypto_us_per_op": per_op_us(),
         "ingress_partitions": dict(partitions),
         "worker_ingress_topics": len(bench.ingress),
         "worker_partitions_in_replays": bench.assignments,
@@ -884,7 +606,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a bare loop's config file
     args = parser.parse_args()
     if args.child:
-        asyncio.run(_child_loop(json.loads(Path(args.child).read_text())))
+        asyncio.run(child_loop(json.loads(Path(args.child).read_text())))
         return
     with bench_bus() as bus:
         section = asyncio.run(run(bus, args.repeat, args.events))
