@@ -77,7 +77,7 @@ async def read_dead_letters(
 
 async def replay(kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter]) -> int:
     """Send ``letters`` back to the deliver topic (acks=all); return how many."""
-    producer = AIOKafkaProducer(**kafka.aiokafka_options(), acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.durable_producer_options())
     await producer.start()
     try:
         for letter in letters:

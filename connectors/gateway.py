@@ -637,9 +637,7 @@ async def run_gateway(settings: Any) -> None:
 
     view = RegistryView(settings.kafka)
     await view.start()
-    producer = AIOKafkaProducer(
-        **settings.kafka.aiokafka_options(), acks="all", enable_idempotence=True, linger_ms=1
-    )
+    producer = AIOKafkaProducer(**settings.kafka.durable_producer_options(linger_ms=1))
     await producer.start()
     gateway = Gateway(
         view=view,

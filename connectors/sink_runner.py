@@ -25,13 +25,10 @@ from streams import topics
 from streams.audit import AuditChain
 from streams.codec import SchemaStore
 from streams.registry_sync import RegistryView
+from streams.settings import PRODUCE_BATCH_BYTES
 from streams.signing import load_private_key
 
 log = logging.getLogger(__name__)
-# A flush's delivery receipts go to esb.audit in as few produce requests as this allows
-# (the idempotent producer has one request in flight per partition; 16 KiB batches made
-# receipts cost more than the deliveries themselves). Below the broker's 1 MiB default.
-RECEIPT_BATCH_BYTES = 512 * 1024
 
 
 class SinkError(RuntimeError):
@@ -60,12 +57,9 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
         )
     if settings.signing_key_file is None or not settings.signing_key_id:
         raise SinkError("set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID (the bus key)")
+    # A flush's receipts go to esb.audit in as few produce requests as the batch size allows.
     producer = AIOKafkaProducer(
-        **settings.kafka.aiokafka_options(),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        max_batch_size=RECEIPT_BATCH_BYTES,
+        **settings.kafka.durable_producer_options(linger_ms=2, max_batch_size=PRODUCE_BATCH_BYTES)
     )
     await producer.start()
     chain_id = (

@@ -106,7 +106,7 @@ async def publish_stream(
     subscriptions = list(registry.subscriptions.values())
     tally.http_agreements = {s.id for s in subscriptions if s.delivery == "http"}
     every = max(1, events // invalid) if invalid else 0
-    raw = AIOKafkaProducer(**kafka.aiokafka_options(), acks="all", enable_idempotence=True)
+    raw = AIOKafkaProducer(**kafka.durable_producer_options())
     await raw.start()
     loop = asyncio.get_running_loop()
     started = loop.time()

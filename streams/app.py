@@ -33,16 +33,11 @@ from streams.codec import RegistryUnavailableError, SchemaStore
 from streams.metrics import PipelineMetrics
 from streams.pipeline import BusKey, Outcome, Output, Pipeline, RecentEvents
 from streams.registry_sync import RegistryView
-from streams.settings import KafkaSettings, WorkerSettings
+from streams.settings import PRODUCE_BATCH_BYTES, KafkaSettings, WorkerSettings
 from streams.signing import load_private_key
 from streams.validation import IngressRecord, Limits
 
 log = logging.getLogger(__name__)
-# aiokafka keeps one open batch per partition and send() waits while it is full and the
-# previous request (one in flight with idempotence) is out. Every audit record of a worker
-# goes to one partition (its chain is the key): with 16 KiB batches the worker waited a
-# broker round trip each time that batch filled. Below the broker's 1 MiB default.
-OUTPUT_BATCH_BYTES = 512 * 1024
 # Fewer, fuller produce requests: the broker shares the machine's cores with the workers
 # (make bench: one worker 1,099 -> 1,360 events/s, two 1,231 -> 1,722 going from 2 to 8 ms).
 OUTPUT_LINGER_MS = 8
@@ -88,11 +83,9 @@ class PipelineWorker:
             key = load_private_key(self.settings.signing_key_file.read_bytes())
             await self.view.start()
             producer = AIOKafkaProducer(
-                **self.settings.kafka.aiokafka_options(),
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=OUTPUT_LINGER_MS,
-                max_batch_size=OUTPUT_BATCH_BYTES,
+                **self.settings.kafka.durable_producer_options(
+                    linger_ms=OUTPUT_LINGER_MS, max_batch_size=PRODUCE_BATCH_BYTES
+                )
             )
             await producer.start()
             self.producer = producer

@@ -107,12 +107,7 @@ class Publisher:
         catalog: Catalog | None = None,
     ) -> Publisher:
         """A publisher with its own idempotent producer (acks=all) and registry client."""
-        producer = AIOKafkaProducer(
-            **kafka.aiokafka_options(),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-        )
+        producer = AIOKafkaProducer(**kafka.durable_producer_options(linger_ms=5))
         return cls(
             institution=institution,
             system=system,

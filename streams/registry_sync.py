@@ -308,7 +308,7 @@ async def apply_registry(
         kafka, acl_bindings(bus_acls(registry, worker_group=worker_group)), known
     )
     changes = plan_changes(registry_records(registry), current)
-    producer = AIOKafkaProducer(**kafka.aiokafka_options(), acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.durable_producer_options())
     await producer.start()
     try:
         sent = [

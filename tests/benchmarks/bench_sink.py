@@ -30,7 +30,6 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.delivery import HttpRequest, sign_body
 from connectors.http_sink import DELIVERY_CONTENT_TYPES, HttpSink
-from connectors.sink_runner import RECEIPT_BATCH_BYTES
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
 from streams.audit import AuditChain
@@ -39,7 +38,7 @@ from streams.codec import SchemaStore, encode
 from streams.envelope import JSON_CONTENT_TYPE, Envelope, new_envelope
 from streams.jsonavro import from_json, to_json_bytes
 from streams.registry_model import Endpoint
-from streams.settings import DEFAULT_CATALOG
+from streams.settings import DEFAULT_CATALOG, PRODUCE_BATCH_BYTES, KafkaSettings
 from streams.signing import load_private_key
 from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
 
@@ -119,11 +118,9 @@ async def measure(bootstrap: str, registry_url: str, events: int, repeat: int) -
     records = await _records(registry_url, events, rendered=True)
     avro_records = await _records(registry_url, events, rendered=False)
     producer = AIOKafkaProducer(  # as build_sink makes it
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        max_batch_size=RECEIPT_BATCH_BYTES,
+        **KafkaSettings(bootstrap_servers=bootstrap).durable_producer_options(
+            linger_ms=2, max_batch_size=PRODUCE_BATCH_BYTES
+        )
     )
     await producer.start()
     sink = HttpSink(
