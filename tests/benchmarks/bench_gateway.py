@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -49,12 +45,21 @@ from streams.registry_model import BusRegistry, load_registry
 from streams.registry_sync import apply_registry
 from streams.settings import KafkaSettings, TopicSettings
 from streams.signing import PrivateKey, load_private_key
-from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
+from tests.benchmarks.common import (
+    LOGS,
+    BenchBus,
+    ChildServer,
+    Figure,
+    Section,
+    bench_bus,
+    print_section,
+    ratios,
+    start_child_server,
+)
 
 DEATH = "tz.go.rita.DeathRegistered"
 EVENTS = 2000
 CLIENTS = 16
-LOGS = REPO / ".cache" / "bench"
 EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.yaml"
 MAX_FAILED_SHARE = 0.01
 EVENTS_PATH = "/v1/events"
@@ -90,54 +95,12 @@ def serve_bare(port: int) -> None:
     asyncio.run(serve())
 
 
-@dataclass
-class BareServer:
-    """The bare handler's child process."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    async def wait_ready(self, http: aiohttp.ClientSession, bound_s: float = 30.0) -> None:
-        deadline = time.monotonic() + bound_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LauncherError(
-                    f"the bare handler exited with {self.process.returncode}: "
-                    f"{self.log_path.read_text()[-2000:]}"
-                )
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"http://127.0.0.1:{self.port}/health") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-        raise LauncherError(f"the bare handler did not answer in {bound_s:.0f}s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def start_bare(port: int) -> BareServer:
-    log_path = LOGS / "gateway-bare.log"
-    code = (
-        "import sys; from tests.benchmarks.bench_gateway import serve_bare as s; "
-        "s(int(sys.argv[1]))"
-    )
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code, str(port)],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-    return BareServer(process, port, log_path)
+def start_bare(port: int) -> ChildServer:
+    """``serve_bare`` in a child process (bounded by ``ChildServer.wait_ready``)."""
+    return start_child_server(
+        "the bare handler", "tests.benchmarks.bench_gateway.serve_bare", port,
+        log_name="gateway-bare.log", ready_path="/health",
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------- the gateway side

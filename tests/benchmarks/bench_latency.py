@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -52,13 +48,21 @@ from streams.registry_model import BusRegistry, load_registry
 from streams.registry_sync import apply_registry
 from streams.settings import KafkaSettings, SchemaRegistrySettings, TopicSettings
 from streams.signing import load_private_key
-from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section
+from tests.benchmarks.common import (
+    LOGS,
+    BenchBus,
+    ChildServer,
+    Figure,
+    Section,
+    bench_bus,
+    print_section,
+    start_child_server,
+)
 
 DEATH = "tz.go.rita.DeathRegistered"
 RATES = (200.0, 1000.0)
 SECONDS = 10.0
 TARGET_P99_MS_AT_200 = 100.0
-LOGS = REPO / ".cache" / "bench"
 QUIET_S = 15.0  # stop waiting for arrivals when none came for this long
 WAIT_CAP_S = 300.0  # and never wait longer than this after the last send
 
@@ -111,59 +115,12 @@ def serve_endpoint(port: int, token: str) -> None:
     asyncio.run(serve())
 
 
-@dataclass
-class Endpoint:
-    """The endpoint's child process and how to reach it."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def wait_ready(self, http: aiohttp.ClientSession, bound_s: float = 30.0) -> None:
-        deadline = time.monotonic() + bound_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LauncherError(
-                    f"the endpoint exited with {self.process.returncode}: "
-                    f"{self.log_path.read_text()[-2000:]}"
-                )
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{self.base}/count") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-        raise LauncherError(f"the endpoint did not answer in {bound_s:.0f}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def start_endpoint(port: int) -> Endpoint:
-    """``serve_endpoint`` in a child process (bounded by ``Endpoint.wait_ready``)."""
-    log_path = LOGS / "latency-endpoint.log"
-    code = (
-        "import sys; from tests.benchmarks.bench_latency import serve_endpoint as s; "
-        "s(int(sys.argv[1]), sys.argv[2])"
-    )
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code, str(port), SINK_TOKEN],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-    return Endpoint(process, port, log_path)
+def start_endpoint(port: int) -> ChildServer:
+    """``serve_endpoint`` in a child process (bounded by ``ChildServer.wait_ready``)."""
+    return start_child_server(
+        "the endpoint", "tests.benchmarks.bench_latency.serve_endpoint", port, SINK_TOKEN,
+        log_name="latency-endpoint.log", ready_path="/count",
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------- the bus side
@@ -265,7 +222,7 @@ def _nearest_rank(ordered: list[float], q: float) -> float:
 async def offered_load(
     publisher: Publisher,
     payload: dict[str, Any],
-    endpoint: Endpoint,
+    endpoint: ChildServer,
     http: aiohttp.ClientSession,
     rate: float,
     seconds: float,

@@ -8,14 +8,83 @@ module against one local broker and registry, prints the tables, then one JSON l
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from deploy.kafka.launcher import LocalBus
+import aiohttp
+
+from deploy.kafka.launcher import LauncherError, LocalBus, die_with_parent
+from streams.settings import REPO_ROOT
+
+LOGS = REPO_ROOT / ".cache" / "bench"
+
+
+@dataclass
+class ChildServer:
+    """An HTTP server a benchmark runs in a child process (a core of its own)."""
+
+    what: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    ready_path: str  # answers 200 once the server is up
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, http: aiohttp.ClientSession, bound_s: float = 30.0) -> None:
+        deadline = time.monotonic() + bound_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LauncherError(
+                    f"{self.what} exited with {self.process.returncode}: "
+                    f"{self.log_path.read_text()[-2000:]}"
+                )
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{self.base}{self.ready_path}") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+        raise LauncherError(f"{self.what} did not answer in {bound_s:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_child_server(
+    what: str, serve: str, port: int, *args: str, log_name: str, ready_path: str
+) -> ChildServer:
+    """``serve(port, *args)`` (``module.function``) in a child process; not yet ready."""
+    module, function = serve.rsplit(".", 1)
+    code = f"import sys; from {module} import {function} as s; s(int(sys.argv[1]), *sys.argv[2:])"
+    log_path = LOGS / log_name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, str(port), *args],
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    return ChildServer(what, process, port, log_path, ready_path)
 
 
 @dataclass(frozen=True)
