@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import uuid
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.delivery import basic_auth
-from connectors.gateway import Gateway
-from deploy.kafka.launcher import free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
-from streams.codec import SchemaStore
+from deploy.worker import DEMO_BUS_KEY_ID
 from streams.envelope import Envelope
 from streams.jsonavro import to_json
 from streams.registry_sync import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings
 from streams.signing import load_private_key
+from tests.integration.gateways import served_gateway
 from tests.integration.test_pipeline import _collect
 from tests.unit.pipeline_fixtures import CATALOG, SAMPLES
 
@@ -41,28 +36,12 @@ def _structured(token: str) -> dict[str, str]:
 async def gateway(kafka: str, registry: str, applied_registry) -> Any:
     view = RegistryView(KafkaSettings(bootstrap_servers=kafka))
     await view.start()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", enable_idempotence=True)
-    await producer.start()
-    state = Gateway(
-        view=view,
-        catalog=CATALOG,
-        schemas=SchemaStore(AsyncSchemaRegistryClient({"url": registry})),
-        producer=producer,
-        bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
-        bus_key_id=DEMO_BUS_KEY_ID,
-        clients={"nida": SECRET},
-        max_body_bytes=20_000,
-        rate_per_s=5,
-        burst=40,
-    )
-    runner = web.AppRunner(state.application())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
+    limits = {"max_body_bytes": 20_000, "rate_per_s": 5, "burst": 40}
+    async with (
+        served_gateway(view, kafka, registry, {"nida": SECRET}, **limits) as (port, state),
+        aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http,
+    ):
         yield http, state
-    await runner.cleanup()
-    await producer.stop()
     await view.stop()
 
 
@@ -236,29 +215,14 @@ async def test_the_gateway_answers_503_not_500_while_the_broker_is_down(tmp_path
         view = RegistryView(kafka)
         await view.start(follow=False)
         await view.stop()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bus.bootstrap, acks="all", enable_idempotence=True
-        )
-        await producer.start()
-        state = Gateway(
-            view=view,
-            catalog=CATALOG,
-            schemas=SchemaStore(AsyncSchemaRegistryClient({"url": bus.registry_url})),
-            producer=producer,
-            bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
-            bus_key_id=DEMO_BUS_KEY_ID,
-            clients={"nida": SECRET},
-            produce_timeout_s=3,
-        )
-        runner = web.AppRunner(state.application())
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        headers = {"X-API-Key": SECRET, "Content-Type": "application/cloudevents+json"}
-        event = {"specversion": "1.0", "source": "/institutions/nida/systems/crvs",
-                 "type": CITIZEN, "data": SAMPLES[CITIZEN]}  # fmt: skip
-        url = f"http://127.0.0.1:{port}/v1/events"
-        try:
+        clients = {"nida": SECRET}
+        async with served_gateway(
+            view, bus.bootstrap, bus.registry_url, clients, produce_timeout_s=3
+        ) as (port, _):
+            headers = {"X-API-Key": SECRET, "Content-Type": "application/cloudevents+json"}
+            event = {"specversion": "1.0", "source": "/institutions/nida/systems/crvs",
+                     "type": CITIZEN, "data": SAMPLES[CITIZEN]}  # fmt: skip
+            url = f"http://127.0.0.1:{port}/v1/events"
             async with aiohttp.ClientSession() as http:
                 async with http.post(url, data=json.dumps(event), headers=headers) as r:
                     assert r.status == 202, await r.text()
@@ -268,10 +232,5 @@ async def test_the_gateway_answers_503_not_500_while_the_broker_is_down(tmp_path
                     assert r.status == 503, body
                     assert body["error"] == "broker_unavailable"
                     assert r.headers["Retry-After"] == "5"
-        finally:
-            await runner.cleanup()
-            # With the broker gone, the producer cannot flush what timed out: bounded stop.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(producer.stop(), 5)
     finally:
         await asyncio.to_thread(bus.stop)

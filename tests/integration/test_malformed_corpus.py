@@ -17,20 +17,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.delivery import basic_auth
-from connectors.gateway import Gateway
-from deploy.kafka.launcher import free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess
+from deploy.worker import WorkerProcess
 from streams.codec import SchemaStore
 from streams.consuming import assign_topics
 from streams.registry_sync import RegistryView
 from streams.settings import KafkaSettings
-from streams.signing import load_private_key
 from tests.corpus import raw_http
 from tests.corpus.malformed import (
     CITIZEN,
@@ -47,6 +43,7 @@ from tests.corpus.malformed import (
     signed,
     structured,
 )
+from tests.integration.gateways import served_gateway
 from tests.integration.test_pipeline import _collect
 from tests.unit.pipeline_fixtures import CATALOG
 
@@ -155,27 +152,9 @@ async def test_every_kafka_case_gets_its_reason_and_the_good_events_between_are_
 async def corpus_gateway(kafka: str, registry: str, applied_registry) -> Any:
     view = RegistryView(KafkaSettings(bootstrap_servers=kafka))
     await view.start()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", enable_idempotence=True)
-    await producer.start()
-    state = Gateway(
-        view=view,
-        catalog=CATALOG,
-        schemas=SchemaStore(AsyncSchemaRegistryClient({"url": registry})),
-        producer=producer,
-        bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
-        bus_key_id=DEMO_BUS_KEY_ID,
-        clients={"nida": SECRET},
-        max_body_bytes=MAX_BODY_BYTES,
-        rate_per_s=1000,
-        burst=1000,
-    )
-    runner = web.AppRunner(state.application())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield port
-    await runner.cleanup()
-    await producer.stop()
+    limits = {"max_body_bytes": MAX_BODY_BYTES, "rate_per_s": 1000, "burst": 1000}
+    async with served_gateway(view, kafka, registry, {"nida": SECRET}, **limits) as (port, _):
+        yield port
     await view.stop()
 
 

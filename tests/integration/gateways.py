@@ -1,0 +1,52 @@
+"""A ``Gateway`` served over real HTTP on a free port, producing to a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+from connectors.gateway import Gateway
+from deploy.kafka.launcher import free_port
+from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
+from streams.codec import SchemaStore
+from streams.registry_sync import RegistryView
+from streams.settings import KafkaSettings
+from streams.signing import load_private_key
+from tests.unit.pipeline_fixtures import CATALOG
+
+
+@contextlib.asynccontextmanager
+async def served_gateway(
+    view: RegistryView, kafka: str, registry: str, clients: dict[str, str], **options: Any
+) -> AsyncIterator[tuple[int, Gateway]]:
+    """The port and the gateway (the demo bus key, the test catalogue; ``options`` are the
+    ``Gateway``'s limits and timeouts), until the block ends."""
+    producer = AIOKafkaProducer(**KafkaSettings(bootstrap_servers=kafka).durable_producer_options())
+    await producer.start()
+    state = Gateway(
+        view=view,
+        catalog=CATALOG,
+        schemas=SchemaStore(AsyncSchemaRegistryClient({"url": registry})),
+        producer=producer,
+        bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
+        bus_key_id=DEMO_BUS_KEY_ID,
+        clients=clients,
+        **options,
+    )
+    runner = web.AppRunner(state.application())
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield port, state
+    finally:
+        await runner.cleanup()
+        # A test may have stopped the broker: the producer cannot flush then, so bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(producer.stop(), 5)
