@@ -1,4 +1,4 @@
-"""The ``govesb`` command line: the commands of ``streams.cli`` plus the connectors'.
+"""The ``govesb`` command line: the commands of ``streams.cli.main`` plus the connectors'.
 
 ``connect http-sink``, ``connect gateway`` and ``dlq list|replay`` live here so that the
 contract package (``streams``) never imports the connectors.
@@ -13,7 +13,7 @@ import typer
 from aiokafka.errors import KafkaError
 from rich.table import Table
 
-from streams.cli import Failure, app, err, out, process_settings, run, settings_of
+from streams.cli.main import Failure, app, err, out, process_settings, run, settings_of
 
 dlq_app = typer.Typer(help="Dead letters of the HTTP sink.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
@@ -29,8 +29,8 @@ __all__ = ["app"]
 def _dead_letters(
     ctx: typer.Context, subscriber: str, since: str | None, ids: str | None
 ) -> tuple[Any, list[Any]]:
-    from connectors.dlq import read_dead_letters
-    from streams.envelope import parse_time
+    from connectors.http_sink.dlq import read_dead_letters
+    from streams.contract.envelope import parse_time
 
     settings = settings_of(ctx)
     try:
@@ -84,7 +84,7 @@ def dlq_replay(
     ids: Annotated[str | None, typer.Option(help="only these event ids (comma separated)")] = None,
 ) -> None:
     """Send dead letters back for delivery, with their original event ids."""
-    from connectors.dlq import replay
+    from connectors.http_sink.dlq import replay
 
     settings, letters = _dead_letters(ctx, subscriber, since, ids)
     count = run(replay(settings.kafka, subscriber, letters))
@@ -100,8 +100,8 @@ def connect_http_sink(
     """Deliver esb.deliver.<subscriber> to the subscriber's HTTP endpoint until SIGTERM."""
     import logging
 
+    from connectors.http_sink.runner import SinkError, run_sink
     from connectors.settings import SinkSettings
-    from connectors.sink_runner import SinkError, run_sink
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
     settings = process_settings(ctx, SinkSettings, web_port=web_port, subscriber=subscriber)
@@ -118,7 +118,7 @@ def connect_gateway(
     web_port: Annotated[int | None, typer.Option(help="listening port")] = None,
 ) -> None:
     """Serve the HTTP gateway for legacy publishers until SIGTERM."""
-    from connectors.gateway import run_gateway
+    from connectors.gateway.app import run_gateway
     from connectors.settings import GatewaySettings
 
     settings = process_settings(ctx, GatewaySettings, web_port=web_port)
@@ -161,7 +161,7 @@ def dev(
 # --------------------------------------------------------------------------- dr
 
 if TYPE_CHECKING:
-    from connectors.dr import DrSites
+    from streams.dr.sites import DrSites
 
 dr_app = typer.Typer(
     help="Disaster Recovery site: replication state (MirrorMaker 2) and failover.",
@@ -175,7 +175,7 @@ def _dr_sites(
 ) -> DrSites:
     """Both sites from ``GOVESB_DR__…``, the CLI's own connection and the options; exit 2
     when the DR cluster is not given."""
-    from connectors.dr import DrCliSettings, resolve_sites
+    from streams.dr.sites import DrCliSettings, resolve_sites
 
     cli = settings_of(ctx)
     try:
@@ -289,7 +289,7 @@ def dr_status(
     Exit 0 when the DR site is in step, 1 when something needs a look, 2 when the DR cluster
     does not answer.
     """
-    from connectors.dr_sites import collect_status
+    from streams.dr.status import collect_status
 
     _quiet_kafka_clients()
     sites = _dr_sites(ctx, primary, dr, dr_registry)
@@ -343,14 +343,14 @@ def dr_failover(
     import datetime as dt
     import time
 
-    from connectors.dr import (
+    from streams.dr.sites import (
         ActiveSite,
         decide_failover,
         read_active_site,
         resend_since,
         write_active_site,
     )
-    from connectors.dr_sites import collect_status
+    from streams.dr.status import collect_status
 
     _quiet_kafka_clients()
     sites = _dr_sites(ctx, primary, dr, dr_registry)

@@ -24,8 +24,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from connectors.dr import DrCliSettings
 from connectors.settings import GatewaySettings, SinkSettings
+from streams.dr.sites import DrCliSettings
 from streams.settings import REPO_ROOT, CliSettings, WorkerSettings
 
 OUTPUT = REPO_ROOT / "deploy" / "CONFIGURATION.md"

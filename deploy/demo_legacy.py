@@ -21,12 +21,12 @@ from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 
-from connectors.delivery import basic_auth
+from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import REPO, LauncherError, LocalBus, free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
-from streams.catalog import Catalog
-from streams.jsonavro import to_json
-from streams.signing import load_private_key
+from streams.contract.catalog import Catalog
+from streams.contract.jsonavro import to_json
+from streams.contract.signing import load_private_key
 
 SINK_TOKEN = "demo-utumishi-endpoint-token"  # noqa: S105 - the demo endpoint's token
 RITA_SECRET = "demo-rita-client-secret"  # noqa: S105 - the demo gateway client's secret

@@ -39,11 +39,11 @@ from deploy.dev_stream import Tally, follow, publish_stream
 from deploy.kafka.launcher import REPO, LauncherError, LocalBus, free_port
 from deploy.prometheus_local import LocalPrometheus
 from deploy.worker import WorkerProcess, start_worker
-from streams.audit_read import verify_topic
-from streams.catalog import Catalog
-from streams.governance import register_catalog
-from streams.registry_model import BusRegistry, load_registry
-from streams.registry_sync import apply_registry
+from streams.audit.verify import verify_topic
+from streams.contract.catalog import Catalog
+from streams.registry.governance import register_catalog
+from streams.registry.model import BusRegistry, load_registry
+from streams.registry.sync import apply_registry
 from streams.settings import KafkaSettings, SchemaRegistrySettings, TopicSettings
 
 DEV_DIR = REPO / ".cache" / "dev"

@@ -20,13 +20,13 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.kafka.launcher import REPO
-from streams.consuming import assign_topics
-from streams.jsonavro import from_json
-from streams.publisher import Publisher
-from streams.registry_model import BusRegistry
-from streams.routing import route
+from streams.client.consuming import assign_topics
+from streams.client.publisher import Publisher
+from streams.contract.jsonavro import from_json
+from streams.contract.signing import load_private_key
+from streams.pipeline.routing import route
+from streams.registry.model import BusRegistry
 from streams.settings import KafkaSettings, SchemaRegistrySettings
-from streams.signing import load_private_key
 
 KEYS = REPO / "deploy" / "demo-keys"
 INVALID_KINDS = ("bad-signature", "unknown-key", "duplicate", "wire-format", "source-mismatch")

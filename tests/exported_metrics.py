@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from connectors.gateway import GatewayMetrics
-from connectors.http_sink import SinkMetrics
-from streams.metrics import PipelineMetrics
+from connectors.gateway.app import GatewayMetrics
+from connectors.http_sink.sink import SinkMetrics
+from streams.pipeline.metrics import PipelineMetrics
 
 SUFFIXES = {
     "counter": ("_total",),

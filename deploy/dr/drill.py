@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from connectors.dr import ActiveSite, read_active_site
 from deploy.dr.mirror import MirrorMaker2
 from deploy.dr.registry import JournalRegistry
 from deploy.kafka.launcher import KafkaBroker, LauncherError, free_port
 from deploy.kafka.runtime import Runtime
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb, start_worker
+from streams.dr.sites import ActiveSite, read_active_site
 
 
 def _kill(part: Any) -> None:

@@ -114,7 +114,7 @@ def latest_heartbeat_ms(bootstrap: str, topic: str = f"{PRIMARY}.heartbeats") ->
     """Timestamp (ms) of the newest heartbeat in ``topic`` at ``bootstrap``; None if none yet."""
     from confluent_kafka import Consumer, TopicPartition  # project dependency
 
-    from connectors.dr import parse_heartbeat
+    from streams.dr.sites import parse_heartbeat
 
     consumer = Consumer(
         {

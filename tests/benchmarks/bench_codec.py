@@ -18,10 +18,10 @@ from collections.abc import Callable
 import fastavro
 import yaml
 
-from streams.catalog import Catalog
-from streams.codec import HEADER_SIZE, WriterSchema, decode_body, encode, schema_id_of
-from streams.envelope import Envelope, new_envelope
-from streams.jsonavro import from_json
+from streams.contract.catalog import Catalog
+from streams.contract.codec import HEADER_SIZE, WriterSchema, decode_body, encode, schema_id_of
+from streams.contract.envelope import Envelope, new_envelope
+from streams.contract.jsonavro import from_json
 from streams.settings import DEFAULT_CATALOG
 from tests.benchmarks.common import BenchBus, Figure, Section, print_section, ratios
 

@@ -33,18 +33,18 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
-from connectors.delivery import basic_auth
+from connectors.http_sink.delivery import basic_auth
 from deploy.demo_legacy import RITA_SECRET
 from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
-from streams import topics
-from streams.consuming import assign_topics
-from streams.governance import register_catalog
-from streams.jsonavro import to_json
-from streams.registry_model import BusRegistry, load_registry
-from streams.registry_sync import apply_registry
+from streams.client.consuming import assign_topics
+from streams.contract import topics
+from streams.contract.jsonavro import to_json
+from streams.contract.signing import PrivateKey, load_private_key
+from streams.registry.governance import register_catalog
+from streams.registry.model import BusRegistry, load_registry
+from streams.registry.sync import apply_registry
 from streams.settings import KafkaSettings, TopicSettings
-from streams.signing import PrivateKey, load_private_key
 from tests.benchmarks.common import (
     LOGS,
     BenchBus,

@@ -39,15 +39,15 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from deploy.demo_legacy import SINK_TOKEN, registry_with_endpoint
 from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb, start_worker
-from streams import topics
-from streams.consuming import assign_topics
-from streams.governance import register_catalog
-from streams.jsonavro import from_json
-from streams.publisher import Publisher
-from streams.registry_model import BusRegistry, load_registry
-from streams.registry_sync import apply_registry
+from streams.client.consuming import assign_topics
+from streams.client.publisher import Publisher
+from streams.contract import topics
+from streams.contract.jsonavro import from_json
+from streams.contract.signing import load_private_key
+from streams.registry.governance import register_catalog
+from streams.registry.model import BusRegistry, load_registry
+from streams.registry.sync import apply_registry
 from streams.settings import KafkaSettings, SchemaRegistrySettings, TopicSettings
-from streams.signing import load_private_key
 from tests.benchmarks.common import (
     LOGS,
     BenchBus,

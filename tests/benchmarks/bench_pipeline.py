@@ -55,25 +55,13 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from deploy.kafka.launcher import die_with_parent
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_worker
-from streams import topics
-from streams.audit import AuditChain
-from streams.catalog import Catalog
-from streams.codec import SchemaStore, WriterSchema, schema_id_of
-from streams.governance import register_catalog
-from streams.jsonavro import from_json
-from streams.pipeline import BusKey, Pipeline
-from streams.publisher import Publisher
-from streams.registry_model import BusRegistry, Subscription, load_registry
-from streams.registry_sync import RegistryView, apply_registry
-from streams.routing import delivery_name, delivery_schema
-from streams.settings import (
-    DEFAULT_CATALOG,
-    REPO_ROOT,
-    KafkaSettings,
-    SchemaRegistrySettings,
-    TopicSettings,
-)
-from streams.signing import (
+from streams.audit.chain import AuditChain
+from streams.client.publisher import Publisher
+from streams.contract import topics
+from streams.contract.catalog import Catalog
+from streams.contract.codec import SchemaStore, WriterSchema, schema_id_of
+from streams.contract.jsonavro import from_json
+from streams.contract.signing import (
     KeyRing,
     PrivateKey,
     load_private_key,
@@ -81,7 +69,19 @@ from streams.signing import (
     sign_event,
     verify_event,
 )
-from streams.validation import IngressRecord
+from streams.pipeline.process import BusKey, Pipeline
+from streams.pipeline.routing import delivery_name, delivery_schema
+from streams.pipeline.validation import IngressRecord
+from streams.registry.governance import register_catalog
+from streams.registry.model import BusRegistry, Subscription, load_registry
+from streams.registry.sync import RegistryView, apply_registry
+from streams.settings import (
+    DEFAULT_CATALOG,
+    REPO_ROOT,
+    KafkaSettings,
+    SchemaRegistrySettings,
+    TopicSettings,
+)
 from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
 from tests.benchmarks.pipeline_parts import (
     CHILD_READY,

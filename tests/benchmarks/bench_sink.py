@@ -28,18 +28,18 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
-from connectors.delivery import HttpRequest, sign_body
-from connectors.http_sink import DELIVERY_CONTENT_TYPES, HttpSink
+from connectors.http_sink.delivery import HttpRequest, sign_body
+from connectors.http_sink.sink import DELIVERY_CONTENT_TYPES, HttpSink
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
-from streams.audit import AuditChain
-from streams.catalog import Catalog
-from streams.codec import SchemaStore, encode
-from streams.envelope import JSON_CONTENT_TYPE, Envelope, new_envelope
-from streams.jsonavro import from_json, to_json_bytes
-from streams.registry_model import Endpoint
+from streams.audit.chain import AuditChain
+from streams.contract.catalog import Catalog
+from streams.contract.codec import SchemaStore, encode
+from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope, new_envelope
+from streams.contract.jsonavro import from_json, to_json_bytes
+from streams.contract.signing import load_private_key
+from streams.registry.model import Endpoint
 from streams.settings import DEFAULT_CATALOG, PRODUCE_BATCH_BYTES, KafkaSettings
-from streams.signing import load_private_key
 from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
 
 KEYS = 16

@@ -23,19 +23,19 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.admin import AdminClient
 
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess
-from streams.codec import HEADER, MAGIC, schema_id_of
-from streams.consuming import assign_topics
-from streams.registry_model import Subscription
-from streams.routing import minimise
-from streams.settings import (
-    REPO_ROOT,
-)
-from streams.signing import (
+from streams.client.consuming import assign_topics
+from streams.contract.codec import HEADER, MAGIC, schema_id_of
+from streams.contract.signing import (
     KeyRing,
     load_private_key,
     load_public_key,
     sign_event,
     verify_event,
+)
+from streams.pipeline.routing import minimise
+from streams.registry.model import Subscription
+from streams.settings import (
+    REPO_ROOT,
 )
 
 DEMO_KEYS = REPO_ROOT / "deploy" / "demo-keys"

@@ -23,12 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from streams.catalog import Catalog
-from streams.codec import encode
-from streams.envelope import new_envelope
-from streams.jsonavro import to_json
+from streams.contract.catalog import Catalog
+from streams.contract.codec import encode
+from streams.contract.envelope import new_envelope
+from streams.contract.jsonavro import to_json
+from streams.contract.signing import PrivateKey, load_private_key, sign_event
 from streams.settings import REPO_ROOT
-from streams.signing import PrivateKey, load_private_key, sign_event
 from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, sample
 
 CITIZEN = "tz.go.nida.CitizenRegistered"

@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from connectors.delivery import basic_auth
+from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import LauncherError, LocalBus, free_port
 from deploy.worker import (
     DEMO_BUS_KEY,
@@ -39,10 +39,10 @@ from deploy.worker import (
     start_govesb,
     start_worker,
 )
-from streams.consuming import assign_topics
-from streams.publisher import Publisher
+from streams.client.consuming import assign_topics
+from streams.client.publisher import Publisher
+from streams.contract.signing import load_private_key
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
-from streams.signing import load_private_key
 from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, SAMPLES, sample
 
 DEATH = "tz.go.rita.DeathRegistered"

@@ -11,13 +11,13 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
-from connectors.gateway import Gateway
+from connectors.gateway.app import Gateway
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
-from streams.codec import SchemaStore
-from streams.registry_sync import RegistryView
+from streams.contract.codec import SchemaStore
+from streams.contract.signing import load_private_key
+from streams.registry.sync import RegistryView
 from streams.settings import KafkaSettings
-from streams.signing import load_private_key
 from tests.unit.pipeline_fixtures import CATALOG
 
 

@@ -23,15 +23,15 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from streams.catalog import Catalog
-from streams.codec import SchemaStore
-from streams.consuming import assign_whole_topic
-from streams.envelope import Envelope
-from streams.jsonavro import from_json
-from streams.publisher import Publisher
-from streams.registry_sync import RegistryView
+from streams.client.consuming import assign_whole_topic
+from streams.client.publisher import Publisher
+from streams.contract.catalog import Catalog
+from streams.contract.codec import SchemaStore
+from streams.contract.envelope import Envelope
+from streams.contract.jsonavro import from_json
+from streams.contract.signing import load_private_key, verify_event
+from streams.registry.sync import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
-from streams.signing import load_private_key, verify_event
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry]
 

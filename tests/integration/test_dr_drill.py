@@ -33,15 +33,15 @@ from aiokafka import AIOKafkaConsumer
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from connectors.dr import ActiveSite
 from deploy.dr.drill import BusConfig, BusSupervisor, Site
 from deploy.dr.mirror import MirrorMaker2, MirrorOptions
 from deploy.kafka.launcher import LauncherError, free_port
 from deploy.kafka.runtime import fetch_runtime
-from streams.consuming import assign_topics
-from streams.publisher import Publisher
+from streams.client.consuming import assign_topics
+from streams.client.publisher import Publisher
+from streams.contract.signing import load_private_key
+from streams.dr.sites import ActiveSite
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
-from streams.signing import load_private_key
 from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, SAMPLES, sample
 
 pytestmark = [

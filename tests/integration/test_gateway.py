@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
-from connectors.delivery import basic_auth
+from connectors.http_sink.delivery import basic_auth
 from deploy.worker import DEMO_BUS_KEY_ID
-from streams.envelope import Envelope
-from streams.jsonavro import to_json
-from streams.registry_sync import RegistryView
+from streams.contract.envelope import Envelope
+from streams.contract.jsonavro import to_json
+from streams.contract.signing import load_private_key
+from streams.registry.sync import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings
-from streams.signing import load_private_key
 from tests.integration.gateways import served_gateway
 from tests.integration.test_pipeline import _collect
 from tests.unit.pipeline_fixtures import CATALOG, SAMPLES
@@ -201,9 +201,9 @@ async def test_a_govesb_push_signed_with_secp256k1_is_accepted_and_one_altered_b
 async def test_the_gateway_answers_503_not_500_while_the_broker_is_down(tmp_path) -> None:
     """A broker of this test's own, stopped under a running gateway."""
     from deploy.kafka.launcher import LocalBus
-    from streams.governance import register_catalog
-    from streams.registry_model import load_registry
-    from streams.registry_sync import apply_registry
+    from streams.registry.governance import register_catalog
+    from streams.registry.model import load_registry
+    from streams.registry.sync import apply_registry
     from streams.settings import TopicSettings
 
     bus = await asyncio.to_thread(LocalBus(data_dir=tmp_path, say=lambda _: None).start)

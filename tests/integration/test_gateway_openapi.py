@@ -13,8 +13,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from connectors.delivery import basic_auth
-from connectors.openapi import OPENAPI
+from connectors.gateway.openapi import OPENAPI
+from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from connectors.delivery import basic_auth
+from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
 from tests.corpus.malformed import (

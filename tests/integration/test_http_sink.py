@@ -22,12 +22,12 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from connectors.delivery import basic_auth
+from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import die_with_parent, free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
-from streams.publisher import Publisher
+from streams.client.publisher import Publisher
+from streams.contract.signing import KeyRing, load_private_key, verify_event
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
-from streams.signing import KeyRing, load_private_key, verify_event
 from tests.integration.test_pipeline import _collect
 from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, sample
 
@@ -307,8 +307,8 @@ async def test_deliveries_arrive_signed_and_survive_a_flaky_then_down_endpoint_i
         lambda: {h["ce-id"] for h, _ in endpoint.received} >= {e for e, _ in everything}, 90
     )
 
-    from streams.audit import verify
-    from streams.audit_read import read_audit
+    from streams.audit.chain import verify
+    from streams.audit.verify import read_audit
 
     audit = await read_audit(KafkaSettings(bootstrap_servers=kafka), "esb.audit")
     receipts = {

@@ -38,13 +38,13 @@ from connectors.cli import app
 from deploy.kafka.launcher import LauncherError, LocalBus, SecureListener
 from deploy.kafka.tls import new_ca
 from deploy.worker import start_worker
-from streams import acls
-from streams.acls import AclBinding
-from streams.catalog import Catalog
-from streams.publisher import Publisher
-from streams.registry_model import load_registry
+from streams.client.publisher import Publisher
+from streams.contract.catalog import Catalog
+from streams.contract.signing import load_private_key
+from streams.registry import acls
+from streams.registry.acls import AclBinding
+from streams.registry.model import load_registry
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
-from streams.signing import load_private_key
 from tests.unit.pipeline_fixtures import KEY_IDS, sample
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.slow]

@@ -21,11 +21,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
-from connectors.delivery import basic_auth
+from connectors.http_sink.delivery import basic_auth
 from deploy.worker import WorkerProcess
-from streams.codec import SchemaStore
-from streams.consuming import assign_topics
-from streams.registry_sync import RegistryView
+from streams.client.consuming import assign_topics
+from streams.contract.codec import SchemaStore
+from streams.registry.sync import RegistryView
 from streams.settings import KafkaSettings
 from tests.corpus import raw_http
 from tests.corpus.malformed import (

@@ -16,18 +16,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from connectors.http_sink import DELIVERY_CONTENT_TYPES
-from streams.catalog import Catalog
-from streams.codec import SchemaStore
-from streams.consuming import assign_topics
-from streams.envelope import Envelope
-from streams.jsonavro import to_json
-from streams.publisher import Publisher
-from streams.registry_model import load_registry
-from streams.registry_sync import RegistryView
-from streams.routing import minimise
+from connectors.http_sink.sink import DELIVERY_CONTENT_TYPES
+from streams.client.consuming import assign_topics
+from streams.client.publisher import Publisher
+from streams.contract.catalog import Catalog
+from streams.contract.codec import SchemaStore
+from streams.contract.envelope import Envelope
+from streams.contract.jsonavro import to_json
+from streams.contract.signing import load_private_key, verify_event
+from streams.pipeline.routing import minimise
+from streams.registry.model import load_registry
+from streams.registry.sync import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
-from streams.signing import load_private_key, verify_event
 from tests.unit.pipeline_fixtures import KEY_IDS, sample
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.slow]
@@ -274,7 +274,7 @@ async def test_a_tampered_audit_log_does_not_verify(
         }
     delivered = await _collect(kafka, ["esb.deliver.tra"], ids)
     assert {dict(r.headers)["ce_id"].decode() for r in delivered} == ids
-    from streams.audit_read import read_audit
+    from streams.audit.verify import read_audit
 
     async with asyncio.timeout(30):  # audit records are written with the deliveries
         while True:

@@ -17,7 +17,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streams.codec import SchemaStore
+from streams.contract.codec import SchemaStore
 
 pytestmark = [pytest.mark.registry]
 

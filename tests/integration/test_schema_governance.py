@@ -12,7 +12,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from streams.catalog import Catalog
+from streams.contract.catalog import Catalog
 
 pytestmark = pytest.mark.registry
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import yaml
 
-from streams.catalog import Catalog
-from streams.codec import WriterSchema
-from streams.jsonavro import from_json
-from streams.publisher import PreparedEvent, Publisher
-from streams.registry_model import load_registry
-from streams.registry_sync import RegistryView, registry_records
+from streams.client.publisher import PreparedEvent, Publisher
+from streams.contract.catalog import Catalog
+from streams.contract.codec import WriterSchema
+from streams.contract.jsonavro import from_json
+from streams.contract.signing import load_private_key
+from streams.pipeline.validation import Directory, IngressRecord
+from streams.registry.model import load_registry
+from streams.registry.sync import RegistryView, registry_records
 from streams.settings import REPO_ROOT, KafkaSettings
-from streams.signing import load_private_key
-from streams.validation import Directory, IngressRecord
 
 CATALOG = Catalog.load()
 SAMPLES = yaml.safe_load((REPO_ROOT / "schemas" / "samples.yaml").read_text())

@@ -10,10 +10,10 @@ import yaml
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from streams import acls
-from streams.acls import AclBinding, acl_bindings, bus_acls, plan_acls
-from streams.cli import app
-from streams.registry_model import BusRegistry, load_registry
+from streams.cli.main import app
+from streams.registry import acls
+from streams.registry.acls import AclBinding, acl_bindings, bus_acls, plan_acls
+from streams.registry.model import BusRegistry, load_registry
 from streams.settings import REPO_ROOT, KafkaSettings
 
 EXAMPLE = REPO_ROOT / "deploy" / "registry.example.yaml"
@@ -53,7 +53,7 @@ def test_an_institution_gets_one_allow_binding_per_operation_on_its_own_resource
 
 def test_the_bindings_are_the_strimzi_users_acls(registry: BusRegistry) -> None:
     """Apply and export share one model: every Strimzi ACL operation is one binding."""
-    from streams.registry_export import kafka_users
+    from streams.registry.strimzi import kafka_users
 
     from_strimzi = {
         AclBinding(

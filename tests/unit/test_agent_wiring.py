@@ -13,12 +13,12 @@ from typing import Any
 
 import fastavro
 
-from streams.app import create_app
-from streams.audit import AuditChain
-from streams.codec import SchemaStore, WriterSchema
-from streams.pipeline import BusKey, Pipeline
+from streams.audit.chain import AuditChain
+from streams.contract.codec import SchemaStore, WriterSchema
+from streams.contract.signing import load_private_key
+from streams.pipeline.app import create_app
+from streams.pipeline.process import BusKey, Pipeline
 from streams.settings import REPO_ROOT, WorkerSettings
-from streams.signing import load_private_key
 from tests.unit.pipeline_fixtures import SCHEMA_IDS, prepared, registry_view, writer
 
 CITIZEN = "tz.go.nida.CitizenRegistered"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from streams.audit import AuditChain, verify
+from streams.audit.chain import AuditChain, verify
 
 
 def _chain(n: int, name: str = "w1") -> list[tuple[int, int, bytes]]:
@@ -42,7 +42,7 @@ def test_an_altered_record_is_reported() -> None:
 
 
 def test_a_record_rewritten_with_a_fresh_hash_breaks_the_next_link() -> None:
-    from streams.audit import record_hash
+    from streams.audit.chain import record_hash
 
     records = _chain(4)
     body = json.loads(records[1][2])

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from streams import cli_keys
-from streams.cli_keys import keys_app
-from streams.signing import (
+from streams.cli import keys as cli_keys
+from streams.cli.keys import keys_app
+from streams.contract.signing import (
     PrivateKey,
     generate_private_key,
     key_id_for,

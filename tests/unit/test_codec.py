@@ -8,8 +8,8 @@ import struct
 import fastavro
 import pytest
 
-from streams.codec import HEADER_SIZE, decode_body, encode, schema_id_of
-from streams.reasons import EventError, Reason
+from streams.contract.codec import HEADER_SIZE, decode_body, encode, schema_id_of
+from streams.contract.reasons import EventError, Reason
 
 SCHEMA = fastavro.parse_schema(
     {

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from connectors.delivery import (
+from connectors.http_sink.delivery import (
     CircuitBreaker,
     RetryPolicy,
     cloudevents_request,
@@ -20,10 +20,10 @@ from connectors.delivery import (
     sign_body,
     verdict,
 )
-from streams.envelope import new_envelope
-from streams.jsonavro import to_json_bytes
+from streams.contract.envelope import new_envelope
+from streams.contract.jsonavro import to_json_bytes
+from streams.contract.signing import KeyRing, load_private_key, verify_event
 from streams.settings import REPO_ROOT
-from streams.signing import KeyRing, load_private_key, verify_event
 
 KEY = load_private_key((REPO_ROOT / "deploy/demo-keys/ega.key.pem").read_text())
 ENVELOPE = new_envelope("rita", "crvs", "tz.go.rita.DeathRegistered", "2004518832")

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from connectors.dr import (
+from deploy.dr.mirror import MirrorOptions, parse_properties, render
+from streams.dr.sites import (
     ActiveSite,
     Checkpoint,
     DrCliSettings,
@@ -32,7 +33,6 @@ from connectors.dr import (
     resolve_sites,
     write_active_site,
 )
-from deploy.dr.mirror import MirrorOptions, parse_properties, render
 from streams.settings import KafkaSettings, SchemaRegistrySettings
 
 

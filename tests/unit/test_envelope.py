@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from streams.envelope import Envelope, format_time, new_envelope, parse_time
-from streams.reasons import EventError, Reason
+from streams.contract.envelope import Envelope, format_time, new_envelope, parse_time
+from streams.contract.reasons import EventError, Reason
 
 
 def _headers(**overrides: str | None) -> list[tuple[str, bytes]]:

@@ -25,7 +25,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.gateway import (
+from connectors.gateway.app import (
     Gateway,
     HttpError,
     _basic_credentials,
@@ -35,12 +35,12 @@ from connectors.gateway import (
 )
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
-from streams.codec import WriterSchema, decode_body, encode, schema_id_of
-from streams.envelope import Envelope
-from streams.pipeline import RecentEvents
-from streams.reasons import EventError
-from streams.signing import load_private_key
-from streams.validation import IngressRecord, ValidEvent, validate
+from streams.contract.codec import WriterSchema, decode_body, encode, schema_id_of
+from streams.contract.envelope import Envelope
+from streams.contract.reasons import EventError
+from streams.contract.signing import load_private_key
+from streams.pipeline.process import RecentEvents
+from streams.pipeline.validation import IngressRecord, ValidEvent, validate
 from tests.corpus import raw_http
 from tests.corpus.malformed import (
     CITIZEN,
@@ -110,7 +110,7 @@ def test_every_kafka_case_gets_its_reason_in_process(case: KafkaCase) -> None:
 
 
 def test_the_corpus_is_big_and_covers_every_reason() -> None:
-    from streams.reasons import Reason
+    from streams.contract.reasons import Reason
 
     assert len(KAFKA_CASES) >= 30
     assert len({case.name for case in KAFKA_CASES}) == len(KAFKA_CASES)

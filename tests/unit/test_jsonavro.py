@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from streams.jsonavro import JsonAvroError, from_json, to_json, to_json_bytes
+from streams.contract.jsonavro import JsonAvroError, from_json, to_json, to_json_bytes
 
 SCHEMA = {
     "type": "record",

@@ -7,12 +7,12 @@ import datetime as dt
 
 import pytest
 
-from streams.catalog import Catalog
-from streams.codec import decode_body, schema_id_of
-from streams.envelope import Envelope
-from streams.publisher import Publisher, PublishError
+from streams.client.publisher import Publisher, PublishError
+from streams.contract.catalog import Catalog
+from streams.contract.codec import decode_body, schema_id_of
+from streams.contract.envelope import Envelope
+from streams.contract.signing import KeyRing, load_private_key, verify_event
 from streams.settings import REPO_ROOT
-from streams.signing import KeyRing, load_private_key, verify_event
 
 KEY = load_private_key((REPO_ROOT / "deploy/demo-keys/tra.key.pem").read_text())
 KEY_ID = "tra-3509e6ac2798"

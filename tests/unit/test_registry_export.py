@@ -9,8 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.registry_export import (
+from streams.cli.main import app
+from streams.registry.model import BusRegistry, load_registry
+from streams.registry.strimzi import (
     FILE_NAMES,
     GATEWAY_USER,
     WORKER_USER,
@@ -20,8 +21,7 @@ from streams.registry_export import (
     sink_user,
     strimzi_resources,
 )
-from streams.registry_model import BusRegistry, load_registry
-from streams.registry_sync import desired_topics
+from streams.registry.sync import desired_topics
 from streams.settings import REPO_ROOT, CliSettings, TopicSettings
 
 EXAMPLE = REPO_ROOT / "deploy" / "registry.example.yaml"

@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from streams.registry_model import load_registry
-from streams.registry_sync import RegistryView, plan_changes, registry_records
+from streams.registry.model import load_registry
+from streams.registry.sync import RegistryView, plan_changes, registry_records
 from streams.settings import REPO_ROOT, KafkaSettings
 
 EXAMPLE = REPO_ROOT / "deploy" / "registry.example.yaml"

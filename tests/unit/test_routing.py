@@ -8,9 +8,8 @@ import json
 import fastavro
 import pytest
 
-from streams.codec import encode
-from streams.registry_model import Condition, Subscription
-from streams.routing import (
+from streams.contract.codec import encode
+from streams.pipeline.routing import (
     condition_holds,
     delivery_schema,
     mask_value,
@@ -18,6 +17,7 @@ from streams.routing import (
     resolve,
     route,
 )
+from streams.registry.model import Condition, Subscription
 from streams.settings import REPO_ROOT
 from tests.unit.pipeline_fixtures import CATALOG, registry_view, sample
 

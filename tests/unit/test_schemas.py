@@ -11,9 +11,13 @@ import fastavro
 import pytest
 import yaml
 
-from streams.catalog import Catalog, CatalogError
-from streams.governance import check_catalog_consistency, check_evolution, compatibility_problems
-from streams.jsonavro import from_json, to_json
+from streams.contract.catalog import Catalog, CatalogError
+from streams.contract.jsonavro import from_json, to_json
+from streams.registry.governance import (
+    check_catalog_consistency,
+    check_evolution,
+    compatibility_problems,
+)
 from streams.settings import DEFAULT_CATALOG
 
 SCHEMAS = DEFAULT_CATALOG.parent
@@ -143,7 +147,7 @@ def test_widening_long_to_double_is_backward_but_not_forward() -> None:
 
 
 def _event_type(schema: dict, level: str):
-    from streams.catalog import EventType
+    from streams.contract.catalog import EventType
 
     return EventType(
         name="tz.go.test.PermitIssued",

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.signing import (
+from streams.contract.signing import (
     BadSignatureError,
     KeyFormatError,
     KeyRing,

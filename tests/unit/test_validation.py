@@ -6,11 +6,11 @@ import datetime as dt
 
 import pytest
 
-from streams.codec import encode
-from streams.envelope import UNREADABLE_HEADER
-from streams.pipeline import RecentEvents
-from streams.reasons import EventError, Reason
-from streams.validation import Limits, validate
+from streams.contract.codec import encode
+from streams.contract.envelope import UNREADABLE_HEADER
+from streams.contract.reasons import EventError, Reason
+from streams.pipeline.process import RecentEvents
+from streams.pipeline.validation import Limits, validate
 from tests.unit.pipeline_fixtures import (
     CATALOG,
     NOW,
@@ -104,8 +104,8 @@ def test_an_event_from_the_future_is_refused() -> None:
 
 def _resigned(event, value: bytes):
     """The same envelope with ``value``, correctly signed (so only the payload is wrong)."""
+    from streams.contract.signing import load_private_key, sign_event
     from streams.settings import REPO_ROOT
-    from streams.signing import load_private_key, sign_event
 
     key = load_private_key((REPO_ROOT / "deploy/demo-keys/nida.key.pem").read_text())
     env = event.envelope
@@ -161,8 +161,8 @@ def test_a_repeated_event_id_is_a_duplicate_but_a_reread_is_not() -> None:
 
 
 def test_an_event_the_gateway_signed_with_the_bus_key_is_accepted_for_the_publisher() -> None:
+    from streams.contract.signing import load_private_key, sign_event
     from streams.settings import REPO_ROOT
-    from streams.signing import load_private_key, sign_event
 
     event = prepared("nida", CITIZEN)
     env = event.envelope

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from streams.app import broker_credentials, create_app
+from streams.pipeline.app import broker_credentials, create_app
 from streams.settings import KafkaSettings, WorkerSettings
 
 

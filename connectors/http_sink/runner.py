@@ -1,0 +1,184 @@
+"""``govesb connect http-sink``: the sink process (consumer loop, /health, /metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+
+import aiohttp
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from connectors.http_sink.delivery import CircuitBreaker, RetryPolicy
+from connectors.http_sink.sink import BREAKER_STATES, Credentials, HttpSink
+from connectors.settings import SinkSettings
+from streams.audit.chain import AuditChain
+from streams.contract import topics
+from streams.contract.codec import SchemaStore
+from streams.contract.signing import load_private_key
+from streams.registry.sync import RegistryView
+from streams.settings import PRODUCE_BATCH_BYTES
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(RuntimeError):
+    """The sink cannot start as configured; the message says what to fix."""
+
+
+async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
+    """A sink for ``settings.subscriber``'s endpoint from the registry."""
+    institution = view.institutions.get(settings.subscriber)
+    if institution is None or institution.endpoint is None:
+        raise SinkError(f"{settings.subscriber!r} has no HTTP endpoint in esb.registry")
+    endpoint = institution.endpoint
+    if endpoint.auth.type == "mtls" and not (
+        settings.client_cert_file and settings.client_key_file
+    ):
+        raise SinkError(
+            "mtls endpoint auth needs GOVESB_CLIENT_CERT_FILE and GOVESB_CLIENT_KEY_FILE"
+        )
+    if endpoint.auth.type == "oauth2" and not (endpoint.auth.token_url and endpoint.auth.username):
+        raise SinkError("oauth2 endpoint auth needs token_url and username (the client id)")
+    secret = settings.secret(endpoint.auth.secret_ref)
+    if endpoint.auth.type in ("bearer", "basic", "hmac", "oauth2") and secret is None:
+        raise SinkError(
+            f"endpoint auth {endpoint.auth.type} needs the secret {endpoint.auth.secret_ref!r}: "
+            f"set GOVESB_SECRETS__{(endpoint.auth.secret_ref or '').upper()}"
+        )
+    if settings.signing_key_file is None or not settings.signing_key_id:
+        raise SinkError("set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID (the bus key)")
+    # A flush's receipts go to esb.audit in as few produce requests as the batch size allows.
+    producer = AIOKafkaProducer(
+        **settings.kafka.durable_producer_options(linger_ms=2, max_batch_size=PRODUCE_BATCH_BYTES)
+    )
+    await producer.start()
+    chain_id = (
+        f"sink-{settings.subscriber}/{socket.gethostname()}/{os.getpid()}/{int(time.time() * 1000)}"
+    )
+    return HttpSink(
+        subscriber=settings.subscriber,
+        endpoint=endpoint,
+        session=aiohttp.ClientSession(),
+        producer=producer,
+        schemas=SchemaStore(AsyncSchemaRegistryClient(settings.schema_registry.client_config())),
+        bus_key=load_private_key(settings.signing_key_file.read_bytes()),
+        bus_key_id=settings.signing_key_id,
+        chain=AuditChain(chain_id),
+        credentials=Credentials(
+            secret.get_secret_value() if secret else None, endpoint.auth.username
+        ),
+        policy=RetryPolicy(
+            settings.max_attempts, settings.backoff_initial_s, settings.backoff_max_s
+        ),
+        breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
+        concurrency=settings.concurrency,
+        ssl_context=tls_context(settings, endpoint.verify_tls),
+    )
+
+
+def tls_context(settings: SinkSettings, verify: bool) -> ssl.SSLContext | None:
+    """Client TLS: the configured CA (or the system's), and a client certificate for mTLS."""
+    if not (settings.ca_file or settings.client_cert_file):
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.client_cert_file and settings.client_key_file:
+        context.load_cert_chain(settings.client_cert_file, settings.client_key_file)
+    return context
+
+
+async def serve_web(
+    sink: HttpSink, settings: SinkSettings, consumer: AIOKafkaConsumer
+) -> web.AppRunner:
+    """/health and /metrics."""
+
+    async def health(_: web.Request) -> web.Response:
+        state = sink.breaker.state
+        assigned = len(consumer.assignment())
+        checks: dict[str, dict[str, object]] = {
+            "endpoint": {"ok": state != "open", "breaker": state},
+            "consumer": {"ok": assigned > 0, "partitions": assigned},
+        }
+        ok = all(bool(c["ok"]) for c in checks.values())
+        body = {"status": "ok" if ok else "degraded", "checks": checks}
+        return web.json_response(body, status=200 if ok else 503, dumps=json.dumps)
+
+    async def metrics(_: web.Request) -> web.Response:
+        sink.metrics.breaker.labels(sink.subscriber).set(BREAKER_STATES[sink.breaker.state])
+        return web.Response(
+            body=generate_latest(sink.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    return runner
+
+
+async def record_lag(sink: HttpSink, consumer: AIOKafkaConsumer) -> None:
+    """``govesb_consumer_lag``: records of each assigned partition not yet delivered."""
+    group = topics.sink_group(sink.subscriber)
+    for partition in consumer.assignment():
+        highwater = consumer.highwater(partition)
+        if highwater is None:
+            continue
+        lag = max(0, highwater - await consumer.position(partition))
+        sink.metrics.lag.labels(group, partition.topic, str(partition.partition)).set(lag)
+
+
+async def run_sink(settings: SinkSettings) -> None:
+    """Consume, deliver, commit; until SIGTERM/SIGINT, then finish the batch in hand."""
+    view = RegistryView(settings.kafka)
+    await view.start()
+    sink = await build_sink(settings, view)
+    consumer = AIOKafkaConsumer(
+        topics.deliver(settings.subscriber),
+        **settings.kafka.aiokafka_options(),
+        group_id=topics.sink_group(settings.subscriber),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    runner = await serve_web(sink, settings, consumer)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    log.info("delivering %s to %s", topics.deliver(settings.subscriber), sink.endpoint.url)
+    try:
+        while not stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=settings.batch_max_records)
+            if not batches:
+                continue
+            endpoint = view.institutions.get(settings.subscriber)
+            if endpoint is not None and endpoint.endpoint is not None:
+                sink.endpoint = endpoint.endpoint  # registry changes apply to the next batch
+            for records in batches.values():
+                for record in records:
+                    sink.add(record)
+            await sink.flush()
+            await consumer.commit()  # every fetched record is now delivered or dead-lettered
+            await record_lag(sink, consumer)
+    finally:
+        await consumer.stop()
+        await sink.close()
+        await sink.producer.stop()
+        await view.stop()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()

@@ -1,0 +1,1 @@
+"""The hash-chained audit log: writing its records and verifying a chain."""

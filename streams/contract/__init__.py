@@ -1,0 +1,1 @@
+"""What every event on the bus is: envelope, Avro codec, signatures, reasons, topics, catalogue."""

@@ -1,0 +1,1 @@
+"""Disaster Recovery: how far the DR site trails the primary, and the switch to it (govesb dr)."""

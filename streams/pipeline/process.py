@@ -1,0 +1,297 @@
+"""One ingress record in, every record it causes out: validate ▸ route ▸ transform ▸ fan out.
+
+:class:`Pipeline` ties the pure stages to the live registry view, the schema store, the bus
+signing key and the duplicate window. It never sends anything itself: ``handle`` returns the
+records to produce (deliveries or a rejection, plus one audit record), and the agent acks the
+ingress record only after all of them were acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import fastavro
+
+from streams.audit.chain import AuditChain
+from streams.contract import topics
+from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode, schema_id_of
+from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
+from streams.contract.jsonavro import to_json_bytes
+from streams.contract.reasons import EventError, Reason
+from streams.contract.signing import PrivateKey, sign_event
+from streams.pipeline.routing import delivery_name, delivery_schema, minimise, resolve, route
+from streams.pipeline.validation import (
+    Directory,
+    IngressRecord,
+    Limits,
+    ValidEvent,
+    publisher_of,
+    validate,
+)
+from streams.registry.model import Subscription
+from streams.registry.sync import RegistryView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one ingress record, and the records to produce for it."""
+
+    outputs: list[Output]
+    publisher: str
+    event_type: str
+    reason: Reason | None = None
+    subscribers: tuple[str, ...] = ()
+
+
+@dataclass
+class RecentEvents:
+    """Event ids seen within a time window, with where each was first read.
+
+    The same id at the same topic/partition/offset is a re-read after a restart or rebalance
+    (at-least-once), not a duplicate, and is processed again.
+    """
+
+    window: dt.timedelta = dt.timedelta(hours=24)
+    max_entries: int = 1_000_000
+    _seen: OrderedDict[str, tuple[tuple[str, int, int], dt.datetime]] = field(
+        default_factory=OrderedDict
+    )
+
+    def check(self, event_id: str, position: tuple[str, int, int], now: dt.datetime) -> None:
+        """Raise ``duplicate`` if ``event_id`` was seen elsewhere within the window."""
+        while self._seen:
+            oldest_id, (_, seen_at) = next(iter(self._seen.items()))
+            if now - seen_at <= self.window and len(self._seen) < self.max_entries:
+                break
+            del self._seen[oldest_id]
+        first = self._seen.get(event_id)
+        if first is None:
+            self._seen[event_id] = (position, now)
+        elif first[0] != position:
+            topic, partition, offset = first[0]
+            raise duplicate_error(f"{topic}[{partition}]@{offset}")
+
+
+class SeenEvents(Protocol):
+    """Where the duplicate check remembers event ids (in memory, or a Faust windowed table)."""
+
+    def check(self, event_id: str, position: tuple[str, int, int], now: dt.datetime) -> None:
+        """Raise ``duplicate`` if ``event_id`` was first read at another position."""
+
+
+def duplicate_error(first: str) -> EventError:
+    """The rejection for an event id first read at ``first`` (``topic[partition]@offset``)."""
+    return EventError(Reason.DUPLICATE, f"event id already received at {first}")
+
+
+@dataclass(frozen=True)
+class BusKey:
+    """The key the bus re-signs deliveries with."""
+
+    key_id: str
+    key: PrivateKey
+
+
+class Pipeline:
+    """Validation, routing and transformation of ingress records."""
+
+    def __init__(
+        self,
+        view: RegistryView,
+        schemas: SchemaStore,
+        bus_key: BusKey,
+        chain: AuditChain,
+        limits: Limits | None = None,
+        recent: SeenEvents | None = None,
+    ) -> None:
+        self.view = view
+        self.schemas = schemas
+        self.bus_key = bus_key
+        self.chain = chain
+        self.limits = limits or Limits()
+        self.recent = recent or RecentEvents()
+        self._pinned: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
+        self._delivery_ids: dict[tuple[str, str, int | str], tuple[int, Any]] = {}
+        self._agreement_json: dict[int, tuple[Subscription, str]] = {}
+
+    def directory(self) -> Directory:
+        """The registry facts validation needs, from the live view."""
+        return Directory(
+            event_types=self.view.event_types,
+            key_owners=self.view.key_owners,
+            keyring=self.view.keyring,
+        )
+
+    async def handle(self, record: IngressRecord, now: dt.datetime | None = None) -> Outcome:
+        """Process one ingress record; never raises for bad input (it becomes a rejection).
+
+        Raises:
+            RegistryUnavailableError: the schema registry cannot be asked; retry later.
+        """
+        now = now or dt.datetime.now(dt.UTC)
+        try:
+            writer = None
+            if record.value is not None:
+                try:
+                    writer = await self.schemas.writer_schema(schema_id_of(record.value))
+                except EventError as error:
+                    if error.reason is not Reason.UNKNOWN_SCHEMA_ID:
+                        raise
+            event = validate(record, self.directory(), writer, now, self.limits)
+            self.recent.check(event.envelope.id, record.position, now)
+            subscriptions = route(
+                event.envelope.type, event.payload, self.view.subscriptions.values()
+            )
+            deliveries = [await self.deliver(event, s) for s in subscriptions]
+        except EventError as error:
+            return self.reject(record, error, now)
+        except RegistryUnavailableError:
+            raise
+        except Exception as error:  # a poison record must not stall the partition
+            log.exception("unexpected failure on %s[%d]@%d", *record.position)
+            return self.reject(
+                record, EventError(Reason.INVALID_PAYLOAD, f"processing failed: {error}"), now
+            )
+        subscribers = tuple(dict.fromkeys(s.subscriber for s in subscriptions))
+        audit = self._audit(
+            "routed" if subscribers else "received", record, event.envelope, now, subscribers
+        )
+        return Outcome(
+            [*deliveries, audit], event.publisher, event.envelope.type, None, subscribers
+        )
+
+    def reject(self, record: IngressRecord, error: EventError, now: dt.datetime) -> Outcome:
+        """The record, as it came, to ``esb.rejected.<publisher>`` with the reason."""
+        publisher = publisher_of(record.topic)
+        try:
+            envelope: Envelope | None = Envelope.from_headers(record.headers)
+        except EventError:
+            envelope = None
+        headers = (
+            *record.headers,
+            ("esb_reason", str(error.reason).encode()),
+            ("esb_detail", error.detail.encode()),
+            ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
+        )
+        rejected = Output(topics.rejected(publisher), record.key, record.value, headers)
+        audit = self._audit("rejected", record, envelope, now, (), reason=error.reason)
+        return Outcome(
+            [rejected, audit],
+            publisher,
+            envelope.type if envelope else "",
+            error.reason,
+        )
+
+    async def deliver(self, event: ValidEvent, subscription: Subscription) -> Output:
+        """The event as ``subscription`` may see it, re-encoded and re-signed by the bus.
+
+        Kafka agreements get Avro under the agreement's delivery schema; HTTP agreements get
+        the JSON body the endpoint will receive, signed here so the sink forwards it as is.
+        """
+        envelope = event.envelope
+        reader = await self._reader_schema(envelope.type, subscription, event)
+        # Validation decoded the payload with the writer's schema: only a pinned older
+        # version needs reading again (schema resolution).
+        decoded = (
+            event.payload
+            if reader is event.writer.parsed
+            else resolve(event.record.value or b"", event.writer.parsed, reader)
+        )
+        payload = minimise(decoded, subscription)
+        content_type = None
+        if subscription.delivery == "http":
+            value = to_json_bytes(payload)
+            content_type = JSON_CONTENT_TYPE
+        else:
+            schema_id, parsed = await self._delivery_schema(envelope.type, subscription, event)
+            value = encode(schema_id, parsed, payload)
+        signature = sign_event(
+            self.bus_key.key, envelope.id, envelope.source, envelope.type, envelope.time, value
+        )
+        headers = (
+            *envelope.signed_headers(self.bus_key.key_id, signature, content_type),
+            ("esb_subscription", subscription.id.encode()),
+        )
+        return Output(
+            topics.deliver(subscription.subscriber), envelope.subject.encode(), value, headers
+        )
+
+    async def _reader_schema(
+        self, event_type: str, subscription: Subscription, event: ValidEvent
+    ) -> Any:
+        if subscription.schema_version == "latest":
+            return event.writer.parsed
+        key = (event_type, subscription.schema_version)
+        if key not in self._pinned:
+            text = await self.schemas.version_text(event_type, subscription.schema_version)
+            raw = json.loads(text)
+            self._pinned[key] = (raw, fastavro.parse_schema(raw))  # parsed once per version
+        return self._pinned[key][1]
+
+    async def _delivery_schema(
+        self, event_type: str, subscription: Subscription, event: ValidEvent
+    ) -> tuple[int, Any]:
+        version = subscription.schema_version
+        # Keyed by the whole agreement: a change applied to the registry gets a new schema.
+        # (The registry view holds one object per agreement until it changes, so its JSON is
+        # computed once per object, not per delivery.)
+        known = self._agreement_json.get(id(subscription))
+        if known is None or known[0] is not subscription:
+            known = self._agreement_json[id(subscription)] = (
+                subscription,
+                subscription.model_dump_json(),
+            )
+        key = (known[1], event_type, event.writer.id if version == "latest" else version)
+        cached = self._delivery_ids.get(key)
+        if cached is not None:
+            return cached
+        source = (
+            self._pinned[(event_type, version)][0]
+            if version != "latest"
+            else json.loads(event.writer.text)
+        )
+        schema = delivery_schema(source, event_type, subscription)
+        schema_id = await self.schemas.register(delivery_name(subscription.id, event_type), schema)
+        entry = (schema_id, fastavro.parse_schema(schema))
+        self._delivery_ids[key] = entry
+        return entry
+
+    def _audit(
+        self,
+        outcome: str,
+        record: IngressRecord,
+        envelope: Envelope | None,
+        now: dt.datetime,
+        subscribers: tuple[str, ...],
+        reason: Reason | None = None,
+    ) -> Output:
+        key, value = self.chain.append(
+            outcome=outcome,
+            event_id=envelope.id if envelope else None,
+            publisher=publisher_of(record.topic),
+            event_type=envelope.type if envelope else None,
+            payload_sha256=hashlib.sha256(record.value).hexdigest() if record.value else None,
+            subscribers=subscribers,
+            reason=str(reason) if reason else None,
+            source=record.position,
+            time=now,
+        )
+        return Output(topics.AUDIT, key, value)

@@ -1,0 +1,260 @@
+"""The registry of institutions and data-sharing agreements, and its lint.
+
+Declared in YAML (``deploy/registry.example.yaml``), checked by ``govesb registry lint``,
+applied by ``govesb registry apply`` to the compacted ``esb.registry`` topic. Event types
+come from the catalogue the YAML names, so there is one source for them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streams.contract.catalog import Catalog, CatalogError, EventType, Problem
+from streams.contract.signing import KeyFormatError, load_public_key
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,39}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InstitutionKey(_Model):
+    """A public key an institution signs with; ``public_key`` is PEM or base64 DER."""
+
+    id: Annotated[str, Field(min_length=3, max_length=80)]
+    public_key: str
+    revoked: bool = False
+
+
+class EndpointAuth(_Model):
+    """How the HTTP sink authenticates; secrets are named, never written in the YAML."""
+
+    type: Literal["none", "bearer", "basic", "oauth2", "hmac", "mtls"] = "none"
+    secret_ref: str | None = Field(
+        default=None, description="name of the environment variable holding the secret"
+    )
+    username: str | None = None
+    token_url: str | None = None
+
+
+class Endpoint(_Model):
+    """An institution's HTTP endpoint for deliveries."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    format: Literal["cloudevents", "govesb"] = "cloudevents"
+    auth: EndpointAuth = EndpointAuth()
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    verify_tls: bool = True
+
+
+class Institution(_Model):
+    """A public institution connected to the bus."""
+
+    id: Identifier
+    name: str
+    systems: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]] = Field(min_length=1)
+    keys: list[InstitutionKey] = []
+    endpoint: Endpoint | None = None
+
+
+class Condition(_Model):
+    """One filter condition on a payload field; all conditions of a filter must hold."""
+
+    field: str
+    op: Literal["eq", "ne", "in", "not_in", "gt", "ge", "lt", "le", "exists"]
+    value: Any = None
+
+
+class Subscription(_Model):
+    """A data-sharing agreement: who receives which events, which fields, how."""
+
+    id: Identifier
+    subscriber: Identifier
+    event_types: list[str] = Field(min_length=1)
+    fields: list[str] = Field(min_length=1, description="the only fields delivered")
+    mask: list[str] = []
+    filter: list[Condition] = []
+    schema_version: int | Literal["latest"] = "latest"
+    delivery: Literal["kafka", "http"] = "kafka"
+    purpose: str = ""
+
+
+class RegistryDocument(_Model):
+    """The YAML document as written."""
+
+    catalog: Path
+    institutions: list[Institution]
+    subscriptions: list[Subscription] = []
+
+
+class BusRegistry(BaseModel):
+    """A linted registry: the document plus the catalogue it names."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    document: RegistryDocument
+    catalog: Catalog
+
+    @property
+    def institutions(self) -> dict[str, Institution]:
+        """Institutions by id."""
+        return {i.id: i for i in self.document.institutions}
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """Subscriptions by id."""
+        return {s.id: s for s in self.document.subscriptions}
+
+
+def _yaml_path(location: tuple[Any, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(document)"
+
+
+def _field_names(event_type: EventType) -> set[str]:
+    return set(event_type.field_names)
+
+
+def lint_document(document: RegistryDocument, catalog: Catalog) -> list[Problem]:
+    """Semantic checks of a well-formed document against the catalogue."""
+    problems: list[Problem] = []
+    institutions = {i.id for i in document.institutions}
+
+    def duplicates(kind: str, values: list[str], path: str) -> None:
+        for value, count in Counter(values).items():
+            if count > 1:
+                problems.append(Problem(path=path, message=f"duplicate {kind} {value!r}"))
+
+    duplicates("institution id", [i.id for i in document.institutions], "institutions")
+    duplicates(
+        "key id", [k.id for i in document.institutions for k in i.keys], "institutions[*].keys"
+    )
+    duplicates("subscription id", [s.id for s in document.subscriptions], "subscriptions")
+
+    owners = {t.owner for t in catalog}
+    for index, institution in enumerate(document.institutions):
+        where = f"institutions[{index}]"
+        for key_index, key in enumerate(institution.keys):
+            try:
+                load_public_key(key.public_key)
+            except KeyFormatError as error:
+                problems.append(
+                    Problem(path=f"{where}.keys[{key_index}].public_key", message=str(error))
+                )
+        if institution.id in owners and not any(not k.revoked for k in institution.keys):
+            problems.append(
+                Problem(
+                    path=f"{where}.keys",
+                    message=f"{institution.id} publishes event types but has no valid key",
+                )
+            )
+    for event_type in catalog:
+        if event_type.owner not in institutions:
+            problems.append(
+                Problem(
+                    path=f"catalog: event_types.{event_type.name}.owner",
+                    message=f"unknown institution {event_type.owner!r}",
+                )
+            )
+
+    for index, subscription in enumerate(document.subscriptions):
+        where = f"subscriptions[{index}]"
+        if subscription.subscriber not in institutions:
+            problems.append(
+                Problem(
+                    path=f"{where}.subscriber",
+                    message=f"unknown institution {subscription.subscriber!r}",
+                )
+            )
+        elif subscription.delivery == "http" and not next(
+            i.endpoint for i in document.institutions if i.id == subscription.subscriber
+        ):
+            problems.append(
+                Problem(
+                    path=f"{where}.delivery",
+                    message=f"http delivery but {subscription.subscriber} has no endpoint",
+                )
+            )
+        types: list[EventType] = []
+        for type_index, name in enumerate(subscription.event_types):
+            found = catalog.get(name)
+            if found is None:
+                problems.append(
+                    Problem(
+                        path=f"{where}.event_types[{type_index}]",
+                        message=f"unknown event type {name!r}",
+                    )
+                )
+            else:
+                types.append(found)
+        for list_name in ("fields", "mask"):
+            for field_index, field in enumerate(getattr(subscription, list_name)):
+                for event_type in types:
+                    if field not in _field_names(event_type):
+                        problems.append(
+                            Problem(
+                                path=f"{where}.{list_name}[{field_index}]",
+                                message=f"{event_type.name} has no field {field!r}",
+                            )
+                        )
+        for field_index, field in enumerate(subscription.mask):
+            if field not in subscription.fields:
+                problems.append(
+                    Problem(
+                        path=f"{where}.mask[{field_index}]",
+                        message=f"{field!r} is masked but not among the delivered fields",
+                    )
+                )
+        for condition_index, condition in enumerate(subscription.filter):
+            for event_type in types:
+                if condition.field not in _field_names(event_type):
+                    problems.append(
+                        Problem(
+                            path=f"{where}.filter[{condition_index}].field",
+                            message=f"{event_type.name} has no field {condition.field!r}",
+                        )
+                    )
+            if condition.op in ("in", "not_in") and not isinstance(condition.value, list):
+                problems.append(
+                    Problem(
+                        path=f"{where}.filter[{condition_index}].value",
+                        message=f"'{condition.op}' needs a list",
+                    )
+                )
+        duplicates("field", subscription.fields, f"{where}.fields")
+    return problems
+
+
+def load_registry(path: Path) -> tuple[BusRegistry | None, list[Problem]]:
+    """Read, validate and lint a registry YAML; the registry is None when anything is wrong."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        return None, [Problem(path=str(path), message=f"cannot read: {error.strerror}")]
+    except yaml.YAMLError as error:
+        return None, [Problem(path=str(path), message=f"not valid YAML: {error}")]
+    try:
+        document = RegistryDocument.model_validate(raw)
+    except ValidationError as error:
+        return None, [
+            Problem(path=_yaml_path(tuple(e["loc"])), message=e["msg"]) for e in error.errors()
+        ]
+    catalog_path = (
+        document.catalog if document.catalog.is_absolute() else path.parent / document.catalog
+    )
+    try:
+        catalog = Catalog.load(catalog_path)
+    except CatalogError as error:
+        return None, [Problem(path="catalog", message=str(error))]
+    problems = lint_document(document, catalog)
+    if problems:
+        return None, problems
+    return BusRegistry(document=document, catalog=catalog), []
