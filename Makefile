@@ -36,8 +36,8 @@ test-unit: $(BIN)/.installed ## Run only the fast unit tests (no network)
 test-chaos: setup ## Run every test, fault-injection (chaos) ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: setup ## The whole bus on this machine with a stream flowing (govesb dev; ARGS=--keep-running)
-	$(BIN)/govesb dev $(ARGS)
+demo: setup ## The whole bus on this machine with a stream flowing (python -m deploy.dev; ARGS=--keep-running)
+	$(BIN)/python -m deploy.dev $(ARGS)
 
 bench: setup ## Benchmarks against bare baselines, side by side; last line JSON (not in make test)
 	$(BIN)/python -m tests.benchmarks $(ARGS)

@@ -1,4 +1,4 @@
-"""The legacy half of ``govesb dev``: HTTP in, HTTP out, through the bus.
+"""The legacy half of ``make demo``: HTTP in, HTTP out, through the bus.
 
 A legacy RITA system posts GovESB-format death pushes to the gateway (OAuth2 token, then
 ``POST /engine/esb/push-request`` signed with RITA's key over the exact ``data`` bytes); the

@@ -1,4 +1,4 @@
-"""``govesb dev`` (what ``make demo`` runs): the whole bus on this machine, a stream flowing.
+"""``make demo`` (what ``make demo`` runs): the whole bus on this machine, a stream flowing.
 
 Starts, and stops again on exit or Ctrl-C (only what it started):
 1. a real Kafka broker and Apicurio registry from the cached Maven jars;
@@ -51,7 +51,7 @@ DEV_DIR = REPO / ".cache" / "dev"
 
 @dataclass(frozen=True)
 class DevOptions:
-    """What ``govesb dev`` sends and whether it stays up afterwards."""
+    """What ``make demo`` sends and whether it stays up afterwards."""
 
     events: int = 120
     invalid: int = 10
@@ -62,7 +62,7 @@ class DevOptions:
 
 @dataclass
 class Stack:
-    """Everything ``govesb dev`` started."""
+    """Everything ``make demo`` started."""
 
     bus: LocalBus
     registry: BusRegistry
@@ -288,7 +288,7 @@ def main(options: DevOptions | None = None) -> int:
         console.print(f"[red]error:[/red] {error}")
         return 2
     except KeyboardInterrupt:
-        console.print("stopped: everything govesb dev started is down")
+        console.print("stopped: everything the demo started is down")
         return 130
 
 

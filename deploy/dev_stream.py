@@ -1,4 +1,4 @@
-"""The event stream ``govesb dev`` sends through the bus, and the tally of where each event went.
+"""The event stream ``make demo`` sends through the bus, and the tally of where each event went.
 
 Valid events come from every owner in the catalogue, round robin, signed with the owners'
 demo keys; invalid ones are mixed in evenly, each of a kind the pipeline must reject with a

@@ -1,4 +1,4 @@
-"""A real Prometheus server for ``govesb dev``, scraping the processes the dev stack started.
+"""A real Prometheus server for ``make demo``, scraping the processes the dev stack started.
 
 Debian's ``prometheus`` package provides the binary (``make setup`` installs it). The scrape
 configuration is written for this run: the same job names as ``deploy/prometheus/prometheus.yml``

@@ -15,23 +15,17 @@ one line per request without headers or bodies.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import hashlib
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from fastavro.validation import ValidationError, validate
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,7 +35,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from connectors.gateway.auth import TokenBucket, basic_credentials, same_secret
+from connectors.gateway.errors import HttpError
+from connectors.gateway.govesb import GOVESB_NAMESPACE, ReplayWindow, exact_data, push_identity
 from connectors.gateway.openapi import OPENAPI
+from connectors.gateway.strict_json import NOT_DATA, is_text, parse_strict
 from streams.contract import topics
 from streams.contract.catalog import Catalog, EventType
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode
@@ -50,34 +48,9 @@ from streams.contract.jsonavro import JsonAvroError, from_json
 from streams.contract.signing import PrivateKey, sign_event
 from streams.registry.sync import RegistryView
 
-GOVESB_NAMESPACE = uuid.UUID("6f1c2b1e-3c1a-4f7e-9b7d-0e2a6c9d4b11")
 CLOUDEVENT_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "correlationid")
 
 log = logging.getLogger(__name__)
-
-
-class HttpError(Exception):
-    """A refusal with its status, error code and message (and optional field path)."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        field: str | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.field, self.retry_after = field, retry_after
-
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {"error": self.code, "message": self.message}
-        if self.field:
-            body["field"] = self.field
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
-        return web.json_response(body, status=self.status, headers=headers)
 
 
 class GatewayMetrics:
@@ -93,58 +66,6 @@ class GatewayMetrics:
             "govesb_gateway_produce_seconds", "From encoding to the broker's acknowledgement.",
             registry=self.registry,
         )  # fmt: skip
-
-
-@dataclass
-class ReplayWindow:
-    """Signed pushes accepted within ``window_s``, oldest first, pruned from the front.
-
-    Each check costs O(1) amortised however many pushes the window holds; past
-    ``max_entries`` the oldest are forgotten first.
-    """
-
-    window_s: float = 86_400.0
-    max_entries: int = 1_000_000
-    _accepted: OrderedDict[str, float] = field(default_factory=OrderedDict)
-
-    def seen(self, digest: str, now: float) -> bool:
-        """Whether ``digest`` was accepted within the window."""
-        while self._accepted:
-            oldest_at = next(iter(self._accepted.values()))
-            if now - oldest_at < self.window_s and len(self._accepted) < self.max_entries:
-                break
-            self._accepted.popitem(last=False)
-        return digest in self._accepted
-
-    def add(self, digest: str, now: float) -> None:
-        """Remember ``digest`` as accepted at ``now``."""
-        self._accepted[digest] = now
-
-    def discard(self, digest: str) -> None:
-        """Forget ``digest`` (its request failed, so the client may send it again)."""
-        self._accepted.pop(digest, None)
-
-
-@dataclass
-class TokenBucket:
-    """Per-institution rate limit: ``rate`` requests per second, bursts up to ``burst``."""
-
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.tokens = self.burst
-
-    def take(self, now: float) -> float:
-        """0 if allowed now, else seconds until the next request is allowed."""
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 @dataclass
@@ -174,9 +95,9 @@ class Gateway:
         """OAuth2 client credentials with HTTP Basic client authentication."""
         if form.get("grant_type") != "client_credentials":
             raise HttpError(400, "unsupported_grant_type", "grant_type must be client_credentials")
-        client_id, client_secret = _basic_credentials(authorization)
+        client_id, client_secret = basic_credentials(authorization)
         expected = self.clients.get(client_id)
-        if expected is None or not _same_secret(expected, client_secret):
+        if expected is None or not same_secret(expected, client_secret):
             raise HttpError(401, "invalid_client", "unknown client or wrong secret")
         token = secrets.token_urlsafe(32)
         self._tokens[token] = (client_id, time.monotonic() + self.token_ttl_s)
@@ -200,7 +121,7 @@ class Gateway:
                 raise HttpError(401, "invalid_token", "the bearer token has expired")
         elif "X-API-Key" in request.headers:
             key = request.headers["X-API-Key"]
-            matches = [c for c, s in self.clients.items() if _same_secret(s, key)]
+            matches = [c for c, s in self.clients.items() if same_secret(s, key)]
             if not matches:
                 raise HttpError(401, "invalid_api_key", "unknown API key")
             institution = matches[0]
@@ -338,23 +259,23 @@ class Gateway:
         raw = await self._body(request)
         attributes: dict[str, Any]
         if content_type == "application/cloudevents+json":
-            event = _json(raw)
+            event = parse_strict(raw)
             if not isinstance(event, dict):
                 raise HttpError(400, "invalid_event", "a CloudEvent must be a JSON object")
             attributes = {name: event.get(name) for name in CLOUDEVENT_ATTRIBUTES}
             data = event.get("data")
         else:
             attributes = {name: request.headers.get(f"ce-{name}") for name in CLOUDEVENT_ATTRIBUTES}
-            data = _json(raw)
+            data = parse_strict(raw)
         for name, value in attributes.items():
             # Header values aiohttp could not decode as UTF-8 arrive with lone surrogates.
-            if value is not None and not _is_text(value):
+            if value is not None and not is_text(value):
                 raise HttpError(400, "invalid_event", f"{name} must be a UTF-8 string", field=name)
         if attributes["specversion"] != "1.0":
             raise HttpError(400, "invalid_event", "specversion must be 1.0", field="specversion")
         if not attributes["type"]:
             raise HttpError(400, "invalid_event", "type is required", field="type")
-        system = _system_of(attributes["source"] or "", institution)
+        system = system_of(attributes["source"] or "", institution)
         event_id = attributes["id"]
         if event_id is not None:
             try:
@@ -381,7 +302,7 @@ class Gateway:
         if request.content_type != "application/json":
             raise HttpError(415, "unsupported_media_type", "send application/json")
         raw = await self._body(request)
-        document = _json(raw)  # UTF-8 JSON, no duplicate keys: 400 otherwise
+        document = parse_strict(raw)  # UTF-8 JSON, no duplicate keys: 400 otherwise
         if not isinstance(document, dict) or "data" not in document or "signature" not in document:
             raise HttpError(400, "invalid_request", 'expected {"data": {...}, "signature": "..."}')
         signature = document["signature"]
@@ -389,12 +310,12 @@ class Gateway:
             raise HttpError(
                 400, "invalid_request", "signature must be a base64 string", field="signature"
             )
-        data_text = _exact_data(raw.decode("utf-8"))
+        data_text = exact_data(raw.decode("utf-8"))
         data_bytes = data_text.encode()
         try:
-            data = _json(data_bytes)
+            data = parse_strict(data_bytes)
         except HttpError:
-            data = _NOT_DATA
+            data = NOT_DATA
         if data != document["data"]:  # the cut is not the data member: nothing else is signed
             raise HttpError(
                 400, "invalid_request", 'the body must be {"data":...,"signature":"..."}'
@@ -408,7 +329,7 @@ class Gateway:
             raise HttpError(
                 401, "invalid_signature", "the signature does not verify over the data bytes"
             )
-        identity = _push_identity(data_bytes, signature)
+        identity = push_identity(data_bytes, signature)
         if self._seen_signatures.seen(identity, time.monotonic()):
             raise HttpError(409, "replayed", "this signed request was already accepted")
         push_code = data.get("pushCode") if isinstance(data, dict) else None
@@ -511,79 +432,7 @@ async def _openapi(_: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
-_NOT_DATA = object()
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        # Parsers disagree on which of two equal keys wins; a signed or validated body must
-        # have one meaning only.
-        raise ValueError("duplicate key")
-    return found
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json(raw: bytes) -> Any:
-    """The body as JSON (RFC 8259): UTF-8 without BOM, no duplicate keys, no NaN or
-    Infinity, every string valid Unicode; 400 ``invalid_json`` otherwise."""
-    try:
-        value = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant
-        )
-        # A "\ud800" escape parses to a lone surrogate, which no UTF-8 event can carry.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
-        raise HttpError(
-            400,
-            "invalid_json",
-            "the body is not valid JSON (UTF-8, no duplicate keys, no lone surrogates)",
-        ) from None
-    return value
-
-
-def _is_text(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _same_secret(expected: str, given: str) -> bool:
-    """Constant-time comparison; anything the client sent may hold non-ASCII characters."""
-    return secrets.compare_digest(
-        expected.encode("utf-8", "surrogateescape"), given.encode("utf-8", "surrogateescape")
-    )
-
-
-def _exact_data(text: str) -> str:
-    """The raw text of the ``data`` member, as GovESB verifiers cut it: between ``"data":``
-    and ``,"signature"``."""
-    start = text.find('"data":')
-    end = text.rfind(',"signature"')
-    if start < 0 or end < start:
-        raise HttpError(400, "invalid_request", 'the body must be {"data":...,"signature":"..."}')
-    return text[start + len('"data":') : end].strip()
-
-
-def _push_identity(data: bytes, signature: str) -> str:
-    """What makes a signed push the same push: the data bytes and the signature's ``r``.
-
-    The base64 text is not it: several texts decode to the same DER, and ``(r, n - s)``
-    verifies as well as ``(r, s)``. ``r`` is fixed by the signer's nonce, so only the holder
-    of the key can make another signature of the same data.
-    """
-    r, _ = decode_dss_signature(base64.b64decode(signature))  # it verified: well-formed
-    return hashlib.sha256(data + b"\x00" + str(r).encode()).hexdigest()
-
-
-def _system_of(source: str, institution: str) -> str:
+def system_of(source: str, institution: str) -> str:
     if not source:
         return "gateway"
     own = source_for(institution, "")
@@ -601,69 +450,3 @@ def _system_of(source: str, institution: str) -> str:
         f"source must be {source_for(institution, '<system>')}",
         field="source",
     )
-
-
-def _basic_credentials(authorization: str | None) -> tuple[str, str]:
-    if not authorization or not authorization.lower().startswith("basic "):
-        raise HttpError(401, "invalid_client", "client authentication (HTTP Basic) is required")
-    try:
-        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
-    except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
-        raise HttpError(401, "invalid_client", "malformed Basic credentials") from None
-    client_id, _, client_secret = decoded.partition(":")
-    return client_id, client_secret
-
-
-class AccessLog(AbstractAccessLogger):
-    """One line per request: method, path, status, duration.
-
-    Never headers, query strings or bodies: those carry tokens, secrets and personal data.
-    """
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        """Log ``request`` and the status it got."""
-        self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
-
-
-async def run_gateway(settings: Any) -> None:
-    """``govesb connect gateway``: serve until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
-    import asyncio
-    import signal
-
-    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
-
-    from streams.contract.signing import load_private_key
-
-    view = RegistryView(settings.kafka)
-    await view.start()
-    producer = AIOKafkaProducer(**settings.kafka.durable_producer_options(linger_ms=1))
-    await producer.start()
-    gateway = Gateway(
-        view=view,
-        catalog=Catalog.load(settings.catalog),
-        schemas=SchemaStore(AsyncSchemaRegistryClient(settings.schema_registry.client_config())),
-        producer=producer,
-        bus_key=load_private_key(settings.signing_key_file.read_bytes()),
-        bus_key_id=settings.signing_key_id,
-        clients={k.lower(): v.get_secret_value() for k, v in settings.clients.items()},
-        max_body_bytes=settings.max_body_bytes,
-        rate_per_s=settings.rate_per_s,
-        burst=settings.burst,
-        token_ttl_s=settings.token_ttl_s,
-        produce_timeout_s=settings.produce_timeout_s,
-    )
-    runner = web.AppRunner(gateway.application(), access_log_class=AccessLog)
-    await runner.setup()
-    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    try:
-        await stopping.wait()
-    finally:
-        await runner.cleanup()
-        with contextlib.suppress(TimeoutError):  # bounded: a dead broker cannot be flushed
-            await asyncio.wait_for(producer.stop(), settings.produce_timeout_s)
-        await view.stop()

@@ -48,6 +48,7 @@ from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import EventError
 from streams.contract.signing import PrivateKey
 from streams.registry.model import Endpoint
+from streams.retrying import until_available
 
 log = logging.getLogger(__name__)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
@@ -217,20 +218,15 @@ class HttpSink:
         return sign_body(envelope, body, self.bus_key, self.bus_key_id), body
 
     async def _deliver(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                envelope, body = await self._body(record)
-                break
-            except EventError as error:
-                await self._dead_letter(record, None, 0, f"{error.reason}: {error.detail}")
-                return
-            except RegistryUnavailableError as error:
-                # An Avro delivery whose schema this process has not cached yet: wait for
-                # the registry (this key only; other keys go on), never give the record up.
-                log.warning("schema registry unavailable (%s); retrying in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        try:
+            # An Avro delivery whose schema this process has not cached yet waits for the
+            # registry (this key only; other keys go on), and is never given up.
+            envelope, body = await until_available(
+                lambda: self._body(record), RegistryUnavailableError, "schema registry", log
+            )
+        except EventError as error:
+            await self._dead_letter(record, None, 0, f"{error.reason}: {error.detail}")
+            return
         agreement = next((v for k, v in record.headers if k == "esb_subscription"), b"").decode()
         request = self.request_for(envelope, body, agreement)
         attempts = 0

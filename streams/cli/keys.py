@@ -98,3 +98,8 @@ def generate(
     typer.echo(f"private key: {private_path}")
     typer.echo(f"public key:  {public_path}")
     typer.echo(f"public key (base64 DER, for the registry): {public_key.to_base64_der()}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``govesb keys``."""
+    app.add_typer(keys_app, name="keys")

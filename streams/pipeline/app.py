@@ -32,10 +32,12 @@ from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
 from streams.contract.signing import load_private_key
 from streams.pipeline import fetch_guard
+from streams.pipeline.duplicates import RecentEvents
 from streams.pipeline.metrics import PipelineMetrics
-from streams.pipeline.process import BusKey, Outcome, Output, Pipeline, RecentEvents
+from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
 from streams.pipeline.validation import IngressRecord, Limits
 from streams.registry.sync import RegistryView
+from streams.retrying import until_available
 from streams.settings import PRODUCE_BATCH_BYTES, KafkaSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -131,15 +133,11 @@ class PipelineWorker:
             await self._queue.put(_InFlight(event, record, outcome, futures, started))
 
     async def _handle(self, record: IngressRecord) -> Outcome:
-        assert self.pipeline is not None  # noqa: S101 - start() ran
-        delay = 0.5
-        while True:
-            try:
-                return await self.pipeline.handle(record)
-            except RegistryUnavailableError as error:
-                log.warning("schema registry unavailable (%s); retrying in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        pipeline = self.pipeline
+        assert pipeline is not None  # noqa: S101 - start() ran
+        return await until_available(
+            lambda: pipeline.handle(record), RegistryUnavailableError, "schema registry", log
+        )
 
     async def _send(self, output: Output) -> asyncio.Future[Any]:
         assert self.producer is not None  # noqa: S101 - start() ran

@@ -121,7 +121,7 @@ async def prepare(bus: BenchBus) -> BusRegistry:
 
 
 def start_gateway(bus: BenchBus) -> WorkerProcess:
-    """``govesb connect gateway`` as ``govesb dev`` starts it, with the rate limit lifted."""
+    """``govesb connect gateway`` as ``make demo`` starts it, with the rate limit lifted."""
     port = free_port()
     return start_govesb(
         ["connect", "gateway", "--web-port", str(port)],

@@ -164,7 +164,7 @@ async def skip_backlog(kafka: KafkaSettings, group: str, prefix: str) -> int:
 
 
 def start_sink(bus: BenchBus) -> WorkerProcess:
-    """``govesb connect http-sink --subscriber utumishi``, as ``govesb dev`` starts it."""
+    """``govesb connect http-sink --subscriber utumishi``, as ``make demo`` starts it."""
     port = free_port()
     return start_govesb(
         ["connect", "http-sink", "--subscriber", "utumishi", "--web-port", str(port)],

@@ -1,4 +1,4 @@
-"""``make demo`` (``govesb dev``) as a user runs it: everything delivered, nothing lost, every
+"""``make demo`` (``make demo``) as a user runs it: everything delivered, nothing lost, every
 Prometheus target up; with ``--keep-running`` Ctrl-C stops what it started and nothing else."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_dev_delivers_everything_loses_nothing_and_ctrl_c_stops_only_what_it_sta
     output = tmp_path / "dev.out"
     with output.open("w") as out:
         dev = subprocess.Popen(
-            [str(Path(sys.executable).with_name("govesb")), "dev", "--events", "90",
+            [sys.executable, "-m", "deploy.dev", "--events", "90",
              "--invalid", "10", "--keep-running"],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "COLUMNS": "160"}, preexec_fn=die_with_parent,
@@ -78,8 +78,8 @@ def test_dev_delivers_everything_loses_nothing_and_ctrl_c_stops_only_what_it_sta
         assert dev.wait(90) == 130
         time.sleep(0.5)
         assert [pid for pid in started if _alive(pid)] == []
-        assert bystander.poll() is None, "govesb dev stopped a process it did not start"
-        assert "everything govesb dev started is down" in output.read_text()
+        assert bystander.poll() is None, "the demo stopped a process it did not start"
+        assert "everything the demo started is down" in output.read_text()
     finally:
         if dev.poll() is None:
             dev.kill()

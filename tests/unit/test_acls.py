@@ -10,11 +10,13 @@ import yaml
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from streams.cli.main import app
+from streams.cli.main import build_app
 from streams.registry import acls
 from streams.registry.acls import AclBinding, acl_bindings, bus_acls, plan_acls
 from streams.registry.model import BusRegistry, load_registry
 from streams.settings import REPO_ROOT, KafkaSettings
+
+app = build_app()
 
 EXAMPLE = REPO_ROOT / "deploy" / "registry.example.yaml"
 

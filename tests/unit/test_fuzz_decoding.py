@@ -25,21 +25,18 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.gateway.app import (
-    Gateway,
-    HttpError,
-    _basic_credentials,
-    _exact_data,
-    _json,
-    _system_of,
-)
+from connectors.gateway.app import Gateway, system_of
+from connectors.gateway.auth import basic_credentials
+from connectors.gateway.errors import HttpError
+from connectors.gateway.govesb import exact_data
+from connectors.gateway.strict_json import parse_strict
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
 from streams.contract.codec import WriterSchema, decode_body, encode, schema_id_of
 from streams.contract.envelope import Envelope
 from streams.contract.reasons import EventError
 from streams.contract.signing import load_private_key
-from streams.pipeline.process import RecentEvents
+from streams.pipeline.duplicates import RecentEvents
 from streams.pipeline.validation import IngressRecord, ValidEvent, validate
 from tests.corpus import raw_http
 from tests.corpus.malformed import (
@@ -281,17 +278,17 @@ def _only_http_errors(call: Any, *args: Any) -> None:
 @BOUNDED
 @given(raw=st.one_of(st.binary(max_size=300), _TEXT.map(_with_surrogates)))
 def test_json_parsing_of_arbitrary_bytes_gives_a_value_or_400(raw: bytes) -> None:
-    _only_http_errors(_json, raw)
+    _only_http_errors(parse_strict, raw)
 
 
 @slow
 @BOUNDED
 @given(text=_TEXT, institution=st.sampled_from(["nida", "rita", ""]), header=_TEXT)
 def test_gateway_helpers_take_arbitrary_text(text: str, institution: str, header: str) -> None:
-    _only_http_errors(_exact_data, text)
-    _only_http_errors(_system_of, text, institution)
-    _only_http_errors(_basic_credentials, header)
-    _only_http_errors(_basic_credentials, "Basic " + header)
+    _only_http_errors(exact_data, text)
+    _only_http_errors(system_of, text, institution)
+    _only_http_errors(basic_credentials, header)
+    _only_http_errors(basic_credentials, "Basic " + header)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from streams.cli.main import app
+from streams.cli.main import build_app
 from streams.registry.model import BusRegistry, load_registry
 from streams.registry.strimzi import (
     FILE_NAMES,
@@ -23,6 +23,8 @@ from streams.registry.strimzi import (
 )
 from streams.registry.sync import desired_topics
 from streams.settings import REPO_ROOT, CliSettings, TopicSettings
+
+app = build_app()
 
 EXAMPLE = REPO_ROOT / "deploy" / "registry.example.yaml"
 COMMITTED = REPO_ROOT / "deploy" / "k8s" / "strimzi"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.gateway.app import ReplayWindow
+from connectors.gateway.govesb import ReplayWindow
 
 
 def test_a_push_is_remembered_for_the_window_and_then_forgotten() -> None:

@@ -9,7 +9,7 @@ import pytest
 from streams.contract.codec import encode
 from streams.contract.envelope import UNREADABLE_HEADER
 from streams.contract.reasons import EventError, Reason
-from streams.pipeline.process import RecentEvents
+from streams.pipeline.duplicates import RecentEvents
 from streams.pipeline.validation import Limits, validate
 from tests.unit.pipeline_fixtures import (
     CATALOG,

@@ -1,0 +1,71 @@
+"""``govesb connect gateway``: the gateway process (HTTP server, producer, registry view)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiokafka import AIOKafkaProducer
+
+from connectors.gateway.app import Gateway
+from streams.contract.catalog import Catalog
+from streams.contract.codec import SchemaStore
+from streams.registry.sync import RegistryView
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: method, path, status, duration.
+
+    Never headers, query strings or bodies: those carry tokens, secrets and personal data.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Log ``request`` and the status it got."""
+        self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
+
+
+async def run_gateway(settings: Any) -> None:
+    """``govesb connect gateway``: serve until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    import signal
+
+    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+    from streams.contract.signing import load_private_key
+
+    view = RegistryView(settings.kafka)
+    await view.start()
+    producer = AIOKafkaProducer(**settings.kafka.durable_producer_options(linger_ms=1))
+    await producer.start()
+    gateway = Gateway(
+        view=view,
+        catalog=Catalog.load(settings.catalog),
+        schemas=SchemaStore(AsyncSchemaRegistryClient(settings.schema_registry.client_config())),
+        producer=producer,
+        bus_key=load_private_key(settings.signing_key_file.read_bytes()),
+        bus_key_id=settings.signing_key_id,
+        clients={k.lower(): v.get_secret_value() for k, v in settings.clients.items()},
+        max_body_bytes=settings.max_body_bytes,
+        rate_per_s=settings.rate_per_s,
+        burst=settings.burst,
+        token_ttl_s=settings.token_ttl_s,
+        produce_timeout_s=settings.produce_timeout_s,
+    )
+    runner = web.AppRunner(gateway.application(), access_log_class=AccessLog)
+    await runner.setup()
+    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+        with contextlib.suppress(TimeoutError):  # bounded: a dead broker cannot be flushed
+            await asyncio.wait_for(producer.stop(), settings.produce_timeout_s)
+        await view.stop()
