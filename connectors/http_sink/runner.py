@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import socket
 import ssl
-import time
 
 import aiohttp
 from aiohttp import web
@@ -21,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connectors.http_sink.delivery import CircuitBreaker, RetryPolicy
 from connectors.http_sink.sink import BREAKER_STATES, Credentials, HttpSink
 from connectors.settings import SinkSettings
-from streams.audit.chain import AuditChain
+from streams.audit.chain import new_chain
 from streams.contract import topics
 from streams.contract.codec import SchemaStore
 from streams.contract.signing import load_private_key
@@ -62,9 +59,6 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
         **settings.kafka.durable_producer_options(linger_ms=2, max_batch_size=PRODUCE_BATCH_BYTES)
     )
     await producer.start()
-    chain_id = (
-        f"sink-{settings.subscriber}/{socket.gethostname()}/{os.getpid()}/{int(time.time() * 1000)}"
-    )
     return HttpSink(
         subscriber=settings.subscriber,
         endpoint=endpoint,
@@ -73,7 +67,7 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
         schemas=SchemaStore(AsyncSchemaRegistryClient(settings.schema_registry.client_config())),
         bus_key=load_private_key(settings.signing_key_file.read_bytes()),
         bus_key_id=settings.signing_key_id,
-        chain=AuditChain(chain_id),
+        chain=new_chain(f"sink-{settings.subscriber}"),
         credentials=Credentials(
             secret.get_secret_value() if secret else None, endpoint.auth.username
         ),

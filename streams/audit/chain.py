@@ -13,6 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import socket
+import time as _time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +32,16 @@ def record_hash(body: dict[str, Any]) -> str:
     """SHA-256 over the canonical JSON of a record without its ``hash`` field."""
     canonical = canonical_json({k: v for k, v in body.items() if k != "hash"})
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def process_instance(name: str) -> str:
+    """``name/host/pid``: one running process of the bus (a worker, a sink), for logs and keys."""
+    return f"{name}/{socket.gethostname()}/{os.getpid()}"
+
+
+def new_chain(name: str) -> AuditChain:
+    """A new chain for one run of process ``name``: its id names the process and the start."""
+    return AuditChain(f"{process_instance(name)}/{int(_time.time() * 1000)}")
 
 
 @dataclass

@@ -8,6 +8,7 @@ from streams.settings import TopicSettings
 
 REGISTRY = "esb.registry"
 AUDIT = "esb.audit"
+DUPLICATES = "esb.duplicates"
 _DAY_MS = 24 * 60 * 60 * 1000
 
 
@@ -58,9 +59,15 @@ def institution_topics(institution: str, settings: TopicSettings) -> list[TopicS
 
 
 def shared_topics(settings: TopicSettings) -> list[TopicSpec]:
-    """The audit log (kept forever) and the compacted registry of institutions."""
+    """The audit log (kept forever), the compacted registry of institutions and the events the
+    duplicate window accepted (kept a little longer than the window)."""
     return [
         TopicSpec(AUDIT, settings.audit_partitions, {"retention.ms": "-1"}),
+        TopicSpec(
+            DUPLICATES,
+            1,  # every worker reads all of it
+            {"retention.ms": str(settings.duplicates_retention_hours * 3600 * 1000)},
+        ),
         TopicSpec(
             REGISTRY,
             1,  # one partition: every process reads the whole registry in order

@@ -12,8 +12,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
-import socket
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -27,12 +25,13 @@ from aiokafka.errors import KafkaError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.audit.chain import AuditChain
+from streams.audit.chain import new_chain, process_instance
 from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
 from streams.contract.signing import load_private_key
 from streams.pipeline import fetch_guard
-from streams.pipeline.duplicates import RecentEvents
+from streams.pipeline.duplicate_log import DuplicateLog
+from streams.pipeline.duplicates import DuplicateWindow
 from streams.pipeline.metrics import PipelineMetrics
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
 from streams.pipeline.validation import IngressRecord, Limits
@@ -72,6 +71,14 @@ class PipelineWorker:
         self._last_acked: dict[tuple[str, int], int] = {}
         self._stream: Any = None
         self.ingress_topics: set[str] = set()
+        self.instance = process_instance(settings.app_id)
+        self.duplicates = DuplicateLog(
+            DuplicateWindow(
+                dt.timedelta(seconds=settings.duplicate_window_s), settings.duplicate_window_max_ids
+            ),
+            settings.kafka,
+            self.instance,
+        )
 
     async def start(self) -> None:
         """Load the registry, connect the producer; once."""
@@ -92,8 +99,9 @@ class PipelineWorker:
             )
             await producer.start()
             self.producer = producer
-            chain = AuditChain(f"{self.settings.app_id}/{socket.gethostname()}/{os.getpid()}/"
-                               f"{int(time.time() * 1000)}")  # fmt: skip
+            # Before the first event: a re-send after a restart is then a duplicate.
+            await self.duplicates.start(producer)
+            chain = new_chain(self.settings.app_id)
             self.pipeline = Pipeline(
                 self.view,
                 SchemaStore(
@@ -105,7 +113,7 @@ class PipelineWorker:
                     self.settings.max_value_bytes,
                     dt.timedelta(seconds=self.settings.max_future_skew_s),
                 ),
-                RecentEvents(dt.timedelta(seconds=self.settings.duplicate_window_s)),
+                self.duplicates.window,
             )
             self._acker = asyncio.create_task(self._ack_in_order(), name="pipeline-acker")
             log.info("pipeline ready: %d subscriptions", len(self.view.subscriptions))
@@ -210,6 +218,7 @@ class PipelineWorker:
     async def stop(self) -> None:
         """Drain in-flight work (bounded), then close the producer and the registry view."""
         await self.drain(self.settings.shutdown_timeout_s / 2)
+        await self.duplicates.stop(self.producer)
         if self.producer is not None:
             await self.producer.stop()
         await self.view.stop()
@@ -226,6 +235,7 @@ class PipelineWorker:
             "partitions": {"ok": True, "assigned": len(self.app.consumer.assignment())},
             "pipeline": {"ok": self.pipeline is not None, "in_flight": self._queue.qsize()},
             "subscriptions": {"ok": True, "count": len(self.view.subscriptions)},
+            "duplicate_window": self.duplicates.health(),
             "ingress_topics": {
                 "ok": not self.unconsumed_ingress(),
                 "consumed": len(self.ingress_topics),

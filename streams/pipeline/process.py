@@ -24,7 +24,7 @@ from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
 from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import EventError, Reason
 from streams.contract.signing import PrivateKey, sign_event
-from streams.pipeline.duplicates import RecentEvents, SeenEvents
+from streams.pipeline.duplicates import DuplicateWindow, SeenEvents
 from streams.pipeline.routing import delivery_name, delivery_schema, minimise, resolve, route
 from streams.pipeline.validation import (
     Directory,
@@ -86,7 +86,7 @@ class Pipeline:
         self.bus_key = bus_key
         self.chain = chain
         self.limits = limits or Limits()
-        self.recent = recent or RecentEvents()
+        self.recent = recent or DuplicateWindow()
         self._pinned: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
         self._delivery_ids: dict[tuple[str, str, int | str], tuple[int, Any]] = {}
         self._agreement_json: dict[int, tuple[Subscription, str]] = {}
@@ -115,7 +115,7 @@ class Pipeline:
                     if error.reason is not Reason.UNKNOWN_SCHEMA_ID:
                         raise
             event = validate(record, self.directory(), writer, now, self.limits)
-            self.recent.check(event.envelope.id, record.position, now)
+            self.recent.check(event.envelope.source, event.envelope.id, record.position, now)
             subscriptions = route(
                 event.envelope.type, event.payload, self.view.subscriptions.values()
             )

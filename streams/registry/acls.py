@@ -155,6 +155,8 @@ def bus_acls(
         *(_write(topics.deliver(i)) for i in ids),
         *(_write(topics.rejected(i)) for i in ids),
         _write(topics.AUDIT),
+        _read(topics.DUPLICATES),
+        _write(topics.DUPLICATES),
     ]
     users[GATEWAY_USER] = [*(_write(topics.ingress(i)) for i in ids), _read(topics.REGISTRY)]
     for subscriber in http_subscribers(registry):

@@ -36,7 +36,7 @@ from streams.contract.codec import WriterSchema, decode_body, encode, schema_id_
 from streams.contract.envelope import Envelope
 from streams.contract.reasons import EventError
 from streams.contract.signing import load_private_key
-from streams.pipeline.duplicates import RecentEvents
+from streams.pipeline.duplicates import DuplicateWindow
 from streams.pipeline.validation import IngressRecord, ValidEvent, validate
 from tests.corpus import raw_http
 from tests.corpus.malformed import (
@@ -78,7 +78,7 @@ ENVELOPE_HEADERS = (
 )  # fmt: skip
 
 
-def _validate(record: KafkaRecord, recent: RecentEvents, offset: int) -> ValidEvent:
+def _validate(record: KafkaRecord, recent: DuplicateWindow, offset: int) -> ValidEvent:
     """What the worker does with one record before routing (``Pipeline.handle``)."""
     writer = None
     if record.value is not None:
@@ -88,13 +88,15 @@ def _validate(record: KafkaRecord, recent: RecentEvents, offset: int) -> ValidEv
             writer = None
     ingress = IngressRecord(record.topic, 0, offset, record.key, record.value, record.headers)
     event = validate(ingress, DIRECTORY, writer, dt.datetime.now(dt.UTC))
-    recent.check(event.envelope.id, ingress.position, dt.datetime.now(dt.UTC))
+    recent.check(
+        event.envelope.source, event.envelope.id, ingress.position, dt.datetime.now(dt.UTC)
+    )
     return event
 
 
 @pytest.mark.parametrize("case", KAFKA_CASES, ids=lambda case: case.name)
 def test_every_kafka_case_gets_its_reason_in_process(case: KafkaCase) -> None:
-    recent = RecentEvents()
+    recent = DuplicateWindow()
     *leading, last = case.build(FORGE)
     for offset, record in enumerate(leading):
         _validate(record, recent, offset)  # the valid records before the case pass

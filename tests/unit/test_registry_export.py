@@ -77,9 +77,11 @@ def test_the_bus_processes_get_what_their_code_does_and_no_more(registry: BusReg
     worker = acls_of(users, WORKER_USER)
     reads = {name for kind, name, _, ops in worker if kind == "topic" and "Read" in ops}
     writes = {name for kind, name, _, ops in worker if kind == "topic" and "Write" in ops}
-    assert reads == {f"esb.ingress.{i}" for i in ids} | {"esb.registry"}
+    assert reads == {f"esb.ingress.{i}" for i in ids} | {"esb.registry", "esb.duplicates"}
     assert writes == (
-        {f"esb.deliver.{i}" for i in ids} | {f"esb.rejected.{i}" for i in ids} | {"esb.audit"}
+        {f"esb.deliver.{i}" for i in ids}
+        | {f"esb.rejected.{i}" for i in ids}
+        | {"esb.audit", "esb.duplicates"}
     )
     assert ("group", "govesb-pipeline", "literal", frozenset({"Read"})) in worker
 
@@ -111,7 +113,7 @@ def test_topics_are_those_registry_apply_creates(registry: BusRegistry) -> None:
     assert {
         t["spec"]["topicName"]: (t["spec"]["partitions"], t["spec"]["config"]) for t in exported
     } == expected
-    assert len(exported) == 4 * len(registry.institutions) + 2
+    assert len(exported) == 4 * len(registry.institutions) + 3
     for topic in exported:
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "bus"
         assert topic["metadata"]["namespace"] == "esb"
@@ -161,7 +163,7 @@ def test_the_command_writes_one_file_per_kind(registry: BusRegistry, tmp_path: P
     ]
     expected = strimzi_resources(registry, CliSettings().topics, cluster="govesb", namespace="esb")
     assert sorted(written, key=repr) == sorted(expected, key=repr)
-    assert "34 KafkaTopic, 13 KafkaUser" in result.stderr
+    assert "35 KafkaTopic, 13 KafkaUser" in result.stderr
 
 
 def test_the_command_writes_yaml_to_stdout() -> None:

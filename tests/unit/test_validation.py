@@ -9,7 +9,7 @@ import pytest
 from streams.contract.codec import encode
 from streams.contract.envelope import UNREADABLE_HEADER
 from streams.contract.reasons import EventError, Reason
-from streams.pipeline.duplicates import RecentEvents
+from streams.pipeline.duplicates import DuplicateWindow
 from streams.pipeline.validation import Limits, validate
 from tests.unit.pipeline_fixtures import (
     CATALOG,
@@ -149,15 +149,20 @@ def test_subject_must_be_the_payload_key() -> None:
     assert refused.value.reason is Reason.INVALID_PAYLOAD
 
 
+SOURCE = "/institutions/nida/systems/crvs"
+
+
 def test_a_repeated_event_id_is_a_duplicate_but_a_reread_is_not() -> None:
-    recent = RecentEvents(window=dt.timedelta(hours=1))
-    recent.check("id-1", ("esb.ingress.nida", 0, 10), NOW)
-    recent.check("id-1", ("esb.ingress.nida", 0, 10), NOW)  # the same record read again
+    recent = DuplicateWindow(window=dt.timedelta(hours=1))
+    recent.check(SOURCE, "id-1", ("esb.ingress.nida", 0, 10), NOW)
+    recent.check(SOURCE, "id-1", ("esb.ingress.nida", 0, 10), NOW)  # the same record read again
     with pytest.raises(EventError) as refused:
-        recent.check("id-1", ("esb.ingress.nida", 2, 99), NOW)
+        recent.check(SOURCE, "id-1", ("esb.ingress.nida", 2, 99), NOW)
     assert refused.value.reason is Reason.DUPLICATE
     assert "esb.ingress.nida[0]@10" in refused.value.detail
-    recent.check("id-1", ("esb.ingress.nida", 2, 99), NOW + dt.timedelta(hours=2))  # expired
+    recent.check(
+        SOURCE, "id-1", ("esb.ingress.nida", 2, 99), NOW + dt.timedelta(hours=2)
+    )  # expired
 
 
 def test_an_event_the_gateway_signed_with_the_bus_key_is_accepted_for_the_publisher() -> None:
