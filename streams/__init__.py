@@ -1,4 +1,4 @@
-"""GovESB event contract and stream pipeline."""
+"""GovESB, the bus itself: event contract, registry, Faust pipeline, audit, client SDK, CLI, DR."""
 
 from __future__ import annotations
 
