@@ -208,7 +208,13 @@ class Pipeline:
             log.warning("agreement %s cannot receive %s: %s", subscription.id, event.envelope.id,
                         error)  # fmt: skip
         else:
-            log.exception("agreement %s failed on %s[%d]@%d", subscription.id, *record.position)
+            # called after the except block: the traceback is passed on
+            log.error(
+                "agreement %s failed on %s[%d]@%d",
+                subscription.id,
+                *record.position,
+                exc_info=error,
+            )
         detail = f"agreement {subscription.id}: processing failed: {error}"[:MAX_DETAIL]
         headers = (
             *record.headers,

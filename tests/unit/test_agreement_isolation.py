@@ -119,6 +119,27 @@ async def test_every_agreement_failing_still_refuses_nothing_to_the_publisher() 
     assert _audits(outcome.outputs)[-1]["outcome"] == "routed"
 
 
+class RefusingDeliverySchemas(OfflineSchemas):
+    async def register(self, subject: str, schema: dict[str, Any]) -> int:
+        if "nida_deaths" in subject:
+            raise ValueError("409 the delivery schema is incompatible")
+        return await super().register(subject, schema)
+
+
+async def test_any_failure_for_one_agreement_is_isolated_and_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipeline = Pipeline(registry_view(), RefusingDeliverySchemas(), BUS_KEY, AuditChain("test"))
+    outcome = await pipeline.handle(as_record(prepared("rita", DEATH)))
+    assert outcome.reason is None
+    assert outcome.subscribers == ("utumishi",)
+    assert outcome.failures == (DeliveryFailure("nida-deaths", "nida"),)
+    [copy] = [o for o in outcome.outputs if o.topic == "esb.rejected.rita"]
+    assert "409 the delivery schema is incompatible" in _headers(copy)["esb_detail"]
+    [logged] = [r for r in caplog.records if "nida-deaths" in r.getMessage()]
+    assert logged.exc_info is not None  # an unexpected fault: the operator gets the traceback
+
+
 class UnreachableVersions(OfflineSchemas):
     async def version_text(self, subject: str, version: int) -> str:
         raise RegistryUnavailableError("schema registry unreachable: connection refused")
