@@ -10,10 +10,17 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.table import Table
 
-from streams.cli.common import Failure, err, out, process_settings, run, settings_of
+from streams.cli.common import (
+    err,
+    out,
+    process_settings,
+    read_set_aside,
+    record_filter,
+    run,
+    settings_of,
+)
 from streams.cli.main import build_app
 
 dlq_app = typer.Typer(help="Dead letters of the HTTP sink.", no_args_is_help=True)
@@ -27,27 +34,16 @@ def _dead_letters(
     ctx: typer.Context, subscriber: str, since: str | None, ids: str | None
 ) -> tuple[Any, list[Any]]:
     from connectors.http_sink.dlq import read_dead_letters
-    from streams.contract.envelope import parse_time
 
     settings = settings_of(ctx)
-    try:
-        moment = parse_time(since) if since else None
-    except ValueError:
-        err.print(f"[red]error:[/red] --since {since!r} is not an RFC 3339 time with offset")
-        raise typer.Exit(2) from None
-    wanted = {i.strip() for i in ids.split(",") if i.strip()} if ids else None
-
-    async def read() -> list[Any]:
-        try:
-            return await asyncio.wait_for(
-                read_dead_letters(settings.kafka, subscriber, moment, wanted), 120
-            )
-        except LookupError as error:
-            raise Failure(str(error)) from None
-        except (TimeoutError, OSError, KafkaError) as error:
-            raise Failure(f"Kafka at {settings.kafka.bootstrap_servers}: {error}") from None
-
-    return settings, run(read())
+    wanted = record_filter(since, ids)
+    letters = read_set_aside(
+        settings.kafka,
+        read_dead_letters(
+            settings.kafka, subscriber, wanted.since, set(wanted.ids) if wanted.ids else None
+        ),
+    )
+    return settings, letters
 
 
 @dlq_app.command("list")

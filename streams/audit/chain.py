@@ -64,8 +64,13 @@ class AuditChain:
         reason: str | None = None,
         source: tuple[str, int, int] | None = None,
         time: dt.datetime | None = None,
+        subscription: str | None = None,
     ) -> tuple[bytes, bytes]:
-        """Chain one audit record after the current head."""
+        """Chain one audit record after the current head.
+
+        ``subscription`` names the one agreement a record is about (a failed delivery); it is
+        present in the record only then.
+        """
         body: dict[str, Any] = {
             "chain": self.chain,
             "seq": self.seq,
@@ -80,6 +85,8 @@ class AuditChain:
             "reason": reason,
             "source": list(source) if source else None,
         }
+        if subscription is not None:
+            body["subscription"] = subscription
         # Serialised once: the record is its canonical form with the hash field appended;
         # verify() parses it, drops "hash" and recomputes over the canonical form.
         canonical = canonical_json(body)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
@@ -18,7 +18,10 @@ from pydantic_settings import BaseSettings
 from rich.console import Console
 
 from streams.contract.catalog import Catalog, CatalogError, Problem
-from streams.settings import CliSettings, SchemaRegistrySettings
+from streams.settings import CliSettings, KafkaSettings, SchemaRegistrySettings
+
+if TYPE_CHECKING:
+    from streams.client.records import RecordFilter
 
 T = TypeVar("T")
 
@@ -115,3 +118,42 @@ async def registry_client(settings: SchemaRegistrySettings) -> AsyncSchemaRegist
             f"schema registry unreachable at {settings.url}: {type(error).__name__}"
         ) from None
     return client
+
+
+def record_filter(
+    since: str | None, ids: str | None, headers: dict[str, str | None] | None = None
+) -> RecordFilter:
+    """The filter ``--since``, ``--ids`` (comma separated) and header options describe.
+
+    ``headers`` maps a header name to an option's value (comma separated; None: any).
+    Exits 2 when ``--since`` is not an RFC 3339 time with an offset.
+    """
+    from streams.client.records import RecordFilter
+    from streams.contract.envelope import parse_time
+
+    try:
+        moment = parse_time(since) if since else None
+    except ValueError:
+        err.print(f"[red]error:[/red] --since {since!r} is not an RFC 3339 time with offset")
+        raise typer.Exit(2) from None
+
+    def values(text: str | None) -> frozenset[str] | None:
+        return frozenset(v.strip() for v in text.split(",") if v.strip()) if text else None
+
+    wanted = {name: found for name, text in (headers or {}).items() if (found := values(text))}
+    return RecordFilter(moment, values(ids), wanted)
+
+
+def read_set_aside(kafka: KafkaSettings, read: Coroutine[Any, Any, T]) -> T:
+    """Run a read of set-aside records (bounded); exit 2 when Kafka or the topic is missing."""
+    from aiokafka.errors import KafkaError
+
+    async def bounded() -> T:
+        try:
+            return await asyncio.wait_for(read, 120)
+        except LookupError as error:
+            raise Failure(str(error)) from None
+        except (TimeoutError, OSError, KafkaError) as error:
+            raise Failure(f"Kafka at {kafka.bootstrap_servers}: {error}") from None
+
+    return run(bounded())

@@ -188,6 +188,10 @@ class PipelineWorker:
             self.metrics.rejections.labels(outcome.publisher, str(outcome.reason)).inc()
         for subscriber in outcome.subscribers:
             self.metrics.deliveries.labels(subscriber, outcome.event_type).inc()
+        for failure in outcome.failures:
+            self.metrics.delivery_failures.labels(
+                failure.subscription, failure.subscriber, str(failure.reason)
+            ).inc()
         self._last_acked[(record.topic, record.partition)] = record.offset
 
     def update_lag(self) -> None:

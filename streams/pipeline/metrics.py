@@ -28,6 +28,14 @@ class PipelineMetrics:
             ["subscriber", "event_type"],
             registry=self.registry,
         )
+        self.delivery_failures = Counter(
+            "govesb_pipeline_delivery_failures",
+            "Deliveries the bus could not make to one agreement (its own fault, e.g. a pinned "
+            "schema version the registry lacks); the event went to the other agreements and a "
+            "replayable copy to esb.rejected.<publisher>.",
+            ["subscription", "subscriber", "reason"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "govesb_pipeline_processing_seconds",
             "From reading an ingress record to the broker acknowledging all its outputs.",

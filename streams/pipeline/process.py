@@ -2,8 +2,15 @@
 
 :class:`Pipeline` ties the pure stages to the live registry view, the schema store, the bus
 signing key and the duplicate window. It never sends anything itself: ``handle`` returns the
-records to produce (deliveries or a rejection, plus one audit record), and the agent acks the
+records to produce (deliveries or a rejection, plus audit records), and the agent acks the
 ingress record only after all of them were acknowledged by the broker.
+
+A fault in one agreement (a pinned schema version the registry lacks, a delivery schema it
+refuses, a failing transformation) is that agreement's alone: the others still receive the
+event, and the failed delivery becomes an ``internal`` copy of the ingress record on
+``esb.rejected.<publisher>`` naming the agreement (``esb_subscription``) with a replay claim
+signed by the bus (:mod:`streams.pipeline.replay`), plus an audit record. An unreachable
+registry is not a fault: ``handle`` raises and the agent retries.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import EventError, Reason
 from streams.contract.signing import PrivateKey, sign_event
 from streams.pipeline.duplicates import DuplicateWindow, SeenEvents
+from streams.pipeline.replay import replay_claim, replay_headers
 from streams.pipeline.routing import delivery_name, delivery_schema, minimise, resolve, route
 from streams.pipeline.validation import (
+    OPERATOR,
     Directory,
     IngressRecord,
     Limits,
@@ -38,6 +47,8 @@ from streams.registry.model import Subscription
 from streams.registry.sync import RegistryView
 
 log = logging.getLogger(__name__)
+# Enough of an error's text to act on; no more (it goes back to the publisher's topic).
+MAX_DETAIL = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,15 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """One agreement the bus could not serve an event to (the bus's fault)."""
+
+    subscription: str
+    subscriber: str
+    reason: Reason = Reason.INTERNAL
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one ingress record, and the records to produce for it."""
 
@@ -59,6 +79,7 @@ class Outcome:
     event_type: str
     reason: Reason | None = None
     subscribers: tuple[str, ...] = ()
+    failures: tuple[DeliveryFailure, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,12 +135,26 @@ class Pipeline:
                 except EventError as error:
                     if error.reason is not Reason.UNKNOWN_SCHEMA_ID:
                         raise
-            event = validate(record, self.directory(), writer, now, self.limits)
-            self.recent.check(event.envelope.source, event.envelope.id, record.position, now)
-            subscriptions = route(
-                event.envelope.type, event.payload, self.view.subscriptions.values()
+            directory = self.directory()
+            event = validate(record, directory, writer, now, self.limits)
+            replay_for = replay_claim(
+                record.headers,
+                event.publisher,
+                event.envelope.id,
+                record.value or b"",
+                directory.keyring,
+                directory.key_owners,
+                OPERATOR,
             )
-            deliveries = [await self.deliver(event, s) for s in subscriptions]
+            if replay_for is None:
+                self.recent.check(event.envelope.source, event.envelope.id, record.position, now)
+            # A replay the bus signed is a second read of an event it already accepted: it
+            # goes to the one agreement that missed it, past the duplicate window.
+            subscriptions = [
+                s
+                for s in route(event.envelope.type, event.payload, self.view.subscriptions.values())
+                if replay_for is None or s.id == replay_for
+            ]
         except EventError as error:
             return self.reject(record, error, now)
         except RegistryUnavailableError:
@@ -129,13 +164,84 @@ class Pipeline:
             return self.reject(
                 record, EventError(Reason.INVALID_PAYLOAD, f"processing failed: {error}"), now
             )
-        subscribers = tuple(dict.fromkeys(s.subscriber for s in subscriptions))
+        deliveries: list[Output] = []
+        failed: list[tuple[Subscription, Exception]] = []
+        for subscription in subscriptions:
+            try:
+                deliveries.append(await self.deliver(event, subscription))
+            except RegistryUnavailableError:
+                raise  # nothing was produced yet: the whole event is retried
+            except Exception as fault:  # this agreement's fault, not the event's
+                failed.append((subscription, fault))
+        delivered = {s.id for s in subscriptions} - {s.id for s, _ in failed}
+        subscribers = tuple(dict.fromkeys(s.subscriber for s in subscriptions if s.id in delivered))
+        outputs = [*deliveries]
+        for subscription, cause in failed:
+            outputs += self.fail(record, event, subscription, cause, now)
         audit = self._audit(
-            "routed" if subscribers else "received", record, event.envelope, now, subscribers
+            "routed" if subscriptions else "received", record, event.envelope, now, subscribers
         )
         return Outcome(
-            [*deliveries, audit], event.publisher, event.envelope.type, None, subscribers
+            [*outputs, audit],
+            event.publisher,
+            event.envelope.type,
+            None,
+            subscribers,
+            tuple(DeliveryFailure(s.id, s.subscriber) for s, _ in failed),
         )
+
+    def fail(
+        self,
+        record: IngressRecord,
+        event: ValidEvent,
+        subscription: Subscription,
+        error: Exception,
+        now: dt.datetime,
+    ) -> list[Output]:
+        """An ``internal`` failure of one agreement: a replayable copy and an audit record.
+
+        The copy of the ingress record goes to ``esb.rejected.<publisher>`` with
+        ``esb_reason=internal``, ``esb_subscription`` and the bus's replay claim, so an
+        operator can send it again to this agreement alone (``govesb rejected replay``).
+        """
+        if isinstance(error, LookupError):  # a known configuration fault: no traceback
+            log.warning("agreement %s cannot receive %s: %s", subscription.id, event.envelope.id,
+                        error)  # fmt: skip
+        else:
+            # called after the except block: the traceback is passed on
+            log.error(
+                "agreement %s failed on %s[%d]@%d",
+                subscription.id,
+                *record.position,
+                exc_info=error,
+            )
+        detail = f"agreement {subscription.id}: processing failed: {error}"[:MAX_DETAIL]
+        headers = (
+            *record.headers,
+            ("esb_reason", str(Reason.INTERNAL).encode()),
+            ("esb_detail", detail.encode()),
+            ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
+            ("esb_subscription", subscription.id.encode()),
+            *replay_headers(
+                self.bus_key.key_id,
+                self.bus_key.key,
+                event.publisher,
+                event.envelope.id,
+                subscription.id,
+                record.value or b"",
+            ),
+        )
+        copy = Output(topics.rejected(event.publisher), record.key, record.value, headers)
+        audit = self._audit(
+            "failed",
+            record,
+            event.envelope,
+            now,
+            (subscription.subscriber,),
+            reason=Reason.INTERNAL,
+            subscription=subscription.id,
+        )
+        return [copy, audit]
 
     def reject(self, record: IngressRecord, error: EventError, now: dt.datetime) -> Outcome:
         """The record, as it came, to ``esb.rejected.<publisher>`` with the reason."""
@@ -241,6 +347,7 @@ class Pipeline:
         now: dt.datetime,
         subscribers: tuple[str, ...],
         reason: Reason | None = None,
+        subscription: str | None = None,
     ) -> Output:
         key, value = self.chain.append(
             outcome=outcome,
@@ -252,5 +359,6 @@ class Pipeline:
             reason=str(reason) if reason else None,
             source=record.position,
             time=now,
+            subscription=subscription,
         )
         return Output(topics.AUDIT, key, value)

@@ -79,7 +79,7 @@ async def test_a_resend_after_a_worker_restart_is_a_duplicate(
         restarted = start_worker(group)
         window = health(restarted.web_port)["checks"]["duplicate_window"]
         assert window["ok"], window
-    assert window["persisted"], window
+        assert window["persisted"], window
         assert window["restored"] >= 1
         await publisher.publish("tz.go.rita.DeathRegistered", death, event_id=event_id)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
+import fastavro
 import yaml
 
 from streams.client.publisher import PreparedEvent, Publisher
 from streams.contract.catalog import Catalog
-from streams.contract.codec import WriterSchema
+from streams.contract.codec import SchemaStore, WriterSchema
 from streams.contract.jsonavro import from_json
 from streams.contract.signing import load_private_key
 from streams.pipeline.validation import Directory, IngressRecord
@@ -90,3 +92,29 @@ def as_record(
         value=event.value if value is None else value,
         headers=tuple(event.headers if headers is None else headers),
     )
+
+
+class OfflineSchemas(SchemaStore):
+    """Schemas from the catalogue, versions numbered as a registry that took every catalogue
+    version in order; delivery schemas get ids handed out in order."""
+
+    def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        for name in SCHEMA_IDS:
+            schema = writer(name)
+            self._by_id[schema.id] = schema
+        self.registered: dict[str, dict[str, Any]] = {}
+
+    async def version_text(self, subject: str, version: int) -> str:
+        entry = CATALOG.get(subject)
+        if entry is None or not 1 <= version <= len(entry.versions):
+            raise LookupError(f"{subject} has no registered version {version}")  # as on a 404
+        return json.dumps(entry.versions[version - 1])
+
+    async def register(self, subject: str, schema: dict[str, Any]) -> int:
+        self.registered[subject] = schema
+        schema_id = 1000 + len(self.registered)
+        self._by_id[schema_id] = WriterSchema(
+            schema_id, subject, fastavro.parse_schema(schema), json.dumps(schema)
+        )
+        return schema_id

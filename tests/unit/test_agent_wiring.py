@@ -11,36 +11,14 @@ import asyncio
 import json
 from typing import Any
 
-import fastavro
-
 from streams.audit.chain import AuditChain
-from streams.contract.codec import SchemaStore, WriterSchema
 from streams.contract.signing import load_private_key
 from streams.pipeline.app import create_app
 from streams.pipeline.process import BusKey, Pipeline
 from streams.settings import REPO_ROOT, WorkerSettings
-from tests.unit.pipeline_fixtures import SCHEMA_IDS, prepared, registry_view, writer
+from tests.unit.pipeline_fixtures import OfflineSchemas, prepared, registry_view
 
 CITIZEN = "tz.go.nida.CitizenRegistered"
-
-
-class OfflineSchemas(SchemaStore):
-    """Schemas from the catalogue; delivery schemas get ids handed out in order."""
-
-    def __init__(self) -> None:
-        super().__init__(None)  # type: ignore[arg-type]
-        for name in SCHEMA_IDS:
-            schema = writer(name)
-            self._by_id[schema.id] = schema
-        self.registered: dict[str, dict[str, Any]] = {}
-
-    async def register(self, subject: str, schema: dict[str, Any]) -> int:
-        self.registered[subject] = schema
-        schema_id = 1000 + len(self.registered)
-        self._by_id[schema_id] = WriterSchema(
-            schema_id, subject, fastavro.parse_schema(schema), json.dumps(schema)
-        )
-        return schema_id
 
 
 class AckingProducer:

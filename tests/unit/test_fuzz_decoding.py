@@ -113,7 +113,9 @@ def test_the_corpus_is_big_and_covers_every_reason() -> None:
 
     assert len(KAFKA_CASES) >= 30
     assert len({case.name for case in KAFKA_CASES}) == len(KAFKA_CASES)
-    assert {case.reason for case in KAFKA_CASES} >= {str(reason) for reason in Reason}
+    # ``internal`` is the bus's fault, never a property of a record: no record can earn it.
+    refusals = {str(reason) for reason in Reason if reason is not Reason.INTERNAL}
+    assert {case.reason for case in KAFKA_CASES} >= refusals
 
 
 # --------------------------------------------------------------------------- fuzz: Kafka side

@@ -32,6 +32,7 @@ EXPECTED_ALERTS = {
     "GovesbWorkerDown",
     "GovesbConsumerLagGrowing",
     "GovesbRejectionSpike",
+    "GovesbAgreementFailing",
     "GovesbDlqGrowing",
     "GovesbBreakerOpen",
     "GovesbGateway5xx",
