@@ -129,17 +129,50 @@ class GatewaySettings(BaseSettings):
     )
     rate_per_s: float = Field(
         default=100.0,
+        gt=0,
         description="requests per second each institution may make (token bucket); beyond: 429 "
         "with `Retry-After`",
     )
     burst: float = Field(
         default=200.0,
+        ge=1,
         description="requests an institution may make at once before `rate_per_s` applies",
     )
     token_ttl_s: int = Field(
         default=3600,
+        gt=0,
         description="lifetime of `/oauth/token` access tokens, in seconds; a token is held in "
-        "the memory of the gateway process that issued it",
+        "the memory of the gateway process that issued it, and forgotten when it expires",
+    )
+    max_live_tokens: int = Field(
+        default=100_000,
+        ge=1,
+        description="most unexpired access tokens held at once; past it the least recently "
+        "used is forgotten (its client asks for a new one)",
+    )
+    token_failures_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="failed `/oauth/token` attempts allowed per client id per "
+        "`token_limit_period_s` (that many at once, then evenly over the period); beyond: 429 "
+        "with `Retry-After` for that client id, whatever the secret",
+    )
+    token_failures_per_ip: int = Field(
+        default=30,
+        ge=1,
+        description="failed attempts (`/oauth/token`, or a wrong `X-API-Key`) allowed per "
+        "source address per `token_limit_period_s`; beyond: 429 for every client from it",
+    )
+    tokens_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="access tokens issued per client id per `token_limit_period_s`; beyond: 429",
+    )
+    token_limit_period_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="the period, in seconds, of `token_failures_per_client`, "
+        "`token_failures_per_ip` and `tokens_per_client`",
     )
     produce_timeout_s: float = Field(
         default=10.0, description="how long a request waits for the broker's ack before 503"
