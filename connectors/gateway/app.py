@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import BrokerResponseError, KafkaError
 from fastavro.validation import ValidationError, validate
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -176,20 +176,34 @@ class Gateway:
                 ),
                 self.produce_timeout_s,
             )
-        except (KafkaError, TimeoutError) as error:
-            # The event may still reach the bus: a client resending with this id (or the
-            # same signed GovESB push, whose id is derived from it) is de-duplicated by the
-            # pipeline on the event id. An id the server assigned is only known from here.
+        except BrokerResponseError as error:
+            if error.retriable:  # (the idempotent producer retries these itself)
+                raise self._unacknowledged(error, envelope.id) from None
+            # Refused for good (too large for the broker, not authorised, ...): nothing of
+            # it is on the bus, and sending it again cannot help until an operator acts.
+            log.warning("the broker refused an event for %s: %s", institution, error.message)
             raise HttpError(
-                503,
-                "broker_unavailable",
-                f"the bus did not acknowledge in time ({type(error).__name__}); "
-                "resend with the same id",
-                retry_after=5,
-                event_id=envelope.id,
+                502, "broker_refused", f"the bus refused the event ({type(error).__name__})"
             ) from None
+        except (KafkaError, TimeoutError) as error:
+            raise self._unacknowledged(error, envelope.id) from None
         self.metrics.produce_latency.observe(time.monotonic() - started)
         return envelope.id
+
+    @staticmethod
+    def _unacknowledged(error: Exception, event_id: str) -> HttpError:
+        """503 for an event the broker did not acknowledge in time, with its id."""
+        # The event may still reach the bus: a client resending with this id (or the same
+        # signed GovESB push, whose id is derived from it) is de-duplicated by the pipeline
+        # on the event id. An id the server assigned is only known from here.
+        return HttpError(
+            503,
+            "broker_unavailable",
+            f"the bus did not acknowledge in time ({type(error).__name__}); "
+            "resend with the same id",
+            retry_after=5,
+            event_id=event_id,
+        )
 
     # ----------------------------------------------------------------- routes
 

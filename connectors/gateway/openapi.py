@@ -136,7 +136,7 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 502, 503),
                 },
             }
         },
@@ -153,7 +153,7 @@ OPENAPI: dict[str, Any] = {
                         "description": "acknowledged; the body is a GovESB ack signed by the bus",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    **_errors(400, 401, 403, 404, 409, 413, 415, 429, 503),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 429, 502, 503),
                 },
             }
         },

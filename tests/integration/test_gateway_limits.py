@@ -4,7 +4,8 @@ Secrets cannot be guessed at full speed: failed ``/oauth/token`` attempts are co
 client id and per source address, and refused with 429 once spent. Issued tokens are
 forgotten when they expire (``govesb_gateway_live_tokens`` drops). A 503 after a produce
 timeout carries the id of the event to resend with, the one the client sent, the one the
-gateway assigned, or the one derived from a signed GovESB push.
+gateway assigned, or the one derived from a signed GovESB push; an event the broker refuses for
+good is a 502 without one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from connectors.http_sink.delivery import basic_auth
 from streams.client.consuming import assign_topics
 from streams.registry.sync import RegistryView
 from streams.settings import KafkaSettings
-from tests.corpus.malformed import push_data, push_text, signed, structured
+from tests.corpus.malformed import citizen_json, push_data, push_text, signed, structured
 from tests.integration.gateways import served_gateway
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http]
@@ -227,3 +228,26 @@ async def test_a_push_after_a_produce_timeout_is_accepted_once_under_the_id_of_t
         status, replayed, _ = await _post(healthy, push, body, "application/json")
         assert (status, replayed["error"]) == (409, "replayed")
         assert await _records_with_id(consumer, event_id)
+
+
+async def test_an_event_the_broker_refuses_for_good_is_a_502_without_an_id_to_resend_with(
+    view: RegistryView, kafka: str, registry: str
+) -> None:
+    """Larger than the producer may send (1 MiB) yet within a generous body limit: refused
+    before anything is sent, so resending it cannot help and no id is offered."""
+    event = structured(data=citizen_json(district="D" * 1_200_000))
+    async with (
+        served_gateway(view, kafka, registry, SECRETS, max_body_bytes=3_000_000) as (port, _),
+        aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http,
+    ):
+        status, refused, retry = await _post(
+            http, "/v1/events", json.dumps(event), "application/cloudevents+json"
+        )
+        assert (status, refused["error"], retry) == (502, "broker_refused", None), refused
+        assert "MessageSizeTooLargeError" in refused["message"]
+        assert "id" not in refused
+        # The gateway goes on: an ordinary event right after is acknowledged.
+        status, accepted, _ = await _post(
+            http, "/v1/events", json.dumps(structured()), "application/cloudevents+json"
+        )
+        assert status == 202, accepted
