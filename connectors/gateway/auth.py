@@ -41,18 +41,22 @@ class RateLimit:
         self._buckets[key] = bucket  # setting it again restarts its time to be forgotten
         return bucket
 
-    def retry_after(self, key: str) -> int:
-        """0 if ``key`` may go on now, else whole seconds until it may (at least 1)."""
-        if self._bucket(key).has_capacity():
+    def _wait(self, bucket: AsyncLimiter) -> int:
+        if bucket.has_capacity():
             return 0
         # Full: one unit drains in 1 / per_s seconds, and then there is room for one.
         return max(1, math.ceil(1 / self.per_s))
 
+    def retry_after(self, key: str) -> int:
+        """0 if ``key`` may go on now, else whole seconds until it may (at least 1)."""
+        return self._wait(self._bucket(key))
+
     async def take(self, key: str) -> int:
         """Count one for ``key`` and return 0, or return ``retry_after`` if it is spent."""
-        wait = self.retry_after(key)
+        bucket = self._bucket(key)
+        wait = self._wait(bucket)
         if not wait:
-            await self._bucket(key).acquire()  # there is room: returns without waiting
+            await bucket.acquire()  # there is room: returns without waiting
         return wait
 
     def __len__(self) -> int:
