@@ -161,7 +161,9 @@ class GatewaySettings(BaseSettings):
         default=30,
         ge=1,
         description="failed attempts (`/oauth/token`, or a wrong `X-API-Key`) allowed per "
-        "source address per `token_limit_period_s`; beyond: 429 for every client from it",
+        "source address per `token_limit_period_s`; beyond: 429 for every client from it. The "
+        "address is the TCP peer's (`X-Forwarded-For` is not trusted): behind a proxy that "
+        "hides the clients' addresses, all of them share this limit",
     )
     tokens_per_client: int = Field(
         default=10,
