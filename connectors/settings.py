@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.settings import DEFAULT_CATALOG, KafkaSettings, SchemaRegistrySettings
+
+MIN_CLIENT_SECRET_CHARS = 16
 
 
 class SinkSettings(BaseSettings):
@@ -90,7 +92,8 @@ class GatewaySettings(BaseSettings):
     """``govesb connect gateway``.
 
     Institutions' client secrets (OAuth2 client credentials; also accepted as ``X-API-Key``)
-    come from ``GOVESB_CLIENTS__<INSTITUTION>``; the client id is the institution id.
+    come from ``GOVESB_CLIENTS__<INSTITUTION>``, at least 16 characters each; the client id is
+    the institution id.
     """
 
     model_config = SettingsConfigDict(
@@ -179,3 +182,19 @@ class GatewaySettings(BaseSettings):
     produce_timeout_s: float = Field(
         default=10.0, description="how long a request waits for the broker's ack before 503"
     )
+
+    @field_validator("clients")
+    @classmethod
+    def _long_enough(cls, clients: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # An empty secret would let an empty X-API-Key in; a short one is guessed too soon.
+        short = sorted(
+            f"GOVESB_CLIENTS__{client.upper()}"
+            for client, secret in clients.items()
+            if len(secret.get_secret_value()) < MIN_CLIENT_SECRET_CHARS
+        )
+        if short:
+            raise ValueError(
+                f"client secrets need at least {MIN_CLIENT_SECRET_CHARS} characters: "
+                f"{', '.join(short)}"
+            )
+        return clients

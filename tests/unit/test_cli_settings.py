@@ -103,6 +103,8 @@ def test_an_option_replaces_a_malformed_variable_instead_of_failing_on_it() -> N
         (["worker"], {"GOVESB_WEB_PORT": "not-a-port"}, "GOVESB_WEB_PORT"),
         (["worker"], {"GOVESB_MAX_IN_FLIGHT": "many"}, "GOVESB_MAX_IN_FLIGHT"),
         (["connect", "gateway"], {"GOVESB_CLIENTS": SECRET}, "GOVESB_CLIENTS"),
+        (["connect", "gateway"], {"GOVESB_CLIENTS__NIDA": SECRET[:8]}, "GOVESB_CLIENTS__NIDA"),
+        (["connect", "gateway"], {"GOVESB_CLIENTS__NIDA": ""}, "GOVESB_CLIENTS__NIDA"),
         (["connect", "gateway"], {"GOVESB_TOKEN_FAILURES_PER_IP": "0"},
          "GOVESB_TOKEN_FAILURES_PER_IP"),
         (["connect", "http-sink", "--subscriber", "utumishi"], {"GOVESB_MAX_ATTEMPTS": "x"},
