@@ -4,6 +4,11 @@ Each case fails before anything is contacted, so no broker or registry is needed
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -158,3 +163,17 @@ def test_registry_urls_with_paths_and_several_hosts_are_kept() -> None:
     assert registry_urls("http://a:8081/apis/ccompat/v7, https://b") == (
         "http://a:8081/apis/ccompat/v7,https://b"
     )
+
+
+def test_the_govesb_process_prints_one_line_and_exits_2_for_an_empty_registry_url() -> None:
+    """The installed command, as an operator runs it: no traceback, no warnings after it."""
+    govesb = Path(sys.executable).with_name("govesb")
+    env = {**os.environ, "GOVESB_SCHEMA_REGISTRY__URL": ""}
+    done = subprocess.run(
+        [str(govesb), *PUBLISH], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: GOVESB_SCHEMA_REGISTRY__URL: is empty: give the registry's http:// or https:// URL"
+    ]
