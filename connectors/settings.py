@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.settings import DEFAULT_CATALOG, KafkaSettings, SchemaRegistrySettings
+
+MIN_CLIENT_SECRET_CHARS = 16
 
 
 class SinkSettings(BaseSettings):
@@ -90,7 +92,8 @@ class GatewaySettings(BaseSettings):
     """``govesb connect gateway``.
 
     Institutions' client secrets (OAuth2 client credentials; also accepted as ``X-API-Key``)
-    come from ``GOVESB_CLIENTS__<INSTITUTION>``; the client id is the institution id.
+    come from ``GOVESB_CLIENTS__<INSTITUTION>``, at least 16 characters each; the client id is
+    the institution id.
     """
 
     model_config = SettingsConfigDict(
@@ -129,18 +132,69 @@ class GatewaySettings(BaseSettings):
     )
     rate_per_s: float = Field(
         default=100.0,
+        gt=0,
         description="requests per second each institution may make (token bucket); beyond: 429 "
         "with `Retry-After`",
     )
     burst: float = Field(
         default=200.0,
+        ge=1,
         description="requests an institution may make at once before `rate_per_s` applies",
     )
     token_ttl_s: int = Field(
         default=3600,
+        gt=0,
         description="lifetime of `/oauth/token` access tokens, in seconds; a token is held in "
-        "the memory of the gateway process that issued it",
+        "the memory of the gateway process that issued it, and forgotten when it expires",
+    )
+    max_live_tokens: int = Field(
+        default=100_000,
+        ge=1,
+        description="most unexpired access tokens held at once; past it the least recently "
+        "used is forgotten (its client asks for a new one)",
+    )
+    token_failures_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="failed `/oauth/token` attempts allowed per client id per "
+        "`token_limit_period_s` (that many at once, then evenly over the period); beyond: 429 "
+        "with `Retry-After` for that client id, whatever the secret",
+    )
+    token_failures_per_ip: int = Field(
+        default=30,
+        ge=1,
+        description="failed attempts (`/oauth/token`, or a wrong `X-API-Key`) allowed per "
+        "source address per `token_limit_period_s`; beyond: 429 for every client from it. The "
+        "address is the TCP peer's (`X-Forwarded-For` is not trusted): behind a proxy that "
+        "hides the clients' addresses, all of them share this limit",
+    )
+    tokens_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="access tokens issued per client id per `token_limit_period_s`; beyond: 429",
+    )
+    token_limit_period_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="the period, in seconds, of `token_failures_per_client`, "
+        "`token_failures_per_ip` and `tokens_per_client`",
     )
     produce_timeout_s: float = Field(
         default=10.0, description="how long a request waits for the broker's ack before 503"
     )
+
+    @field_validator("clients")
+    @classmethod
+    def _long_enough(cls, clients: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # An empty secret would let an empty X-API-Key in; a short one is guessed too soon.
+        short = sorted(
+            f"GOVESB_CLIENTS__{client.upper()}"
+            for client, secret in clients.items()
+            if len(secret.get_secret_value()) < MIN_CLIENT_SECRET_CHARS
+        )
+        if short:
+            raise ValueError(
+                f"client secrets need at least {MIN_CLIENT_SECRET_CHARS} characters: "
+                f"{', '.join(short)}"
+            )
+        return clients

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,39 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # 16 KiB batch filled. Below the broker's 1 MiB default message size.
 PRODUCE_BATCH_BYTES = 512 * 1024
 DEFAULT_CATALOG = REPO_ROOT / "schemas" / "catalog.yaml"
+
+
+def bootstrap_list(servers: str) -> str:
+    """``servers`` as a comma-separated ``host:port`` list (spaces dropped); ``ValueError``
+    saying what is wrong, never quoting the value, when it lists none or a malformed one."""
+    entries = [entry.strip() for entry in servers.split(",")]
+    if not any(entries):
+        raise ValueError("is empty: list the brokers as host:port, separated by commas")
+    for entry in entries:
+        host, colon, port = entry.rpartition(":")
+        if not entry or any(c.isspace() for c in entry) or (colon and not (host and port)):
+            raise ValueError("has an entry that is not host:port (entries separated by commas)")
+        if colon and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("has a port that is not a number from 1 to 65535")
+    return ",".join(entries)
+
+
+def registry_urls(urls: str) -> str:
+    """``urls`` as one or more comma-separated ``http(s)://host…`` URLs (what confluent-kafka's
+    registry client accepts); ``ValueError`` saying what is wrong, never quoting the value
+    (a URL may carry credentials)."""
+    entries = [entry.strip() for entry in urls.split(",")]
+    if not any(entries):
+        raise ValueError("is empty: give the registry's http:// or https:// URL")
+    for entry in entries:
+        try:
+            parts = urlsplit(entry)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("is not a URL (a malformed host or port)") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+    return ",".join(entries)
 
 
 class KafkaSettings(BaseModel):
@@ -60,6 +94,11 @@ class KafkaSettings(BaseModel):
         description="PEM CA bundle the brokers' certificates must chain to, for `SSL` and "
         "`SASL_SSL` (host names are checked); unset: the system's CAs",
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _a_bootstrap_list(cls, servers: str) -> str:
+        return bootstrap_list(servers)
 
     def aiokafka_options(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""
@@ -104,6 +143,11 @@ class SchemaRegistrySettings(BaseModel):
     password: SecretStr | None = Field(
         default=None, description="HTTP Basic password; sent only when `username` is set too"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _registry_urls(cls, urls: str) -> str:
+        return registry_urls(urls)
 
     def client_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's (Async)SchemaRegistryClient."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,17 +24,18 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import BrokerResponseError, KafkaError
 from fastavro.validation import ValidationError, validate
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 
-from connectors.gateway.auth import TokenBucket, basic_credentials, same_secret
+from connectors.gateway.auth import Authenticator
 from connectors.gateway.errors import HttpError
 from connectors.gateway.govesb import GOVESB_NAMESPACE, ReplayWindow, exact_data, push_identity
 from connectors.gateway.openapi import OPENAPI
@@ -62,6 +62,10 @@ class GatewayMetrics:
             "govesb_gateway_requests", "Requests by route and status.", ["route", "status"],
             registry=self.registry,
         )  # fmt: skip
+        self.live_tokens = Gauge(
+            "govesb_gateway_live_tokens", "Access tokens issued and not yet expired.",
+            registry=self.registry,
+        )  # fmt: skip
         self.produce_latency = Histogram(
             "govesb_gateway_produce_seconds", "From encoding to the broker's acknowledgement.",
             registry=self.registry,
@@ -78,63 +82,14 @@ class Gateway:
     producer: AIOKafkaProducer
     bus_key: PrivateKey
     bus_key_id: str
-    clients: dict[str, str]
+    auth: Authenticator
     max_body_bytes: int = 1_000_000
-    rate_per_s: float = 100.0
-    burst: float = 200.0
-    token_ttl_s: int = 3600
     produce_timeout_s: float = 10.0
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
-    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _seen_signatures: ReplayWindow = field(default_factory=ReplayWindow)
 
-    # ----------------------------------------------------------------- auth and limits
-
-    def issue_token(self, authorization: str | None, form: dict[str, str]) -> dict[str, Any]:
-        """OAuth2 client credentials with HTTP Basic client authentication."""
-        if form.get("grant_type") != "client_credentials":
-            raise HttpError(400, "unsupported_grant_type", "grant_type must be client_credentials")
-        client_id, client_secret = basic_credentials(authorization)
-        expected = self.clients.get(client_id)
-        if expected is None or not same_secret(expected, client_secret):
-            raise HttpError(401, "invalid_client", "unknown client or wrong secret")
-        token = secrets.token_urlsafe(32)
-        self._tokens[token] = (client_id, time.monotonic() + self.token_ttl_s)
-        return {
-            "access_token": token,
-            "token_type": "bearer",
-            "expires_in": self.token_ttl_s,
-            "scope": f"publish:{client_id}",
-        }
-
-    def institution_of(self, request: web.Request) -> str:
-        """The authenticated institution: bearer token (or X-API-Key = client secret)."""
-        header = request.headers.get("Authorization", "")
-        if header.lower().startswith("bearer "):
-            found = self._tokens.get(header[7:].strip())
-            if found is None:
-                raise HttpError(401, "invalid_token", "unknown bearer token")
-            institution, expires = found
-            if time.monotonic() > expires:
-                self._tokens.pop(header[7:].strip(), None)
-                raise HttpError(401, "invalid_token", "the bearer token has expired")
-        elif "X-API-Key" in request.headers:
-            key = request.headers["X-API-Key"]
-            matches = [c for c, s in self.clients.items() if same_secret(s, key)]
-            if not matches:
-                raise HttpError(401, "invalid_api_key", "unknown API key")
-            institution = matches[0]
-        else:
-            raise HttpError(401, "unauthenticated", "send Authorization: Bearer <token>")
-        wait = self._buckets.setdefault(institution, TokenBucket(self.rate_per_s, self.burst)).take(
-            time.monotonic()
-        )
-        if wait:
-            raise HttpError(
-                429, "rate_limited", "too many requests", retry_after=max(1, round(wait))
-            )
-        return institution
+    def __post_init__(self) -> None:
+        self.metrics.live_tokens.set_function(lambda: self.auth.live_tokens)
 
     # ----------------------------------------------------------------- publishing
 
@@ -221,18 +176,34 @@ class Gateway:
                 ),
                 self.produce_timeout_s,
             )
-        except (KafkaError, TimeoutError) as error:
-            # The event may still reach the bus: a client resending with the same id (or the
-            # same signed GovESB push) is de-duplicated by the pipeline on the event id.
+        except BrokerResponseError as error:
+            if error.retriable:  # (the idempotent producer retries these itself)
+                raise self._unacknowledged(error, envelope.id) from None
+            # Refused for good (too large for the broker, not authorised, ...): nothing of
+            # it is on the bus, and sending it again cannot help until an operator acts.
+            log.warning("the broker refused an event for %s: %s", institution, error.message)
             raise HttpError(
-                503,
-                "broker_unavailable",
-                f"the bus did not acknowledge in time ({type(error).__name__}); "
-                "resend with the same id",
-                retry_after=5,
+                502, "broker_refused", f"the bus refused the event ({type(error).__name__})"
             ) from None
+        except (KafkaError, TimeoutError) as error:
+            raise self._unacknowledged(error, envelope.id) from None
         self.metrics.produce_latency.observe(time.monotonic() - started)
         return envelope.id
+
+    @staticmethod
+    def _unacknowledged(error: Exception, event_id: str) -> HttpError:
+        """503 for an event the broker did not acknowledge in time, with its id."""
+        # The event may still reach the bus: a client resending with this id (or the same
+        # signed GovESB push, whose id is derived from it) is de-duplicated by the pipeline
+        # on the event id. An id the server assigned is only known from here.
+        return HttpError(
+            503,
+            "broker_unavailable",
+            f"the bus did not acknowledge in time ({type(error).__name__}); "
+            "resend with the same id",
+            retry_after=5,
+            event_id=event_id,
+        )
 
     # ----------------------------------------------------------------- routes
 
@@ -244,11 +215,14 @@ class Gateway:
             form = {k: str(v) for k, v in (await request.post()).items()}
         except (ValueError, LookupError):  # undecodable, or a charset Python does not know
             raise HttpError(400, "invalid_request", "the form body cannot be read") from None
-        return web.json_response(self.issue_token(request.headers.get("Authorization"), form))
+        issued = await self.auth.issue_token(
+            request.headers.get("Authorization"), form, request.remote or "?"
+        )
+        return web.json_response(issued)
 
     async def events(self, request: web.Request) -> web.Response:
         """POST /v1/events: CloudEvents structured or binary mode, JSON data."""
-        institution = self.institution_of(request)
+        institution = await self.auth.institution_of(request.headers, request.remote or "?")
         content_type = request.content_type
         if content_type not in ("application/cloudevents+json", "application/json"):
             raise HttpError(
@@ -298,7 +272,7 @@ class Gateway:
         signature re-encoded (another base64 or DER form, or ``s`` replaced by ``n - s``) is
         a replay too.
         """
-        institution = self.institution_of(request)
+        institution = await self.auth.institution_of(request.headers, request.remote or "?")
         if request.content_type != "application/json":
             raise HttpError(415, "unsupported_media_type", "send application/json")
         raw = await self._body(request)
@@ -413,7 +387,7 @@ class Gateway:
         """Per-component checks."""
         checks: dict[str, dict[str, Any]] = {
             "registry_view": {"ok": bool(self.view.event_types)},
-            "clients": {"ok": bool(self.clients), "count": len(self.clients)},
+            "clients": {"ok": bool(self.auth.clients), "count": len(self.auth.clients)},
         }
         ok = all(bool(c["ok"]) for c in checks.values())
         return web.json_response(

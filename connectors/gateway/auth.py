@@ -3,33 +3,178 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+from cachetools import TTLCache
 
 from connectors.gateway.errors import HttpError
 
+MAX_LIMITED_KEYS = 100_000
+"""Most keys (institutions, client ids, source addresses) with a rate limit held at once; past
+it the least recently used is forgotten (a key idle long enough is forgotten anyway)."""
 
-@dataclass
-class TokenBucket:
-    """Per-institution rate limit: ``rate`` requests per second, bursts up to ``burst``."""
 
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
+class RateLimit:
+    """At most ``burst`` at once, then ``per_s`` a second, per key (a leaky bucket each).
 
-    def __post_init__(self) -> None:
-        self.tokens = self.burst
+    Each key's bucket is an ``aiolimiter.AsyncLimiter``, held while the key is in use: a
+    bucket idle for ``burst / per_s`` seconds has drained, so forgetting it then changes
+    nothing, and the keys an attacker invents cannot grow the memory past ``max_keys``.
+    """
 
-    def take(self, now: float) -> float:
-        """0 if allowed now, else seconds until the next request is allowed."""
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+    def __init__(self, burst: float, per_s: float, max_keys: int = MAX_LIMITED_KEYS) -> None:
+        if burst < 1 or per_s <= 0:
+            raise ValueError("a rate limit needs burst >= 1 and per_s > 0")
+        self.burst, self.per_s = burst, per_s
+        self._buckets: TTLCache[str, AsyncLimiter] = TTLCache(
+            maxsize=max_keys, ttl=burst / per_s, timer=time.monotonic
+        )
+
+    def _bucket(self, key: str) -> AsyncLimiter:
+        bucket = self._buckets.get(key) or AsyncLimiter(self.burst, self.burst / self.per_s)
+        self._buckets[key] = bucket  # setting it again restarts its time to be forgotten
+        return bucket
+
+    def _wait(self, bucket: AsyncLimiter) -> int:
+        if bucket.has_capacity():
+            return 0
+        # Full: one unit drains in 1 / per_s seconds, and then there is room for one.
+        return max(1, math.ceil(1 / self.per_s))
+
+    def retry_after(self, key: str) -> int:
+        """0 if ``key`` may go on now, else whole seconds until it may (at least 1)."""
+        return self._wait(self._bucket(key))
+
+    async def take(self, key: str) -> int:
+        """Count one for ``key`` and return 0, or return ``retry_after`` if it is spent."""
+        bucket = self._bucket(key)
+        wait = self._wait(bucket)
+        if not wait:
+            await bucket.acquire()  # there is room: returns without waiting
+        return wait
+
+    def __len__(self) -> int:
+        self._buckets.expire()
+        return len(self._buckets)
+
+
+def _limited(wait: int, message: str) -> HttpError:
+    return HttpError(429, "rate_limited", message, retry_after=wait)
+
+
+class Authenticator:
+    """The clients, the tokens issued to them and the limits on both.
+
+    ``clients`` maps client id (the institution id) to its secret. Tokens live
+    ``token_ttl_s`` seconds in a bounded map that forgets them when they expire. The token
+    endpoint counts, per client id and per source address, the attempts that failed and
+    refuses further ones with 429 while either count is spent, so secrets cannot be guessed
+    at the speed of the network; issued tokens are limited per client too. The limits on
+    tokens count per ``token_limit_period_s``: that many at once, then evenly over the period.
+    """
+
+    def __init__(
+        self,
+        clients: Mapping[str, str],
+        *,
+        rate_per_s: float = 100.0,
+        burst: float = 200.0,
+        token_ttl_s: int = 3600,
+        max_live_tokens: int = 100_000,
+        token_failures_per_client: int = 10,
+        token_failures_per_ip: int = 30,
+        tokens_per_client: int = 10,
+        token_limit_period_s: float = 60.0,
+    ) -> None:
+        self.clients = dict(clients)
+        self.token_ttl_s = token_ttl_s
+        self._tokens: TTLCache[str, str] = TTLCache(
+            maxsize=max_live_tokens, ttl=token_ttl_s, timer=time.monotonic
+        )
+        self.requests = RateLimit(burst, rate_per_s)
+        per_period = 1 / token_limit_period_s
+        self.client_failures = RateLimit(
+            token_failures_per_client, token_failures_per_client * per_period
+        )
+        self.address_failures = RateLimit(token_failures_per_ip, token_failures_per_ip * per_period)
+        self.issued = RateLimit(tokens_per_client, tokens_per_client * per_period)
+
+    @property
+    def live_tokens(self) -> int:
+        """Tokens issued and not expired (expired ones are forgotten here and at each issue)."""
+        self._tokens.expire()
+        return len(self._tokens)
+
+    async def issue_token(
+        self, authorization: str | None, form: Mapping[str, str], address: str
+    ) -> dict[str, Any]:
+        """OAuth2 client credentials with HTTP Basic client authentication, from ``address``.
+
+        The reply has exactly ``access_token``, ``token_type``, ``expires_in`` and ``scope``:
+        GovESB's Java connector (0.1.5) fails on any other field.
+        """
+        if form.get("grant_type") != "client_credentials":
+            raise HttpError(400, "unsupported_grant_type", "grant_type must be client_credentials")
+        if wait := self.address_failures.retry_after(address):
+            raise _limited(wait, "too many failed attempts from this address")
+        try:
+            client_id, client_secret = basic_credentials(authorization)
+        except HttpError:
+            await self.address_failures.take(address)
+            raise
+        expected = self.clients.get(client_id)
+        # Unknown ids share buckets by digest: bounded keys, and no sign of which ids exist.
+        client_key = client_id if expected is not None else _digest(client_id)
+        if wait := self.client_failures.retry_after(client_key):
+            raise _limited(wait, "too many failed attempts for this client")
+        if expected is None or not same_secret(expected, client_secret):
+            await self.client_failures.take(client_key)
+            await self.address_failures.take(address)
+            raise HttpError(401, "invalid_client", "unknown client or wrong secret")
+        if wait := await self.issued.take(client_id):
+            raise _limited(wait, "too many tokens requested for this client")
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = client_id
+        return {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": self.token_ttl_s,
+            "scope": f"publish:{client_id}",
+        }
+
+    async def institution_of(self, headers: Mapping[str, str], address: str) -> str:
+        """The authenticated institution: bearer token (or X-API-Key = client secret), within
+        its request rate. A wrong API key counts as a failed attempt from ``address``."""
+        header = headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            found = self._tokens.get(header[7:].strip())
+            if found is None:
+                raise HttpError(401, "invalid_token", "unknown or expired bearer token")
+            institution = found
+        elif "X-API-Key" in headers:
+            if wait := self.address_failures.retry_after(address):
+                raise _limited(wait, "too many failed attempts from this address")
+            key = headers["X-API-Key"]
+            matches = [c for c, s in self.clients.items() if same_secret(s, key)]
+            if not matches:
+                await self.address_failures.take(address)
+                raise HttpError(401, "invalid_api_key", "unknown API key")
+            institution = matches[0]
+        else:
+            raise HttpError(401, "unauthenticated", "send Authorization: Bearer <token>")
+        if wait := await self.requests.take(institution):
+            raise _limited(wait, "too many requests")
+        return institution
+
+
+def _digest(text: str) -> str:
+    return "?" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:4]
 
 
 def same_secret(expected: str, given: str) -> bool:

@@ -11,6 +11,13 @@ _ERROR = {
         "error": {"type": "string"},
         "message": {"type": "string"},
         "field": {"type": "string"},
+        "id": {
+            "type": "string",
+            "format": "uuid",
+            "description": "with 503 broker_unavailable: the event's id (the one sent, or the "
+            "one the gateway assigned); the event may be on the bus anyway, so resend with it "
+            "(a GovESB push: the same signed push) and the pipeline keeps one",
+        },
     },
 }
 
@@ -78,7 +85,14 @@ OPENAPI: dict[str, Any] = {
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "required": ["access_token", "token_type", "expires_in"],
+                                    "required": [
+                                        "access_token",
+                                        "token_type",
+                                        "expires_in",
+                                        "scope",
+                                    ],
+                                    # GovESB's Java connector (0.1.5) fails on any other field.
+                                    "additionalProperties": False,
                                     "properties": {
                                         "access_token": {"type": "string"},
                                         "token_type": {"const": "bearer"},
@@ -89,7 +103,7 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **_errors(400, 401, 413, 415),
+                    **_errors(400, 401, 413, 415, 429),
                 },
             }
         },
@@ -122,7 +136,7 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 502, 503),
                 },
             }
         },
@@ -139,7 +153,7 @@ OPENAPI: dict[str, Any] = {
                         "description": "acknowledged; the body is a GovESB ack signed by the bus",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    **_errors(400, 401, 403, 404, 409, 413, 415, 429, 503),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 429, 502, 503),
                 },
             }
         },

@@ -12,6 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer
 
 from connectors.gateway.app import Gateway
+from connectors.gateway.auth import Authenticator
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.registry.sync import RegistryView
@@ -48,11 +49,18 @@ async def run_gateway(settings: Any) -> None:
         producer=producer,
         bus_key=load_private_key(settings.signing_key_file.read_bytes()),
         bus_key_id=settings.signing_key_id,
-        clients={k.lower(): v.get_secret_value() for k, v in settings.clients.items()},
+        auth=Authenticator(
+            {k.lower(): v.get_secret_value() for k, v in settings.clients.items()},
+            rate_per_s=settings.rate_per_s,
+            burst=settings.burst,
+            token_ttl_s=settings.token_ttl_s,
+            max_live_tokens=settings.max_live_tokens,
+            token_failures_per_client=settings.token_failures_per_client,
+            token_failures_per_ip=settings.token_failures_per_ip,
+            tokens_per_client=settings.tokens_per_client,
+            token_limit_period_s=settings.token_limit_period_s,
+        ),
         max_body_bytes=settings.max_body_bytes,
-        rate_per_s=settings.rate_per_s,
-        burst=settings.burst,
-        token_ttl_s=settings.token_ttl_s,
         produce_timeout_s=settings.produce_timeout_s,
     )
     runner = web.AppRunner(gateway.application(), access_log_class=AccessLog)

@@ -8,14 +8,18 @@ Connection settings come from the environment (``GOVESB_KAFKA__BOOTSTRAP_SERVERS
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+import re
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
-from pydantic_settings import BaseSettings
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsError
 from rich.console import Console
+from rich.markup import escape
 
 from streams.contract.catalog import Catalog, CatalogError, Problem
 from streams.settings import CliSettings, KafkaSettings, SchemaRegistrySettings
@@ -37,12 +41,66 @@ class Failure(Exception):
         self.code = code
 
 
+def variable_of(location: tuple[int | str, ...]) -> str:
+    """The environment variable of a setting, from where pydantic located it:
+    ``("kafka", "bootstrap_servers")`` -> ``GOVESB_KAFKA__BOOTSTRAP_SERVERS``."""
+    names = []
+    for part in location:
+        if not isinstance(part, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            break  # pydantic's own steps (a union member, a validator) after the field
+        names.append(part.upper())
+    return "GOVESB_" + "__".join(names)
+
+
+def settings_problem(
+    error: ValidationError | SettingsError, options: Mapping[tuple[str, ...], str] = {}
+) -> str:
+    """One line naming each setting that is missing or malformed and what is wrong with it,
+    never its value (it may be a secret). ``options`` names the command-line option that
+    gave a setting, when one did."""
+    if isinstance(error, SettingsError):
+        # "error parsing value for field "kafka" from source "EnvSettingsSource""
+        field = re.search(r'field "([^"]+)"', str(error))
+        if field is None:
+            return f"the settings cannot be read: {type(error).__name__}"
+        return (
+            f"{variable_of((field.group(1),))}: cannot be read (a JSON object is expected; or "
+            f"set {variable_of((field.group(1),))}__<NAME> variables)"
+        )
+    problems = []
+    for found in error.errors(include_url=False, include_input=False, include_context=False):
+        location = tuple(str(part) for part in found["loc"])
+        name = options.get(location) or variable_of(found["loc"])
+        message = found["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {'missing' if found['type'] == 'missing' else message}")
+    return "; ".join(problems)
+
+
+@contextlib.contextmanager
+def settings_checked(options: Mapping[tuple[str, ...], str] = {}) -> Iterator[None]:
+    """Settings built in this block that are missing or malformed end the command with one
+    line on stderr and exit code 2, never a traceback."""
+    try:
+        yield
+    except (ValidationError, SettingsError) as error:
+        err.print(f"[red]error:[/red] {escape(settings_problem(error, options))}")
+        raise typer.Exit(2) from None
+
+
 def settings_of(ctx: typer.Context) -> CliSettings:
     """The settings the top-level options produced."""
     settings = ctx.find_root().obj
     if not isinstance(settings, CliSettings):  # called without the root callback (tests)
-        settings = CliSettings()
+        with settings_checked():
+            settings = CliSettings()
     return settings
+
+
+CONNECTION_OPTIONS = {
+    ("kafka", "bootstrap_servers"): "--bootstrap",
+    ("schema_registry", "url"): "--schema-registry",
+    ("catalog",): "--catalog",
+}
 
 
 def configure(
@@ -56,17 +114,18 @@ def configure(
     catalog: Annotated[Path | None, typer.Option(help="the event catalogue YAML")] = None,
 ) -> None:
     """GovESB command line."""
-    settings = CliSettings()
-    changes: dict[str, Any] = {}
-    if bootstrap:
-        changes["kafka"] = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
-    if schema_registry:
-        changes["schema_registry"] = settings.schema_registry.model_copy(
-            update={"url": schema_registry}
-        )
-    if catalog:
-        changes["catalog"] = catalog
-    ctx.obj = settings.model_copy(update=changes)
+    # Options win over the environment, and are checked like it: given as the settings'
+    # own input, so an option replaces a malformed variable instead of failing on it.
+    overrides: dict[str, Any] = {}
+    if bootstrap is not None:
+        overrides["kafka"] = {"bootstrap_servers": bootstrap}
+    if schema_registry is not None:
+        overrides["schema_registry"] = {"url": schema_registry}
+    if catalog is not None:
+        overrides["catalog"] = catalog
+    given = {where: option for where, option in CONNECTION_OPTIONS.items() if where[0] in overrides}
+    with settings_checked(given):
+        ctx.obj = CliSettings(**overrides)
 
 
 Process = TypeVar("Process", bound=BaseSettings)
@@ -74,11 +133,15 @@ Process = TypeVar("Process", bound=BaseSettings)
 
 def process_settings(ctx: typer.Context, model: type[Process], **options: Any) -> Process:
     """A process's settings from its environment, with the connection the top-level options
-    gave and the command's own options (those given) on top."""
+    gave and the command's own options (those given) on top; exit 2 with one line when a
+    setting is missing or malformed."""
     cli = settings_of(ctx)
-    updates = {"kafka": cli.kafka, "schema_registry": cli.schema_registry}
-    updates.update({name: value for name, value in options.items() if value is not None})
-    return model().model_copy(update=updates)
+    updates: dict[str, Any] = {"kafka": cli.kafka, "schema_registry": cli.schema_registry}
+    given = {name: value for name, value in options.items() if value is not None}
+    updates.update(given)
+    flags: dict[tuple[str, ...], str] = {(name,): "--" + name.replace("_", "-") for name in given}
+    with settings_checked(flags):
+        return model(**updates)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -110,7 +173,12 @@ def report(problems: list[Problem], what: str) -> None:
 
 
 async def registry_client(settings: SchemaRegistrySettings) -> AsyncSchemaRegistryClient:
-    client = AsyncSchemaRegistryClient(settings.client_config())
+    try:
+        client = AsyncSchemaRegistryClient(settings.client_config())
+    except (ValueError, TypeError) as error:  # its message quotes the URL: not repeated here
+        raise Failure(
+            f"GOVESB_SCHEMA_REGISTRY__URL: refused by the registry client ({type(error).__name__})"
+        ) from None
     try:
         await client.get_subjects()
     except Exception as error:

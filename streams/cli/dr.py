@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from streams.cli.common import Failure, err, out, run, settings_of
+from streams.cli.common import Failure, err, out, run, settings_checked, settings_of
 
 if TYPE_CHECKING:
     from streams.dr.sites import DrSites
@@ -25,11 +25,24 @@ def _dr_sites(
     """Both sites from ``GOVESB_DR__…``, the CLI's own connection and the options; exit 2
     when the DR cluster is not given."""
     from streams.dr.sites import DrCliSettings, resolve_sites
+    from streams.settings import bootstrap_list, registry_urls
 
     cli = settings_of(ctx)
+    with settings_checked():
+        settings = DrCliSettings().dr
+    for option, value, check in (
+        ("--primary", primary, bootstrap_list), ("--dr", dr, bootstrap_list),
+        ("--dr-registry", dr_registry, registry_urls),
+    ):  # fmt: skip
+        try:
+            if value is not None:
+                check(value)
+        except ValueError as error:
+            err.print(f"[red]error:[/red] {option}: {error}")
+            raise typer.Exit(2) from None
     try:
         return resolve_sites(
-            DrCliSettings().dr, cli.kafka, cli.schema_registry,
+            settings, cli.kafka, cli.schema_registry,
             primary=primary, dr=dr, dr_registry=dr_registry,
         )  # fmt: skip
     except LookupError as error:

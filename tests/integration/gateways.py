@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.gateway.app import Gateway
+from connectors.gateway.auth import Authenticator
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
 from streams.contract.codec import SchemaStore
@@ -20,15 +22,18 @@ from streams.registry.sync import RegistryView
 from streams.settings import KafkaSettings
 from tests.unit.pipeline_fixtures import CATALOG
 
+AUTH_OPTIONS = set(inspect.signature(Authenticator).parameters) - {"clients"}
+
 
 @contextlib.asynccontextmanager
 async def served_gateway(
     view: RegistryView, kafka: str, registry: str, clients: dict[str, str], **options: Any
 ) -> AsyncIterator[tuple[int, Gateway]]:
     """The port and the gateway (the demo bus key, the test catalogue; ``options`` are the
-    ``Gateway``'s limits and timeouts), until the block ends."""
+    ``Gateway``'s and its ``Authenticator``'s limits and timeouts), until the block ends."""
     producer = AIOKafkaProducer(**KafkaSettings(bootstrap_servers=kafka).durable_producer_options())
     await producer.start()
+    limits = {name: options.pop(name) for name in AUTH_OPTIONS & set(options)}
     state = Gateway(
         view=view,
         catalog=CATALOG,
@@ -36,7 +41,7 @@ async def served_gateway(
         producer=producer,
         bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
         bus_key_id=DEMO_BUS_KEY_ID,
-        clients=clients,
+        auth=Authenticator(clients, **limits),
         **options,
     )
     runner = web.AppRunner(state.application())

@@ -232,5 +232,6 @@ async def test_the_gateway_answers_503_not_500_while_the_broker_is_down(tmp_path
                     assert r.status == 503, body
                     assert body["error"] == "broker_unavailable"
                     assert r.headers["Retry-After"] == "5"
+                    assert str(uuid.UUID(body["id"])) == body["id"]  # the id to resend with
     finally:
         await asyncio.to_thread(bus.stop)

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.gateway.app import Gateway, system_of
-from connectors.gateway.auth import basic_credentials
+from connectors.gateway.auth import Authenticator, basic_credentials
 from connectors.gateway.errors import HttpError
 from connectors.gateway.govesb import exact_data
 from connectors.gateway.strict_json import parse_strict
@@ -319,6 +319,11 @@ _ACCEPTED: list[str] = []
 @pytest.fixture(scope="module")
 def served_gateway() -> Iterator[tuple[asyncio.AbstractEventLoop, int, Gateway]]:
     loop = asyncio.new_event_loop()
+    # No limit gets in the way: the fuzzer is to reach every path past them.
+    auth = Authenticator(
+        {"nida": SECRET}, rate_per_s=1e9, burst=1e9, tokens_per_client=10**9,
+        token_failures_per_client=10**9, token_failures_per_ip=10**9,
+    )  # fmt: skip
     gateway = Gateway(
         view=registry_view(),
         catalog=CATALOG,
@@ -326,18 +331,19 @@ def served_gateway() -> Iterator[tuple[asyncio.AbstractEventLoop, int, Gateway]]
         producer=_StubProducer(),  # type: ignore[arg-type]
         bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
         bus_key_id=DEMO_BUS_KEY_ID,
-        clients={"nida": SECRET},
+        auth=auth,
         max_body_bytes=4_000,
-        rate_per_s=1e9,
-        burst=1e9,
     )
     runner = web.AppRunner(gateway.application())
     loop.run_until_complete(runner.setup())
     port = free_port()
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    token = gateway.issue_token(
-        "Basic " + base64.b64encode(f"nida:{SECRET}".encode()).decode(),
-        {"grant_type": "client_credentials"},
+    token = loop.run_until_complete(
+        gateway.auth.issue_token(
+            "Basic " + base64.b64encode(f"nida:{SECRET}".encode()).decode(),
+            {"grant_type": "client_credentials"},
+            "127.0.0.1",
+        )
     )["access_token"]
     _ACCEPTED.append(token)
     yield loop, port, gateway
