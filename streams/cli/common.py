@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
@@ -19,6 +19,9 @@ from rich.console import Console
 
 from streams.contract.catalog import Catalog, CatalogError, Problem
 from streams.settings import CliSettings, SchemaRegistrySettings
+
+if TYPE_CHECKING:
+    from streams.registry.model import BusRegistry
 
 T = TypeVar("T")
 
@@ -94,6 +97,17 @@ def load_catalog(settings: CliSettings) -> Catalog:
     except CatalogError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+
+
+def load_registry_or_exit(path: Path) -> BusRegistry:
+    """The linted registry at ``path``, or print its problems and exit 1."""
+    from streams.registry.model import load_registry
+
+    registry, problems = load_registry(path)
+    if registry is None:
+        report(problems, str(path))
+        raise typer.Exit(1)  # report() has already exited; for the type checker
+    return registry
 
 
 def report(problems: list[Problem], what: str) -> None:
