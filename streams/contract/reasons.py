@@ -38,24 +38,27 @@ class EventError(ValueError):
         self.detail = detail
 
 
-#: What each reason code means, for the publishers' documentation (the AsyncAPI documents).
+#: What each reason code means, for publishers (the AsyncAPI documents; deploy/ONBOARDING.md).
 REASON_DOCS: dict[Reason, str] = {
-    Reason.MISSING_HEADER: "a required CloudEvents header is absent",
-    Reason.INVALID_HEADER: "a header is not valid (not UTF-8, not a UUID, not RFC 3339, "
-    "wrong spec version or content type)",
-    Reason.UNKNOWN_TYPE: "`ce_type` is not in the catalogue",
-    Reason.NOT_OWNER: "the publisher does not own the event type",
-    Reason.SOURCE_MISMATCH: "`ce_source` names another institution than the topic",
-    Reason.WIRE_FORMAT: "the value is not in Confluent wire format (0x00, 4-byte schema id, Avro)",
-    Reason.UNKNOWN_SCHEMA_ID: "the schema id is not registered",
-    Reason.SCHEMA_MISMATCH: "the schema id is not a version of the event type's subject",
+    Reason.MISSING_HEADER: "a required `ce_*` header is absent or empty (`ce_sigkeyid` and "
+    "`ce_signature` included)",
+    Reason.INVALID_HEADER: "`ce_specversion` not `1.0`, `ce_id` not a UUID, `ce_source` "
+    "malformed, `ce_time` not RFC 3339, `content-type` not `application/avro`, a header not "
+    "UTF-8, or Kafka key not `ce_subject`",
+    Reason.UNKNOWN_TYPE: "`ce_type` is not an event type in the registry",
+    Reason.NOT_OWNER: "the event type belongs to another institution",
+    Reason.SOURCE_MISMATCH: "`ce_source` names another institution than the ingress topic",
+    Reason.WIRE_FORMAT: "no value, or not Confluent wire format (0x00 + 4-byte schema id)",
+    Reason.UNKNOWN_SCHEMA_ID: "the schema id is not registered (or not Avro)",
+    Reason.SCHEMA_MISMATCH: "the schema id is another record's, not `ce_type`'s",
     Reason.UNDECODABLE: "the payload does not decode with its schema",
-    Reason.TRAILING_BYTES: "bytes are left after the decoded payload",
-    Reason.INVALID_PAYLOAD: "the payload decodes but is not acceptable (e.g. `ce_subject` is not "
-    "its key field)",
+    Reason.TRAILING_BYTES: "bytes are left after the Avro record",
+    Reason.INVALID_PAYLOAD: "`ce_subject` differs from the payload's key field, or processing "
+    "failed",
     Reason.UNKNOWN_KEY: "`ce_sigkeyid` is not a registered, unrevoked key of the publisher",
-    Reason.BAD_SIGNATURE: "the signature does not verify",
-    Reason.OVERSIZE: "the record is larger than the bus accepts",
-    Reason.DUPLICATE: "an event with this source and id was received within the duplicate window",
-    Reason.FUTURE_TIME: "`ce_time` is in the future",
+    Reason.BAD_SIGNATURE: "the signature does not verify over the canonical bytes",
+    Reason.OVERSIZE: "the value is over the bus's size limit",
+    Reason.DUPLICATE: "the same source and event id were already received within the duplicate "
+    "window",
+    Reason.FUTURE_TIME: "`ce_time` is ahead of the bus's clock",
 }

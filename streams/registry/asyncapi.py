@@ -89,11 +89,16 @@ class _View:
 
     def channel(self, family: str, title: str, description: str) -> dict[str, Any]:
         """A channel of an institution topic family, with its Kafka binding."""
-        spec = {s.name: s for s in topics.institution_topics("x", self.topic_settings)}[
-            f"esb.{family}.x"
-        ]
+        address = self.address(family)
+        spec = next(
+            spec
+            for spec in topics.institution_topics(
+                self.institution or "{institution}", self.topic_settings
+            )
+            if spec.name == address
+        )
         channel: dict[str, Any] = {
-            "address": self.address(family),
+            "address": address,
             "title": title,
             "description": description,
             "messages": {},
