@@ -90,6 +90,8 @@ def catalog_asyncapi(
     server = BusServer(
         host=kafka_host or configured_host or PLACEHOLDER_HOST,
         schema_registry_url=registry_url or configured_registry or PLACEHOLDER_REGISTRY,
+        security_protocol=settings.kafka.security_protocol,
+        sasl_mechanism=settings.kafka.sasl_mechanism,
     )
     try:
         document = asyncapi_document(

@@ -39,12 +39,59 @@ PLACEHOLDER_HOST = "kafka.govesb.example:9093"
 PLACEHOLDER_REGISTRY = "https://schema-registry.govesb.example/apis/ccompat/v7"
 
 
+#: AsyncAPI security scheme types of the SASL mechanisms the bus's clients support.
+SASL_SCHEMES = {"PLAIN": "plain", "SCRAM-SHA-256": "scramSha256", "SCRAM-SHA-512": "scramSha512"}
+
+
 @dataclass(frozen=True)
 class BusServer:
-    """Where the bus is: the Kafka cluster and its schema registry."""
+    """Where the bus is and how clients connect: the Kafka cluster and its schema registry.
+
+    Only the mechanism is described, never a credential.
+    """
 
     host: str = PLACEHOLDER_HOST
     schema_registry_url: str = PLACEHOLDER_REGISTRY
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The Server Object."""
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        server: dict[str, Any] = {
+            "host": self.host,
+            "protocol": "kafka",
+            "title": "GovESB Kafka cluster",
+            "description": "Each institution connects as its own principal "
+            "(`User:<institution>`); Kafka ACLs allow it only the operations below. "
+            f"Security protocol: `{self.security_protocol}`"
+            + (" (TLS: verify the brokers' certificates)." if tls else "."),
+            "bindings": {
+                "kafka": {
+                    "schemaRegistryUrl": self.schema_registry_url,
+                    # Any Confluent-compatible registry (Apicurio's ccompat API here) with
+                    # Confluent's serdes and wire format.
+                    "schemaRegistryVendor": "confluent",
+                    "bindingVersion": parts.KAFKA_BINDING_VERSION,
+                }
+            },
+        }
+        if self.sasl_mechanism in SASL_SCHEMES:
+            server["security"] = [parts.ref("components", "securitySchemes", "institution")]
+        return server
+
+    def security_schemes(self) -> dict[str, Any]:
+        """The components' security schemes the server refers to."""
+        if self.sasl_mechanism not in SASL_SCHEMES:
+            return {}
+        return {
+            "institution": {
+                "type": SASL_SCHEMES[self.sasl_mechanism],
+                "description": f"SASL {self.sasl_mechanism}: the institution's id as user name "
+                "and the password the operator issued (`KafkaUser` of `govesb registry export "
+                "--strimzi`).",
+            }
+        }
 
 
 DEFAULT_SERVER = BusServer()
@@ -358,24 +405,7 @@ def asyncapi_document(
             "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
         },
         "defaultContentType": CONTENT_TYPE,
-        "servers": {
-            SERVER: {
-                "host": server.host,
-                "protocol": "kafka",
-                "title": "GovESB Kafka cluster",
-                "description": "Each institution connects as its own principal "
-                "(`User:<institution>`); Kafka ACLs allow it only the operations below.",
-                "bindings": {
-                    "kafka": {
-                        "schemaRegistryUrl": server.schema_registry_url,
-                        # Any Confluent-compatible registry (Apicurio's ccompat API here) with
-                        # Confluent's serdes and wire format.
-                        "schemaRegistryVendor": "confluent",
-                        "bindingVersion": parts.KAFKA_BINDING_VERSION,
-                    }
-                },
-            }
-        },
+        "servers": {SERVER: server.describe()},
         "channels": body.channels,
         "operations": body.operations,
         "components": {
@@ -383,6 +413,9 @@ def asyncapi_document(
             "messages": dict(sorted(body.messages.items())),
         },
     }
+    schemes = server.security_schemes()
+    if schemes:
+        document["components"]["securitySchemes"] = schemes
     # The version names the content: a change to the catalogue or the registry changes it.
     digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
     document["info"]["version"] = f"{__version__}+{digest[:12]}"

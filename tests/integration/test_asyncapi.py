@@ -8,6 +8,7 @@ by node, checks them. Without node and npm the tests skip locally and fail with 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def node_modules(test_environment: TestEnvironment) -> Path:
         pytest.skip(f"the AsyncAPI parser is unavailable: {error}")
 
 
-def govesb_asyncapi(out: Path, *options: str) -> None:
+def govesb_asyncapi(out: Path, *options: str, env: dict[str, str] | None = None) -> None:
     """Run the real ``govesb catalog asyncapi`` on the example registry."""
     govesb = Path(sys.executable).with_name("govesb")
     done = subprocess.run(
@@ -37,6 +38,7 @@ def govesb_asyncapi(out: Path, *options: str) -> None:
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stderr
 
@@ -51,6 +53,17 @@ def test_whole_bus_and_institution_documents_pass_the_official_parser(
     }
     for out, options in documents.items():
         govesb_asyncapi(out, *options)
+    sasl = tmp_path / "nida-sasl.json"  # a cluster that needs SCRAM over TLS
+    govesb_asyncapi(
+        sasl,
+        "--institution",
+        "nida",
+        env={
+            "GOVESB_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "GOVESB_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+        },
+    )
+    documents[sasl] = ()
     report = parser.validate(node_modules, *documents)
     assert set(report) == {str(path) for path in documents}
     for name, diagnostics in report.items():

@@ -7,6 +7,7 @@ are in schemas/, the headers the bus really writes.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -19,10 +20,12 @@ from typer.testing import CliRunner
 
 from streams.audit.chain import AuditChain
 from streams.cli.main import build_app
+from streams.contract.jsonavro import from_json
 from streams.contract.reasons import REASON_DOCS, Reason
 from streams.pipeline.routing import delivery_schema
 from streams.registry.asyncapi import PLACEHOLDER_HOST, BusServer, asyncapi_document
 from streams.registry.asyncapi_messages import AsyncApiError, delivery_message
+from streams.registry.asyncapi_parts import AVRO_FORMAT
 from streams.registry.model import BusRegistry, Subscription, load_registry
 from streams.settings import REPO_ROOT
 
@@ -214,6 +217,20 @@ def test_delivery_schemas_are_the_pipelines_with_simple_names(
     assert canonical(schema) == canonical(registered)
 
 
+def test_every_example_payload_encodes_with_its_message_schema(bus: dict[str, Any]) -> None:
+    checked = 0
+    for message in bus["components"]["messages"].values():
+        payload = message["payload"]
+        if payload.get("schemaFormat") != AVRO_FORMAT:
+            continue
+        parsed = fastavro.parse_schema(payload["schema"])
+        for example in message["examples"]:
+            record = from_json(payload["schema"], example["payload"])
+            fastavro.schemaless_writer(io.BytesIO(), parsed, record)  # raises if invalid
+            checked += 1
+    assert checked == 9 + 9  # every event type, and every agreement's delivery
+
+
 def test_rejections_carry_every_reason_code_with_its_meaning(bus: dict[str, Any]) -> None:
     headers = bus["components"]["schemas"]["RejectionHeaders"]
     reason = headers["properties"]["esb_reason"]
@@ -330,6 +347,30 @@ def test_cli_server_comes_from_the_configured_bootstrap_or_the_option(tmp_path: 
     )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text(encoding="utf-8"))["servers"]["govesb"]["host"] == "b:1"
+
+
+def test_cli_describes_sasl_without_any_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOVESB_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("GOVESB_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("GOVESB_KAFKA__SASL_USERNAME", "govesb-admin")
+    monkeypatch.setenv("GOVESB_KAFKA__SASL_PASSWORD", "s3cret-sasl-password")
+    out = tmp_path / "nida.json"
+    result = runner.invoke(
+        build_app(),
+        ["catalog", "asyncapi", str(EXAMPLE), "--institution", "nida", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    document = json.loads(text)
+    assert document["servers"]["govesb"]["security"] == [
+        {"$ref": "#/components/securitySchemes/institution"}
+    ]
+    assert document["components"]["securitySchemes"]["institution"]["type"] == "scramSha512"
+    assert "SASL_SSL" in document["servers"]["govesb"]["description"]
+    assert "s3cret-sasl-password" not in text + result.output
+    assert "govesb-admin" not in text
 
 
 def test_cli_refuses_an_unknown_institution_and_an_unknown_suffix(tmp_path: Path) -> None:
