@@ -203,7 +203,8 @@ def publishing(view: _View) -> Section:
             "summary": f"{institution.id} sends the event types it owns on "
             f"{topics.ingress(institution.id)}.",
             "description": "Sign each event with a registered key of the institution; the "
-            f"producer connects as `User:{institution.id}`, with `acks=all` and idempotence.",
+            f"producer connects as `User:{institution.id}`, with `acks=all` and idempotence "
+            "(a legacy system posts to the HTTP gateway instead, which publishes here).",
             "messages": [parts.ref("channels", "ingress", "messages", t.name) for t in owned],
             "x-govesb-institution": institution.id,
         }
