@@ -1,6 +1,7 @@
 # GovESB developer commands. Every target sets up what it needs on a fresh machine
 # (Python venv, pinned packages, Kafka + Apicurio jars from Maven Central into .cache/).
-# Needs: Python 3.11+, Java 17+, Maven.
+# Needs: Python 3.11+, Java 17+, Maven; for `make test` also Node.js 20+ and npm (the official
+# AsyncAPI parser, installed into .cache/ by the tests from tests/asyncapi/package-lock.json).
 
 PYTHON ?= python3
 VENV   ?= .venv

@@ -27,6 +27,9 @@ from streams.settings import CliSettings, KafkaSettings, SchemaRegistrySettings
 if TYPE_CHECKING:
     from streams.client.records import RecordFilter
 
+if TYPE_CHECKING:
+    from streams.registry.model import BusRegistry
+
 T = TypeVar("T")
 
 out = Console(soft_wrap=True)
@@ -160,6 +163,17 @@ def load_catalog(settings: CliSettings) -> Catalog:
     except CatalogError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+
+
+def load_registry_or_exit(path: Path) -> BusRegistry:
+    """The linted registry at ``path``, or print its problems and exit 1."""
+    from streams.registry.model import load_registry
+
+    registry, problems = load_registry(path)
+    if registry is None:
+        report(problems, str(path))
+        raise typer.Exit(1)  # report() has already exited; for the type checker
+    return registry
 
 
 def report(problems: list[Problem], what: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import typer
 
 from streams import __version__
-from streams.cli import audit, dr, events, keys, registry, rejected, schemas, worker
+from streams.cli import audit, catalog, dr, events, keys, registry, rejected, schemas, worker
 from streams.cli.common import configure, out
 
 Register = Callable[[typer.Typer], None]
@@ -23,6 +23,7 @@ BUS_COMMANDS: tuple[Register, ...] = (
     events.register,
     keys.register,
     schemas.register,
+    catalog.register,
     registry.register,
     audit.register,
     rejected.register,

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 from streams.cli.common import (
     Failure,
     err,
+    load_registry_or_exit,
     out,
     report,
     run,
@@ -25,15 +26,6 @@ registry_app = typer.Typer(
 )
 
 
-def _load_registry(path: Path) -> Any:
-    from streams.registry.model import load_registry
-
-    registry, problems = load_registry(path)
-    if registry is None:
-        report(problems, str(path))
-    return registry
-
-
 @registry_app.command("lint")
 def registry_lint(
     path: Annotated[Path, typer.Argument(help="registry YAML")] = Path(
@@ -41,7 +33,7 @@ def registry_lint(
     ),
 ) -> None:
     """Check a registry YAML: institutions, keys, subscriptions against the catalogue."""
-    registry = _load_registry(path)
+    registry = load_registry_or_exit(path)
     out.print(
         f"[green]✓[/green] {path}: {len(registry.document.institutions)} institutions, "
         f"{len(registry.catalog)} event types, {len(registry.document.subscriptions)} "
@@ -67,7 +59,7 @@ def registry_apply(
     from streams.registry.sync import apply_registry
 
     settings = settings_of(ctx)
-    registry = _load_registry(path)
+    registry = load_registry_or_exit(path)
     problems = principal_problems(registry)
     if problems:
         report(problems, str(path))
@@ -138,7 +130,7 @@ def registry_export(
     if not strimzi:
         err.print("[red]error:[/red] choose the output: --strimzi (the only one so far)")
         raise typer.Exit(2)
-    registry = _load_registry(path)
+    registry = load_registry_or_exit(path)
     problems = export_problems(registry)
     if problems:
         report(problems, str(path))

@@ -45,3 +45,32 @@ class EventError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+#: What each reason code means, for publishers (the AsyncAPI documents; deploy/ONBOARDING.md).
+REASON_DOCS: dict[Reason, str] = {
+    Reason.MISSING_HEADER: "a required `ce_*` header is absent or empty (`ce_sigkeyid` and "
+    "`ce_signature` included)",
+    Reason.INVALID_HEADER: "`ce_specversion` not `1.0`, `ce_id` not a UUID, `ce_source` "
+    "malformed, `ce_time` not RFC 3339, `content-type` not `application/avro`, a header not "
+    "UTF-8, or Kafka key not `ce_subject`",
+    Reason.UNKNOWN_TYPE: "`ce_type` is not an event type in the registry",
+    Reason.NOT_OWNER: "the event type belongs to another institution",
+    Reason.SOURCE_MISMATCH: "`ce_source` names another institution than the ingress topic",
+    Reason.WIRE_FORMAT: "no value, or not Confluent wire format (0x00 + 4-byte schema id)",
+    Reason.UNKNOWN_SCHEMA_ID: "the schema id is not registered (or not Avro)",
+    Reason.SCHEMA_MISMATCH: "the schema id is another record's, not `ce_type`'s",
+    Reason.UNDECODABLE: "the payload does not decode with its schema",
+    Reason.TRAILING_BYTES: "bytes are left after the Avro record",
+    Reason.INVALID_PAYLOAD: "`ce_subject` differs from the payload's key field, or processing "
+    "failed",
+    Reason.UNKNOWN_KEY: "`ce_sigkeyid` is not a registered, unrevoked key of the publisher",
+    Reason.BAD_SIGNATURE: "the signature does not verify over the canonical bytes",
+    Reason.OVERSIZE: "the value is over the bus's size limit",
+    Reason.DUPLICATE: "the same source and event id were already received within the duplicate "
+    "window",
+    Reason.FUTURE_TIME: "`ce_time` is ahead of the bus's clock",
+    Reason.INTERNAL: "not the publisher's fault: the event was valid and went to every other "
+    "agreement, but the bus could not deliver it under the agreement named in "
+    "`esb_subscription`; the operator fixes it and replays the copy (`govesb rejected replay`)",
+}
