@@ -9,10 +9,10 @@ Nothing else in the code base reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # aiokafka keeps one open batch per partition and send() waits while it is full and the one
@@ -21,6 +21,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # 16 KiB batch filled. Below the broker's 1 MiB default message size.
 PRODUCE_BATCH_BYTES = 512 * 1024
 DEFAULT_CATALOG = REPO_ROOT / "schemas" / "catalog.yaml"
+# The key ids of the private keys published in deploy/demo-keys (for `make demo` and the
+# tests): they protect nothing, so a worker refuses them unless told it is the dev stack.
+DEMO_KEY_IDS = (
+    "ega-d06f8e0a5d19",
+    "ega-811cb62f3e2d",
+    "nida-2e3f1f063154",
+    "rita-e1ad5e26a22d",
+    "brela-a24c4621961c",
+    "tra-3509e6ac2798",
+    "ardhi-7482b258b0ba",
+    "moh-563d2616bddc",
+    "utumishi-b991186b7bdd",
+)
 
 
 class KafkaSettings(BaseModel):
@@ -190,13 +203,68 @@ class WorkerSettings(BaseSettings):
         description="port of `/health` and `/metrics`; `govesb worker --web-port` overrides it",
     )
     signing_key_file: Path | None = Field(
-        default=None, description="PEM or base64 DER private key the bus re-signs deliveries with"
+        default=None,
+        description="PEM or base64 DER private key the bus re-signs deliveries with (the "
+        "delivery key: never the gateway's)",
     )
     signing_key_id: str | None = Field(
         default=None,
-        description="key id of that bus key, sent as `ce_sigkeyid`; the worker refuses to start "
-        "without both",
+        description="key id of that delivery key, sent as `ce_sigkeyid`; the worker refuses to "
+        "start without both",
     )
+    gateway_key_ids: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="key ids the bus's HTTP gateway signs with (keys of the operator in the "
+        "registry), separated by commas: accepted only on events that came through the "
+        "gateway (header `esb_via: gateway`). No other key of the operator — the delivery key "
+        "included — is accepted on ingress",
+    )
+    demo_key_ids: Annotated[list[str], NoDecode] = Field(
+        default=list(DEMO_KEY_IDS),
+        description="key ids of the published demo keys (`deploy/demo-keys`), separated by "
+        "commas: events signed with them are rejected (`unknown-key`) and the worker will not "
+        "sign with one, unless `allow_demo_keys`",
+    )
+    allow_demo_keys: bool = Field(
+        default=False,
+        description="accept the demo keys: only for the dev stack (`make demo`, compose) and "
+        "the tests",
+    )
+    registry_stale_after_s: float = Field(
+        default=60.0,
+        description="`/health` calls the registry view stale when `esb.registry` has records "
+        "it has not read and it read nothing for this long, in seconds",
+    )
+
+    @field_validator("gateway_key_ids", "demo_key_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def refused_key_ids(self) -> frozenset[str]:
+        """Key ids this worker never accepts: the demo keys, unless they are allowed."""
+        return frozenset() if self.allow_demo_keys else frozenset(self.demo_key_ids)
+
+    def key_problem(self) -> str | None:
+        """Why this worker must not start with its delivery key, if it must not."""
+        if self.signing_key_file is None or not self.signing_key_id:
+            return (
+                "set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID: the bus re-signs every "
+                "delivery"
+            )
+        if self.signing_key_id in self.refused_key_ids:
+            return (
+                f"{self.signing_key_id} is a published demo key: generate the bus's own "
+                "(`govesb keys generate --institution <operator>`), or set "
+                "GOVESB_ALLOW_DEMO_KEYS=true in the dev stack only"
+            )
+        if self.signing_key_id in self.gateway_key_ids:
+            return f"{self.signing_key_id} is a gateway key: deliveries need the delivery key"
+        return None
+
     max_in_flight: int = Field(default=2000, description="events processed but not yet acked")
     max_value_bytes: int = Field(
         default=1_000_000,

@@ -22,11 +22,9 @@ def worker(
     from streams.settings import WorkerSettings
 
     settings = process_settings(ctx, WorkerSettings, web_port=web_port)
-    if settings.signing_key_file is None or not settings.signing_key_id:
-        err.print(
-            "[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID: "
-            "the bus re-signs every delivery"
-        )
+    problem = settings.key_problem()
+    if problem:
+        err.print(f"[red]error:[/red] {problem}")
         raise typer.Exit(2)
     run_worker(settings, loglevel)
 

@@ -62,7 +62,12 @@ class PipelineWorker:
         self.app = app
         self.settings = settings
         self.metrics = PipelineMetrics()
-        self.view = RegistryView(settings.kafka)
+        self.view = RegistryView(
+            settings.kafka,
+            refused_keys=settings.refused_key_ids,
+            gateway_keys=settings.gateway_key_ids,
+            stale_after_s=settings.registry_stale_after_s,
+        )
         self.view.on_change(lambda _key: self.metrics.registry_version.inc())
         self.producer: AIOKafkaProducer | None = None
         self.pipeline: Pipeline | None = None
