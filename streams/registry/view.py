@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 class EventTypeRecord(BaseModel):
     """An event type as published on ``esb.registry``."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    # A field this version does not know makes the record unreadable (fail closed).
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
 
     name: str
     owner: str
