@@ -200,7 +200,11 @@ class RegistryView:
             try:
                 if model is None:
                     raise ValueError(f"unknown record kind {kind!r}")
-                read[name] = model.model_validate(json.loads(value))
+                document = model.model_validate(json.loads(value))
+                named = getattr(document, "id", None) or getattr(document, "name", None)
+                if named != name:  # it would speak for another entry (keys, owners)
+                    raise ValueError(f"the record is of {named!r}, not {name!r}")
+                read[name] = document
                 changed = True
             except ValueError as error:  # ValidationError is a ValueError
                 read.pop(name, None)

@@ -79,6 +79,21 @@ def test_an_unreadable_agreement_is_withheld_on_its_own_and_a_tombstone_lifts_it
     assert view.health()["unreadable"] == []
 
 
+def test_a_record_under_another_entrys_key_is_unreadable() -> None:
+    view = registry_view()
+    rita = json.loads(view.raw["institution/rita"])
+    view.apply("institution/nida", json.dumps(rita).encode())  # rita's keys, filed as nida's
+    assert view.key_owner("rita-e1ad5e26a22d") == "rita"
+    assert view.key_owner("nida-2e3f1f063154") is None
+    assert view.health()["unreadable"] == [
+        {
+            "key": "institution/nida",
+            "reason": "the record is of 'rita', not 'nida'",
+            "institution": "nida",
+        }
+    ]
+
+
 def test_a_record_of_an_unknown_kind_is_reported() -> None:
     view = registry_view()
     view.apply("revocation/nida-2e3f1f063154", b'{"institution": "nida"}')
