@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -72,3 +73,13 @@ async def test_a_newer_format_revocation_stops_a_running_view_accepting_the_key(
     finally:
         await view.stop()
         await producer.stop()
+
+
+def test_a_workers_health_shows_its_registry_view(start_worker: Callable[..., Any]) -> None:
+    worker = start_worker()
+    health = worker.health()
+    assert health is not None
+    view = health["checks"]["registry_view"]
+    assert (view["ok"], view["loaded"], view["stale"]) == (True, True, False)
+    assert isinstance(view["unreadable"], list)
+    assert isinstance(view["withheld_institutions"], list)
