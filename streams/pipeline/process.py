@@ -99,6 +99,7 @@ class Pipeline:
             keyring=self.view.keyring,
             gateway_keys=self.view.gateway_keys,
             refused_keys=self.view.refused_keys,
+            withheld=self.view.withheld,
         )
 
     async def handle(self, record: IngressRecord, now: dt.datetime | None = None) -> Outcome:

@@ -72,6 +72,8 @@ class Directory:
     ``gateway_keys`` are the operator's keys the HTTP gateway signs with: accepted only on
     events that came through the gateway, for the institution the event names.
     ``refused_keys`` are never accepted (the published demo keys, outside the dev stack).
+    ``withheld`` institutions have a registry record the view cannot read: none of their keys
+    is known, and the rejection says why.
     """
 
     event_types: Mapping[str, TypeInfo]
@@ -80,6 +82,7 @@ class Directory:
     operator: str | None = OPERATOR
     gateway_keys: frozenset[str] = frozenset()
     refused_keys: frozenset[str] = frozenset()
+    withheld: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,12 @@ def check_signature(
         )
     owner = directory.key_owners.get(key_id)
     public_key = directory.keyring.get(key_id)
+    if (owner is None or public_key is None) and publisher in directory.withheld:
+        raise EventError(
+            Reason.UNKNOWN_KEY,
+            f"the registry record of {publisher} cannot be read by the bus (malformed or of a "
+            "newer format): its keys are withheld until it is rewritten",
+        )
     if owner is None or public_key is None:
         raise EventError(Reason.UNKNOWN_KEY, f"key id {key_id!r} is not registered")
     if key_id in directory.gateway_keys and owner == directory.operator:

@@ -177,10 +177,10 @@ class RegistryView:
         return self._key_owner.get(key_id)
 
     @property
-    def withheld(self) -> set[str]:
+    def withheld(self) -> frozenset[str]:
         """Institutions withheld because their own record could not be read."""
-        return {u.institution for u in self._unreadable.values() if u.key.startswith("institution/")
-                and u.institution}  # fmt: skip
+        return frozenset(u.institution for u in self._unreadable.values()
+                         if u.key.startswith("institution/") and u.institution)  # fmt: skip
 
     # ----------------------------------------------------------------- applying records
 

@@ -42,7 +42,8 @@ def registry_view(**options: Any) -> RegistryView:
 def directory(view: RegistryView | None = None) -> Directory:
     view = view or registry_view()
     return Directory(view.event_types, view.key_owners, view.keyring,
-                     gateway_keys=view.gateway_keys, refused_keys=view.refused_keys)  # fmt: skip
+                     gateway_keys=view.gateway_keys, refused_keys=view.refused_keys,
+                     withheld=view.withheld)  # fmt: skip
 
 
 def writer(event_type: str) -> WriterSchema:

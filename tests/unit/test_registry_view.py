@@ -38,7 +38,11 @@ def test_an_unreadable_institution_record_withholds_its_keys_and_agreements() ->
 
     view.apply("institution/nida", _newer_nida(good))
 
-    assert _reason(view) == (Reason.UNKNOWN_KEY, "key id 'nida-2e3f1f063154' is not registered")
+    assert _reason(view) == (
+        Reason.UNKNOWN_KEY,
+        "the registry record of nida cannot be read by the bus (malformed or of a newer "
+        "format): its keys are withheld until it is rewritten",
+    )
     assert "nida" not in view.institutions
     assert not [s for s in view.subscriptions.values() if s.subscriber == "nida"]
     assert view.key_owner("rita-e1ad5e26a22d") == "rita"  # everyone else goes on
