@@ -7,7 +7,9 @@ narrower agreement written that way would otherwise be ignored. An unreadable
 to — so its events are rejected (``unknown-key``) and nothing is delivered to it under a state
 the view cannot read; an unreadable agreement or event type is withheld on its own. Every
 other institution goes on as before. A readable record (or a tombstone) for the same key lifts
-it. ``health()`` says what is withheld, whether the view has loaded, and whether it is stale.
+it. A record of a kind this version does not know is reported, and left out of ``raw`` so that
+``registry apply`` does not delete it. ``health()`` says what is withheld and unreadable,
+whether the view has loaded, and whether it is stale.
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ class RegistryView:
             self.raw.pop(key, None)
             changed = had
         else:
-            self.raw[key] = value  # kept, so that `registry apply` rewrites what is unreadable
+            if model is not None:  # kept, so that `registry apply` rewrites what is unreadable;
+                self.raw[key] = value  # a kind it does not know it must not delete either
             try:
                 if model is None:
                     raise ValueError(f"unknown record kind {kind!r}")

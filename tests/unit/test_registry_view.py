@@ -98,9 +98,10 @@ def test_a_record_under_another_entrys_key_is_unreadable() -> None:
     ]
 
 
-def test_a_record_of_an_unknown_kind_is_reported() -> None:
+def test_a_record_of_an_unknown_kind_is_reported_and_left_alone() -> None:
     view = registry_view()
     view.apply("revocation/nida-2e3f1f063154", b'{"institution": "nida"}')
+    assert "revocation/nida-2e3f1f063154" not in view.raw  # `registry apply` keeps it
     assert view.health()["unreadable"] == [
         {
             "key": "revocation/nida-2e3f1f063154",
