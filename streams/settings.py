@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -179,12 +179,56 @@ class CliSettings(BaseSettings):
     )
 
 
-class WorkerSettings(BaseSettings):
-    """Settings of the pipeline worker (``govesb worker``)."""
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# Key ids in an environment variable: separated by commas (one id is a list of one).
+KeyIds = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+
+
+class DemoKeyPolicy(BaseSettings):
+    """Which key ids are the published demo keys, and whether this process accepts them.
+
+    Shared by the processes that verify or sign with keys (worker, gateway).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="GOVESB_", env_nested_delimiter="__", frozen=True, extra="ignore"
     )
+
+    demo_key_ids: KeyIds = Field(
+        default=list(DEMO_KEY_IDS),
+        description="key ids of the published demo keys (`deploy/demo-keys`), separated by "
+        "commas: refused — for events (worker) and pushes (gateway), and as the process's own "
+        "signing key — unless `allow_demo_keys`",
+    )
+    allow_demo_keys: bool = Field(
+        default=False,
+        description="accept the demo keys: only for the dev stack (`make demo`, compose) and "
+        "the tests",
+    )
+
+    @property
+    def refused_key_ids(self) -> frozenset[str]:
+        """Key ids this process never accepts: the demo keys, unless they are allowed."""
+        return frozenset() if self.allow_demo_keys else frozenset(self.demo_key_ids)
+
+    def demo_key_problem(self, key_id: str | None) -> str | None:
+        """Why this process must not sign with ``key_id``, if it is a refused demo key."""
+        if key_id in self.refused_key_ids:
+            return (
+                f"{key_id} is a published demo key: generate the bus's own "
+                "(`govesb keys generate --institution <operator>`), or set "
+                "GOVESB_ALLOW_DEMO_KEYS=true in the dev stack only"
+            )
+        return None
+
+
+class WorkerSettings(DemoKeyPolicy):
+    """Settings of the pipeline worker (``govesb worker``)."""
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
@@ -212,41 +256,18 @@ class WorkerSettings(BaseSettings):
         description="key id of that delivery key, sent as `ce_sigkeyid`; the worker refuses to "
         "start without both",
     )
-    gateway_key_ids: Annotated[list[str], NoDecode] = Field(
+    gateway_key_ids: KeyIds = Field(
         default=[],
         description="key ids the bus's HTTP gateway signs with (keys of the operator in the "
         "registry), separated by commas: accepted only on events that came through the "
         "gateway (header `esb_via: gateway`). No other key of the operator — the delivery key "
         "included — is accepted on ingress",
     )
-    demo_key_ids: Annotated[list[str], NoDecode] = Field(
-        default=list(DEMO_KEY_IDS),
-        description="key ids of the published demo keys (`deploy/demo-keys`), separated by "
-        "commas: events signed with them are rejected (`unknown-key`) and the worker will not "
-        "sign with one, unless `allow_demo_keys`",
-    )
-    allow_demo_keys: bool = Field(
-        default=False,
-        description="accept the demo keys: only for the dev stack (`make demo`, compose) and "
-        "the tests",
-    )
     registry_stale_after_s: float = Field(
         default=60.0,
         description="`/health` calls the registry view stale when `esb.registry` has records "
         "it has not read and it read nothing for this long, in seconds",
     )
-
-    @field_validator("gateway_key_ids", "demo_key_ids", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @property
-    def refused_key_ids(self) -> frozenset[str]:
-        """Key ids this worker never accepts: the demo keys, unless they are allowed."""
-        return frozenset() if self.allow_demo_keys else frozenset(self.demo_key_ids)
 
     def key_problem(self) -> str | None:
         """Why this worker must not start with its delivery key, if it must not."""
@@ -255,12 +276,9 @@ class WorkerSettings(BaseSettings):
                 "set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID: the bus re-signs every "
                 "delivery"
             )
-        if self.signing_key_id in self.refused_key_ids:
-            return (
-                f"{self.signing_key_id} is a published demo key: generate the bus's own "
-                "(`govesb keys generate --institution <operator>`), or set "
-                "GOVESB_ALLOW_DEMO_KEYS=true in the dev stack only"
-            )
+        demo = self.demo_key_problem(self.signing_key_id)
+        if demo:
+            return demo
         if self.signing_key_id in self.gateway_key_ids:
             return f"{self.signing_key_id} is a gateway key: deliveries need the delivery key"
         return None

@@ -1,11 +1,12 @@
-"""``govesb worker`` refuses to sign deliveries with a published demo key or the gateway's."""
+"""The worker and the gateway refuse to sign with a published demo key outside the dev stack;
+the worker will not sign deliveries with the gateway's key."""
 
 from __future__ import annotations
 
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, DEMO_GATEWAY_KEY_ID
+from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, DEMO_GATEWAY_KEY, DEMO_GATEWAY_KEY_ID
 
 
 def _worker(**env: str):
@@ -36,3 +37,18 @@ def test_the_worker_will_not_sign_deliveries_with_the_gateway_key() -> None:
     )
     assert result.exit_code == 2
     assert "is a gateway key: deliveries need the delivery key" in " ".join(result.stderr.split())
+
+
+def test_the_gateway_will_not_start_with_a_demo_key_outside_the_dev_stack() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["--bootstrap", "127.0.0.1:9", "connect", "gateway"],
+        env={
+            "GOVESB_SIGNING_KEY_FILE": str(DEMO_GATEWAY_KEY),
+            "GOVESB_SIGNING_KEY_ID": DEMO_GATEWAY_KEY_ID,
+            "GOVESB_CLIENTS__RITA": "secret",
+            "GOVESB_ALLOW_DEMO_KEYS": None,
+        },
+    )
+    assert result.exit_code == 2
+    assert "ega-811cb62f3e2d is a published demo key" in " ".join(result.stderr.split())
