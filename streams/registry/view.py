@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from streams.client.consuming import assign_whole_topic
 from streams.contract import topics
 from streams.contract.signing import KeyFormatError, KeyRing, load_public_key
+from streams.pipeline import fetch_guard
 from streams.registry.model import Institution, Subscription
 from streams.settings import KafkaSettings
 
@@ -282,6 +283,8 @@ class RegistryView:
 
     async def start(self, *, follow: bool = True) -> None:
         """Load everything up to the current end; with ``follow`` keep reading after."""
+        # A record whose header name is not UTF-8 would otherwise stop every view for good.
+        fetch_guard.install()
         consumer = AIOKafkaConsumer(
             **self._kafka.aiokafka_options(), enable_auto_commit=False, group_id=None
         )

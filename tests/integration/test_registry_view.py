@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
 from streams.contract.reasons import EventError, Reason
 from streams.pipeline.validation import validate
 from streams.registry.model import load_registry
 from streams.registry.sync import RegistryView, registry_records
 from streams.settings import REPO_ROOT, KafkaSettings
+from tests.corpus.malformed import RawName
 from tests.unit.pipeline_fixtures import as_record, directory, prepared, writer
 
 pytestmark = [pytest.mark.kafka]
@@ -84,3 +86,38 @@ def test_a_workers_health_shows_its_registry_view(start_worker: Callable[..., An
     assert (view["ok"], view["loaded"], view["stale"]) == (True, True, False)
     assert isinstance(view["unreadable"], list)
     assert isinstance(view["withheld_institutions"], list)
+
+
+async def test_a_registry_record_with_a_header_name_that_is_not_utf8_does_not_stop_the_view(
+    kafka: str, topic_factory: Callable[..., str]
+) -> None:
+    """The Kafka client decodes header names strictly: one such record used to make every
+    view (gateway, sink) fail to load, and a following one stop for good."""
+    topic = topic_factory("esb.registry")
+    registry, _ = load_registry(REPO_ROOT / "deploy" / "registry.example.yaml")
+    assert registry is not None
+    records = registry_records(registry)
+    newer = json.loads(records["institution/nida"])
+    newer["keys"][0] |= {"revoked": True, "revoked_reason": "key compromised"}
+    # Not idempotent: aiokafka only lets its own builder carry a producer id.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch._builder = _DefaultRecordBatchBuilderPy(  # the pure-Python one sends raw names
+            2, 0, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
+            batch_size=1 << 20,
+        )  # fmt: skip
+        for key, value in [*records.items(), ("institution/nida", json.dumps(newer).encode())]:
+            headers = [(RawName(b"x-\xff\xfe"), b"1")] if key == "institution/nida" else []
+            batch.append(key=key.encode(), value=value, timestamp=None, headers=headers)
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+    view = RegistryView(KafkaSettings(bootstrap_servers=kafka), topic=topic)
+    await view.start(follow=False)
+    await view.stop()
+    assert view.key_owner("rita-e1ad5e26a22d") == "rita"
+    assert view.health()["withheld_institutions"] == ["nida"]
+    assert _refusal(view) is not None
