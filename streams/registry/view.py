@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.client.consuming import assign_whole_topic
 from streams.contract import topics
-from streams.contract.signing import KeyFormatError, KeyRing, load_public_key
+from streams.contract.signing import KeyFormatError, KeyRing, PublicKey, load_public_key
 from streams.pipeline import fetch_guard
 from streams.registry.model import Institution, Subscription
 from streams.settings import KafkaSettings
@@ -258,6 +258,25 @@ class RegistryView:
                     continue
                 owners[key.id] = institution.id
         self.keyring, self._key_owner = ring, owners
+
+    def signing_key_problem(self, key_id: str, public_key: PublicKey, owner: str) -> str | None:
+        """Why ``key_id`` (with ``public_key``) is not a current key of ``owner`` here, if not.
+
+        A process that signs for the bus checks its own key this way at start: deliveries
+        signed with a key nobody can look up (a placeholder id, a revoked key, the wrong key
+        file) would be unverifiable for every subscriber.
+        """
+        registered_to = self._key_owner.get(key_id)
+        if registered_to is None:
+            return (
+                f"key id {key_id!r} is not a current key in esb.registry: register its public "
+                f"key under {owner} (`govesb registry apply`), or set the right key id"
+            )
+        if registered_to != owner:
+            return f"key id {key_id!r} is a key of {registered_to}, not of {owner}"
+        if self.keyring.get(key_id) != public_key:
+            return f"the key file does not hold the private key of {key_id!r}"
+        return None
 
     # ----------------------------------------------------------------- health
 

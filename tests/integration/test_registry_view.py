@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
+from deploy.worker import DEMO_BUS_KEY
 from streams.contract.reasons import EventError, Reason
 from streams.pipeline.validation import validate
 from streams.registry.model import load_registry
@@ -121,3 +126,27 @@ async def test_a_registry_record_with_a_header_name_that_is_not_utf8_does_not_st
     assert view.key_owner("rita-e1ad5e26a22d") == "rita"
     assert view.health()["withheld_institutions"] == ["nida"]
     assert _refusal(view) is not None
+
+
+def test_a_worker_will_not_start_signing_with_a_key_id_the_registry_lacks(
+    kafka: str, registry: str, applied_registry: Any, tmp_path: Any
+) -> None:
+    """What a Kubernetes operator sees who left the delivery key id unset or wrong."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("govesb")), "worker"],
+        env={
+            **os.environ,
+            "GOVESB_KAFKA__BOOTSTRAP_SERVERS": kafka,
+            "GOVESB_SCHEMA_REGISTRY__URL": registry,
+            "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
+            "GOVESB_SIGNING_KEY_ID": "ega-000000000000",
+            "GOVESB_ALLOW_DEMO_KEYS": "true",
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "key id 'ega-000000000000' is not a current key in esb.registry" in " ".join(
+        done.stderr.decode().split()
+    )

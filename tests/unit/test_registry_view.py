@@ -126,3 +126,25 @@ def test_health_is_stale_only_when_the_topic_moved_and_nothing_was_read() -> Non
     unreadable = [Unreadable("institution/x", "bad", "x")]
     assert view_health(loaded=True, unreadable=unreadable, withheld=["x"], behind=0, idle_s=0,
                        stale_after_s=60)["ok"] is False  # fmt: skip
+
+
+def test_a_signing_key_must_be_a_current_key_of_the_operator_with_that_private_key() -> None:
+    from streams.contract.signing import load_private_key
+    from streams.settings import REPO_ROOT
+
+    def public(name: str):
+        return load_private_key((REPO_ROOT / "deploy/demo-keys" / name).read_text()).public_key()
+
+    view = registry_view()
+    delivery = public("ega.key.pem")
+    assert view.signing_key_problem("ega-d06f8e0a5d19", delivery, "ega") is None
+    assert view.signing_key_problem("SET-ME-delivery-key-id", delivery, "ega") == (
+        "key id 'SET-ME-delivery-key-id' is not a current key in esb.registry: register its "
+        "public key under ega (`govesb registry apply`), or set the right key id"
+    )
+    assert view.signing_key_problem("nida-2e3f1f063154", public("nida.key.pem"), "ega") == (
+        "key id 'nida-2e3f1f063154' is a key of nida, not of ega"
+    )
+    assert view.signing_key_problem("ega-d06f8e0a5d19", public("ega-gateway.key.pem"), "ega") == (
+        "the key file does not hold the private key of 'ega-d06f8e0a5d19'"
+    )
