@@ -118,6 +118,10 @@ def connect_gateway(
     if settings.signing_key_file is None or not settings.signing_key_id:
         err.print("[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID")
         raise typer.Exit(2)
+    demo = settings.demo_key_problem(settings.signing_key_id)
+    if demo:
+        err.print(f"[red]error:[/red] {demo}")
+        raise typer.Exit(2)
     if not settings.clients:
         err.print("[red]error:[/red] no clients: set GOVESB_CLIENTS__<INSTITUTION>=<secret>")
         raise typer.Exit(2)

@@ -7,7 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.settings import DEFAULT_CATALOG, KafkaSettings, SchemaRegistrySettings
+from streams.settings import (
+    DEFAULT_CATALOG,
+    DemoKeyPolicy,
+    KafkaSettings,
+    SchemaRegistrySettings,
+)
 
 MIN_CLIENT_SECRET_CHARS = 16
 
@@ -88,7 +93,7 @@ class SinkSettings(BaseSettings):
         return next((v for k, v in self.secrets.items() if k.lower() == wanted), None)
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(DemoKeyPolicy):
     """``govesb connect gateway``.
 
     Institutions' client secrets (OAuth2 client credentials; also accepted as ``X-API-Key``)
@@ -117,15 +122,16 @@ class GatewaySettings(BaseSettings):
     )
     signing_key_file: Path | None = Field(
         default=None,
-        description="PEM or base64 DER private key of the bus: signs the events the gateway "
-        "produces and its push-request replies",
+        description="PEM or base64 DER private key of the gateway (its own, not the delivery "
+        "key): signs the events the gateway produces and its push-request replies",
     )
     signing_key_id: str | None = Field(
         default=None,
-        description="key id of that bus key (`ce_sigkeyid`); the gateway refuses to start "
-        "without both",
+        description="key id of that gateway key (`ce_sigkeyid`), which workers accept only on "
+        "what the gateway publishes (their `GOVESB_GATEWAY_KEY_IDS`); the gateway refuses to "
+        "start without both",
     )
-    clients: dict[str, SecretStr] = {}
+    clients: dict[str, SecretStr] = Field(default_factory=dict)
     max_body_bytes: int = Field(
         default=1_000_000,
         description="largest request body, and largest encoded event, in bytes; larger: 413",

@@ -23,7 +23,13 @@ from rich.table import Table
 
 from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import REPO, LauncherError, LocalBus, free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
+from deploy.worker import (
+    DEMO_BUS_KEY,
+    DEMO_BUS_KEY_ID,
+    DEMO_GATEWAY_ENV,
+    WorkerProcess,
+    start_govesb,
+)
 from streams.contract.catalog import Catalog
 from streams.contract.jsonavro import to_json
 from streams.contract.signing import load_private_key
@@ -99,7 +105,7 @@ def start_connectors(bus: LocalBus) -> tuple[WorkerProcess, WorkerProcess]:
     )
     gateway = start_govesb(
         ["connect", "gateway", "--web-port", str(gateway_port)],
-        {**common, "GOVESB_CLIENTS__RITA": RITA_SECRET},
+        {**common, **DEMO_GATEWAY_ENV, "GOVESB_CLIENTS__RITA": RITA_SECRET},
         logs / "demo-gateway.log",
         gateway_port,
         lambda body: body["status"] == "ok",

@@ -15,8 +15,23 @@ from typing import Any
 
 from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
 
+# The bus's demo keys, one per role: deliveries (worker, sink) and the HTTP gateway.
 DEMO_BUS_KEY = REPO / "deploy" / "demo-keys" / "ega.key.pem"
 DEMO_BUS_KEY_ID = "ega-d06f8e0a5d19"
+DEMO_GATEWAY_KEY = REPO / "deploy" / "demo-keys" / "ega-gateway.key.pem"
+DEMO_GATEWAY_KEY_ID = "ega-811cb62f3e2d"
+# What a worker of the dev stack and the tests needs besides its key: the demo keys allowed,
+# and the gateway's key id accepted on what the gateway publishes.
+DEMO_WORKER_ENV = {
+    "GOVESB_ALLOW_DEMO_KEYS": "true",
+    "GOVESB_GATEWAY_KEY_IDS": DEMO_GATEWAY_KEY_ID,
+}
+# A gateway of the dev stack and the tests signs with its own key.
+DEMO_GATEWAY_ENV = {
+    "GOVESB_SIGNING_KEY_FILE": str(DEMO_GATEWAY_KEY),
+    "GOVESB_SIGNING_KEY_ID": DEMO_GATEWAY_KEY_ID,
+    "GOVESB_ALLOW_DEMO_KEYS": "true",
+}
 
 
 @dataclass
@@ -107,7 +122,8 @@ def start_worker(
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = 90.0,
 ) -> WorkerProcess:
-    """Start a worker with the demo bus key; return once it holds partitions."""
+    """Start a worker with the demo delivery key (demo keys allowed); return once it holds
+    partitions."""
     port = free_port()
     env = {
         "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
@@ -116,6 +132,7 @@ def start_worker(
         "GOVESB_WEB_PORT": str(port),
         "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
         "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
+        **DEMO_WORKER_ENV,
         **(extra_env or {}),
     }
     return start_govesb(

@@ -9,11 +9,11 @@ Nothing else in the code base reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # aiokafka keeps one open batch per partition and send() waits while it is full and the one
@@ -22,6 +22,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # 16 KiB batch filled. Below the broker's 1 MiB default message size.
 PRODUCE_BATCH_BYTES = 512 * 1024
 DEFAULT_CATALOG = REPO_ROOT / "schemas" / "catalog.yaml"
+# The key ids of the private keys published in deploy/demo-keys (for `make demo` and the
+# tests): they protect nothing, so a worker refuses them unless told it is the dev stack.
+DEMO_KEY_IDS = (
+    "ega-d06f8e0a5d19",
+    "ega-811cb62f3e2d",
+    "nida-2e3f1f063154",
+    "rita-e1ad5e26a22d",
+    "brela-a24c4621961c",
+    "tra-3509e6ac2798",
+    "ardhi-7482b258b0ba",
+    "moh-563d2616bddc",
+    "utumishi-b991186b7bdd",
+)
 
 
 def bootstrap_list(servers: str) -> str:
@@ -215,12 +228,56 @@ class CliSettings(BaseSettings):
     )
 
 
-class WorkerSettings(BaseSettings):
-    """Settings of the pipeline worker (``govesb worker``)."""
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# Key ids in an environment variable: separated by commas (one id is a list of one).
+KeyIds = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+
+
+class DemoKeyPolicy(BaseSettings):
+    """Which key ids are the published demo keys, and whether this process accepts them.
+
+    Shared by the processes that verify or sign with keys (worker, gateway).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="GOVESB_", env_nested_delimiter="__", frozen=True, extra="ignore"
     )
+
+    demo_key_ids: KeyIds = Field(
+        default=list(DEMO_KEY_IDS),
+        description="key ids of the published demo keys (`deploy/demo-keys`), separated by "
+        "commas: refused — for events (worker) and pushes (gateway), and as the process's own "
+        "signing key — unless `allow_demo_keys`",
+    )
+    allow_demo_keys: bool = Field(
+        default=False,
+        description="accept the demo keys: only for the dev stack (`make demo`, compose) and "
+        "the tests",
+    )
+
+    @property
+    def refused_key_ids(self) -> frozenset[str]:
+        """Key ids this process never accepts: the demo keys, unless they are allowed."""
+        return frozenset() if self.allow_demo_keys else frozenset(self.demo_key_ids)
+
+    def demo_key_problem(self, key_id: str | None) -> str | None:
+        """Why this process must not sign with ``key_id``, if it is a refused demo key."""
+        if key_id in self.refused_key_ids:
+            return (
+                f"{key_id} is a published demo key: generate the bus's own "
+                "(`govesb keys generate --institution <operator>`), or set "
+                "GOVESB_ALLOW_DEMO_KEYS=true in the dev stack only"
+            )
+        return None
+
+
+class WorkerSettings(DemoKeyPolicy):
+    """Settings of the pipeline worker (``govesb worker``)."""
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
@@ -239,13 +296,42 @@ class WorkerSettings(BaseSettings):
         description="port of `/health` and `/metrics`; `govesb worker --web-port` overrides it",
     )
     signing_key_file: Path | None = Field(
-        default=None, description="PEM or base64 DER private key the bus re-signs deliveries with"
+        default=None,
+        description="PEM or base64 DER private key the bus re-signs deliveries with (the "
+        "delivery key: never the gateway's)",
     )
     signing_key_id: str | None = Field(
         default=None,
-        description="key id of that bus key, sent as `ce_sigkeyid`; the worker refuses to start "
-        "without both",
+        description="key id of that delivery key, sent as `ce_sigkeyid`; the worker refuses to "
+        "start without both",
     )
+    gateway_key_ids: KeyIds = Field(
+        default=[],
+        description="key ids the bus's HTTP gateway signs with (keys of the operator in the "
+        "registry), separated by commas: accepted only on events that came through the "
+        "gateway (header `esb_via: gateway`). No other key of the operator — the delivery key "
+        "included — is accepted on ingress",
+    )
+    registry_stale_after_s: float = Field(
+        default=60.0,
+        description="`/health` calls the registry view stale when `esb.registry` has records "
+        "it has not read and it read nothing for this long, in seconds",
+    )
+
+    def key_problem(self) -> str | None:
+        """Why this worker must not start with its delivery key, if it must not."""
+        if self.signing_key_file is None or not self.signing_key_id:
+            return (
+                "set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID: the bus re-signs every "
+                "delivery"
+            )
+        demo = self.demo_key_problem(self.signing_key_id)
+        if demo:
+            return demo
+        if self.signing_key_id in self.gateway_key_ids:
+            return f"{self.signing_key_id} is a gateway key: deliveries need the delivery key"
+        return None
+
     max_in_flight: int = Field(default=2000, description="events processed but not yet acked")
     max_value_bytes: int = Field(
         default=1_000_000,

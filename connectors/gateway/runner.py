@@ -38,7 +38,7 @@ async def run_gateway(settings: Any) -> None:
 
     from streams.contract.signing import load_private_key
 
-    view = RegistryView(settings.kafka)
+    view = RegistryView(settings.kafka, refused_keys=settings.refused_key_ids)
     await view.start()
     producer = AIOKafkaProducer(**settings.kafka.durable_producer_options(linger_ms=1))
     await producer.start()

@@ -24,7 +24,14 @@ from deploy.dr.mirror import MirrorMaker2
 from deploy.dr.registry import JournalRegistry
 from deploy.kafka.launcher import KafkaBroker, LauncherError, free_port
 from deploy.kafka.runtime import Runtime
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb, start_worker
+from deploy.worker import (
+    DEMO_BUS_KEY,
+    DEMO_BUS_KEY_ID,
+    DEMO_GATEWAY_ENV,
+    WorkerProcess,
+    start_govesb,
+    start_worker,
+)
 from streams.dr.sites import ActiveSite, read_active_site
 
 
@@ -173,7 +180,7 @@ class BusSupervisor:
             clients = {f"GOVESB_CLIENTS__{k.upper()}": v for k, v in config.gateway_clients.items()}
             return start_govesb(
                 ["connect", "gateway", "--web-port", str(port)],
-                {**env, **clients},
+                {**env, **DEMO_GATEWAY_ENV, **clients},
                 logs / f"gateway-{tag}.log",
                 port,
                 lambda body: body["status"] == "ok",

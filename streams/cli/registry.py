@@ -15,10 +15,12 @@ from streams.cli.common import (
     err,
     load_registry_or_exit,
     out,
+    registry_client,
     report,
     run,
     settings_of,
 )
+from streams.contract.catalog import Problem
 from streams.registry.acls import DEFAULT_WORKER_GROUP
 
 registry_app = typer.Typer(
@@ -32,13 +34,23 @@ def registry_lint(
         "deploy/registry.example.yaml"
     ),
 ) -> None:
-    """Check a registry YAML: institutions, keys, subscriptions against the catalogue."""
+    """Check a registry YAML: institutions, keys, subscriptions against the catalogue.
+
+    Offline: whether a pinned schema version exists is known only to the schema registry,
+    which ``registry apply`` asks before it writes anything.
+    """
     registry = load_registry_or_exit(path)
     out.print(
         f"[green]✓[/green] {path}: {len(registry.document.institutions)} institutions, "
         f"{len(registry.catalog)} event types, {len(registry.document.subscriptions)} "
         "subscriptions"
     )
+    pinned = sum(s.schema_version != "latest" for s in registry.document.subscriptions)
+    if pinned:
+        out.print(
+            f"  {pinned} agreement(s) pin a schema version: not checked offline; "
+            "`govesb registry apply` checks them against the schema registry"
+        )
 
 
 @registry_app.command("apply")
@@ -51,17 +63,37 @@ def registry_apply(
         str, typer.Option(help="the pipeline workers' consumer group (their GOVESB_APP_ID)")
     ] = DEFAULT_WORKER_GROUP,
 ) -> None:
-    """Lint, then create missing topics, set the Kafka ACLs (where the cluster enforces them)
-    and write changed records to esb.registry."""
+    """Lint, check pinned schema versions against the schema registry, then create missing
+    topics, set the Kafka ACLs (where the cluster enforces them) and write changed records to
+    esb.registry. Any problem: nothing is written."""
     from confluent_kafka import KafkaException
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     from streams.registry.acls import principal_problems
+    from streams.registry.governance import pinned_version_problems
     from streams.registry.sync import apply_registry
 
     settings = settings_of(ctx)
     registry = load_registry_or_exit(path)
     problems = principal_problems(registry)
     if problems:
+        report(problems, str(path))
+
+    async def check_pins() -> list[Problem]:
+        if all(s.schema_version == "latest" for s in registry.document.subscriptions):
+            return []
+        client = await registry_client(settings.schema_registry)
+        try:
+            return await pinned_version_problems(registry, client)
+        except SchemaRegistryError as error:
+            raise Failure(
+                f"schema registry at {settings.schema_registry.url} refused: "
+                f"{error.http_status_code} {error.error_message}"
+            ) from None
+
+    problems = run(check_pins())
+    if problems:
+        err.print("nothing applied:")
         report(problems, str(path))
 
     async def apply() -> Any:

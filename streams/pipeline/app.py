@@ -61,7 +61,12 @@ class PipelineWorker:
         self.app = app
         self.settings = settings
         self.metrics = PipelineMetrics()
-        self.view = RegistryView(settings.kafka)
+        self.view = RegistryView(
+            settings.kafka,
+            refused_keys=settings.refused_key_ids,
+            gateway_keys=settings.gateway_key_ids,
+            stale_after_s=settings.registry_stale_after_s,
+        )
         self.view.on_change(lambda _key: self.metrics.registry_version.inc())
         self.producer: AIOKafkaProducer | None = None
         self.pipeline: Pipeline | None = None
@@ -233,8 +238,15 @@ class PipelineWorker:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """Per-component checks; 200 when all pass, 503 otherwise."""
+        view = self.view.health()
         checks: dict[str, dict[str, Any]] = {
-            "registry_view": {"ok": bool(self.view.event_types), "records": len(self.view.raw)},
+            # An unreadable record withholds only its institution and is listed here; it does
+            # not fail the probe, or every worker would be restarted over one record.
+            "registry_view": {
+                **view,
+                "ok": view["loaded"] and not view["stale"] and bool(self.view.event_types),
+                "records": len(self.view.raw),
+            },
             "producer": {"ok": self.producer is not None},
             "partitions": {"ok": True, "assigned": len(self.app.consumer.assignment())},
             "pipeline": {"ok": self.pipeline is not None, "in_flight": self._queue.qsize()},

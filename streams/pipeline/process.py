@@ -118,6 +118,9 @@ class Pipeline:
             event_types=self.view.event_types,
             key_owners=self.view.key_owners,
             keyring=self.view.keyring,
+            gateway_keys=self.view.gateway_keys,
+            refused_keys=self.view.refused_keys,
+            withheld=self.view.withheld,
         )
 
     async def handle(self, record: IngressRecord, now: dt.datetime | None = None) -> Outcome:

@@ -18,9 +18,12 @@ from streams.contract.reasons import EventError, Reason
 from streams.contract.signing import KeyRing, canonical_bytes
 
 INGRESS_PREFIX = "esb.ingress."
-# The bus operator's keys also sign events the HTTP gateway accepted for an institution
-# after verifying that institution's own credentials and signature at the edge.
+# The bus operator: its gateway keys sign events the HTTP gateway accepted for an institution
+# after verifying that institution's own credentials and signature at the edge. Its other
+# keys (the delivery key) are never accepted on ingress.
 OPERATOR = "ega"
+# What the gateway adds to every event it publishes.
+VIA_HEADER, VIA_GATEWAY = "esb_via", b"gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +67,22 @@ class TypeInfo(Protocol):
 
 @dataclass(frozen=True)
 class Directory:
-    """The registry facts validation reads: event types, key owners, public keys."""
+    """The registry facts validation reads: event types, key owners, public keys.
+
+    ``gateway_keys`` are the operator's keys the HTTP gateway signs with: accepted only on
+    events that came through the gateway, for the institution the event names.
+    ``refused_keys`` are never accepted (the published demo keys, outside the dev stack).
+    ``withheld`` institutions have a registry record the view cannot read: none of their keys
+    is known, and the rejection says why.
+    """
 
     event_types: Mapping[str, TypeInfo]
     key_owners: Mapping[str, str]
     keyring: KeyRing = field(default_factory=KeyRing)
     operator: str | None = OPERATOR
+    gateway_keys: frozenset[str] = frozenset()
+    refused_keys: frozenset[str] = frozenset()
+    withheld: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +131,42 @@ def check_origin(envelope: Envelope, publisher: str, directory: Directory) -> Ty
     return event_type
 
 
-def check_signature(envelope: Envelope, value: bytes, publisher: str, directory: Directory) -> None:
-    """The signature verifies with a current key of the publishing institution."""
+def check_signature(
+    envelope: Envelope,
+    value: bytes,
+    publisher: str,
+    directory: Directory,
+    *,
+    via_gateway: bool = False,
+) -> None:
+    """The signature verifies with a current key of the publishing institution, or with a
+    gateway key of the operator when the event came through the gateway."""
     key_id = envelope.sig_key_id
     if not key_id or not envelope.signature:
         raise EventError(Reason.MISSING_HEADER, "missing ce_sigkeyid or ce_signature")
+    if key_id in directory.refused_keys:
+        raise EventError(
+            Reason.UNKNOWN_KEY,
+            f"key id {key_id!r} is a published demo key: refused outside the dev stack",
+        )
     owner = directory.key_owners.get(key_id)
     public_key = directory.keyring.get(key_id)
+    if (owner is None or public_key is None) and publisher in directory.withheld:
+        raise EventError(
+            Reason.UNKNOWN_KEY,
+            f"the registry record of {publisher} cannot be read by the bus (malformed or of a "
+            "newer format): its keys are withheld until it is rewritten",
+        )
     if owner is None or public_key is None:
         raise EventError(Reason.UNKNOWN_KEY, f"key id {key_id!r} is not registered")
-    if owner not in (publisher, directory.operator):
+    if key_id in directory.gateway_keys and owner == directory.operator:
+        if not via_gateway:
+            raise EventError(
+                Reason.UNKNOWN_KEY,
+                f"key id {key_id!r} is the gateway's: accepted only on events that came "
+                "through the gateway",
+            )
+    elif owner != publisher:
         raise EventError(Reason.UNKNOWN_KEY, f"key id {key_id!r} is not a key of {publisher}")
     signed = canonical_bytes(envelope.id, envelope.source, envelope.type, envelope.time, value)
     if not public_key.verify(signed, envelope.signature):
@@ -185,7 +224,8 @@ def validate(
     envelope = Envelope.from_headers(record.headers)
     publisher = publisher_of(record.topic)
     event_type = check_origin(envelope, publisher, directory)
-    check_signature(envelope, value, publisher, directory)
+    via_gateway = (VIA_HEADER, VIA_GATEWAY) in record.headers
+    check_signature(envelope, value, publisher, directory, via_gateway=via_gateway)
     check_time(envelope, now, limits)
     schema, payload = check_payload(envelope, value, writer, event_type)
     if record.key is not None and record.key != envelope.subject.encode():

@@ -22,6 +22,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streams.contract.catalog import Catalog, CatalogError, EventType, Problem, load_schema
+from streams.registry.model import BusRegistry
 
 
 def _documented(schema: Any, path: str) -> Iterator[str]:
@@ -196,14 +197,8 @@ async def registered_history(
     client: AsyncSchemaRegistryClient, subject: str
 ) -> list[tuple[int, dict[str, Any]]]:
     """Every registered ``(version, schema)`` of ``subject``, oldest first; [] if none."""
-    try:
-        versions = await client.get_versions(subject)
-    except SchemaRegistryError as error:
-        if error.http_status_code == 404:
-            return []
-        raise
     history = []
-    for version in sorted(versions):
+    for version in sorted(await _versions(client, subject)):
         registered = await client.get_version(subject, version)
         history.append((version, json.loads(registered.schema.schema_str or "{}")))
     return history
@@ -260,3 +255,48 @@ async def register_catalog(
         new = event_type.schema not in [s for _, s in histories[event_type.name]]
         done.append(Registration(event_type.name, found.schema_id or 0, found.version or 0, new))
     return done, []
+
+
+async def pinned_version_problems(
+    registry: BusRegistry, client: AsyncSchemaRegistryClient
+) -> list[Problem]:
+    """Agreements pinned to a schema version the schema registry does not have.
+
+    ``registry lint`` cannot know this (it is offline); ``registry apply`` asks first, so the
+    pipeline never routes under an agreement whose delivery schema it cannot resolve.
+    """
+    versions: dict[str, list[int]] = {}
+    problems = []
+    for index, subscription in enumerate(registry.document.subscriptions):
+        pinned = subscription.schema_version
+        if pinned == "latest":
+            continue
+        for type_index, name in enumerate(subscription.event_types):
+            event_type = registry.catalog.get(name)
+            if event_type is None:  # lint refuses unknown types before this is asked
+                continue
+            if event_type.subject not in versions:
+                versions[event_type.subject] = await _versions(client, event_type.subject)
+            have = versions[event_type.subject]
+            if pinned not in have:
+                numbers = ", ".join(map(str, sorted(have)))
+                known = f"version{'s' if len(have) > 1 else ''} {numbers}" if have else "none"
+                problems.append(
+                    Problem(
+                        path=f"subscriptions[{index}].schema_version",
+                        message=f"agreement {subscription.id!r} pins {name} (event_types"
+                        f"[{type_index}]) to version {pinned}, but the schema registry has "
+                        f"{known} (subject {event_type.subject})",
+                    )
+                )
+    return problems
+
+
+async def _versions(client: AsyncSchemaRegistryClient, subject: str) -> list[int]:
+    """The registered versions of ``subject``; [] if it has none."""
+    try:
+        return list(await client.get_versions(subject))
+    except SchemaRegistryError as error:
+        if error.http_status_code == 404:
+            return []
+        raise

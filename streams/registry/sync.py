@@ -1,4 +1,4 @@
-"""The registry on the bus: ``govesb registry apply`` and the live view every process keeps.
+"""The registry on the bus: ``govesb registry apply`` (the live view is ``streams.registry.view``).
 
 ``esb.registry`` is a compacted topic of JSON records keyed ``institution/<id>``,
 ``event-type/<full name>`` and ``subscription/<id>``; a removed entry is a tombstone.
@@ -10,39 +10,23 @@ second apply of the same YAML changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from streams.client.consuming import assign_whole_topic
 from streams.contract import topics
-from streams.contract.signing import KeyFormatError, KeyRing, load_public_key
 from streams.registry.acls import DEFAULT_WORKER_GROUP, AclReport, acl_bindings, bus_acls, sync_acls
-from streams.registry.model import BusRegistry, Institution, Subscription
+from streams.registry.model import BusRegistry
+from streams.registry.view import EventTypeRecord, RegistryView
 from streams.settings import KafkaSettings, TopicSettings
 
+__all__ = ["EventTypeRecord", "RegistryView", "apply_registry", "registry_records"]
+
 log = logging.getLogger(__name__)
-
-
-class EventTypeRecord(BaseModel):
-    """An event type as published on ``esb.registry``."""
-
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
-
-    name: str
-    owner: str
-    key: str
-    pii: list[str] = []
-    compatibility: str = "BACKWARD"
-    description: str = ""
-    avro_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
 
 
 def _encode(value: dict[str, Any]) -> bytes:
@@ -91,145 +75,6 @@ def desired_topics(registry: BusRegistry, settings: TopicSettings) -> list[topic
 def replication_factor(settings: TopicSettings, brokers: int) -> int:
     """Replicas of a new topic: the configured number, else 3, or fewer when fewer brokers."""
     return settings.replication_factor or min(3, brokers)
-
-
-class RegistryView:
-    """An in-memory view of ``esb.registry``, kept up to date while running.
-
-    ``await view.start()`` returns once everything written before it is loaded; changes made
-    later arrive within the consumer's poll interval and call the ``on_change`` callbacks.
-    """
-
-    def __init__(self, kafka: KafkaSettings, *, topic: str = topics.REGISTRY) -> None:
-        self._kafka = kafka
-        self._topic = topic
-        self.raw: dict[str, bytes] = {}
-        self.institutions: dict[str, Institution] = {}
-        self.event_types: dict[str, EventTypeRecord] = {}
-        self.subscriptions: dict[str, Subscription] = {}
-        self.keyring = KeyRing()
-        self._key_owner: dict[str, str] = {}
-        self._listeners: list[Callable[[str], None]] = []
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.version = 0
-
-    def on_change(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(key)`` after every applied record."""
-        self._listeners.append(listener)
-
-    @property
-    def key_owners(self) -> dict[str, str]:
-        """Institution of every non-revoked key id."""
-        return self._key_owner
-
-    def key_owner(self, key_id: str) -> str | None:
-        """The institution a (non-revoked) key id belongs to."""
-        return self._key_owner.get(key_id)
-
-    def apply(self, key: str, value: bytes | None) -> None:
-        """Apply one record; a malformed one is logged and skipped, never fatal."""
-        kind, _, name = key.partition("/")
-        try:
-            document = json.loads(value) if value is not None else None
-            if kind == "institution":
-                self._set(self.institutions, name, document, Institution)
-                self._rebuild_keys()
-            elif kind == "event-type":
-                self._set(self.event_types, name, document, EventTypeRecord)
-            elif kind == "subscription":
-                self._set(self.subscriptions, name, document, Subscription)
-            else:
-                log.warning("esb.registry: ignoring record with unknown key %r", key)
-                return
-        except (ValueError, ValidationError) as error:
-            log.warning("esb.registry: ignoring malformed record %r: %s", key, error)
-            return
-        if value is None:
-            self.raw.pop(key, None)
-        else:
-            self.raw[key] = value
-        self.version += 1
-        for listener in self._listeners:
-            listener(key)
-
-    @staticmethod
-    def _set(target: dict[str, Any], name: str, document: Any, model: type[BaseModel]) -> None:
-        if document is None:
-            target.pop(name, None)
-        else:
-            target[name] = model.model_validate(document)
-
-    def _rebuild_keys(self) -> None:
-        ring, owners = KeyRing(), {}
-        for institution in self.institutions.values():
-            for key in institution.keys:
-                if key.revoked:
-                    continue
-                try:
-                    ring.add(key.id, load_public_key(key.public_key))
-                except KeyFormatError as error:
-                    log.warning("esb.registry: key %s of %s: %s", key.id, institution.id, error)
-                    continue
-                owners[key.id] = institution.id
-        self.keyring, self._key_owner = ring, owners
-
-    LOAD_TIMEOUT_S = 30.0
-
-    async def start(self, *, follow: bool = True) -> None:
-        """Load everything up to the current end; with ``follow`` keep reading after."""
-        consumer = AIOKafkaConsumer(
-            **self._kafka.aiokafka_options(), enable_auto_commit=False, group_id=None
-        )
-        await consumer.start()
-        self._consumer = consumer
-        try:
-            try:
-                assigned = await assign_whole_topic(consumer, self._topic)
-            except LookupError:
-                raise LookupError(
-                    f"topic {self._topic} does not exist: run `govesb registry apply` first"
-                ) from None
-            end = await consumer.end_offsets(assigned)
-            await asyncio.wait_for(self._read_until(consumer, end), self.LOAD_TIMEOUT_S)
-        except BaseException:
-            await self.stop()
-            raise
-        if follow:
-            self._task = asyncio.create_task(self._follow(consumer), name="registry-view")
-
-    async def _read_until(self, consumer: AIOKafkaConsumer, end: dict[Any, int]) -> None:
-        for partition, offset in end.items():
-            while await consumer.position(partition) < offset:
-                await self._poll(consumer, 500)
-
-    async def _poll(self, consumer: AIOKafkaConsumer, timeout_ms: int) -> None:
-        batches = await consumer.getmany(timeout_ms=timeout_ms)
-        for records in batches.values():
-            for record in records:
-                if record.key is not None:
-                    self.apply(record.key.decode("utf-8", "replace"), record.value)
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            try:
-                await self._poll(consumer, 1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep the last good view; the consumer reconnects by itself
-                log.exception("esb.registry: reading failed; retrying")
-                await asyncio.sleep(1)
-
-    async def stop(self) -> None:
-        """Stop following and close the consumer."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
 
 
 @dataclass

@@ -36,7 +36,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from connectors.http_sink.delivery import basic_auth
 from deploy.demo_legacy import RITA_SECRET
 from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
+from deploy.worker import DEMO_GATEWAY_ENV, WorkerProcess, start_govesb
 from streams.client.consuming import assign_topics
 from streams.contract import topics
 from streams.contract.jsonavro import to_json
@@ -128,8 +128,7 @@ def start_gateway(bus: BenchBus) -> WorkerProcess:
         {
             "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bus.bootstrap,
             "GOVESB_SCHEMA_REGISTRY__URL": bus.registry_url,
-            "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
-            "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
+            **DEMO_GATEWAY_ENV,
             "GOVESB_CLIENTS__RITA": RITA_SECRET,
             # The benchmark measures the gateway, not its per-institution token bucket.
             "GOVESB_RATE_PER_S": "1000000",

@@ -35,6 +35,7 @@ from deploy.kafka.launcher import LauncherError, LocalBus, free_port
 from deploy.worker import (
     DEMO_BUS_KEY,
     DEMO_BUS_KEY_ID,
+    DEMO_GATEWAY_ENV,
     WorkerProcess,
     start_govesb,
     start_worker,
@@ -384,6 +385,7 @@ def start_gateway(
     port = free_port()
     env = {
         **bus_env(bootstrap, registry_url),
+        **DEMO_GATEWAY_ENV,
         "GOVESB_CLIENTS__RITA": GATEWAY_SECRET,
         **{f"GOVESB_{name.upper()}": value for name, value in settings.items()},
     }

@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from connectors.gateway.app import Gateway
 from connectors.gateway.auth import Authenticator
 from deploy.kafka.launcher import free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
+from deploy.worker import DEMO_GATEWAY_KEY, DEMO_GATEWAY_KEY_ID
 from streams.contract.codec import SchemaStore
 from streams.contract.signing import load_private_key
 from streams.registry.sync import RegistryView
@@ -39,8 +39,8 @@ async def served_gateway(
         catalog=CATALOG,
         schemas=SchemaStore(AsyncSchemaRegistryClient({"url": registry})),
         producer=producer,
-        bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
-        bus_key_id=DEMO_BUS_KEY_ID,
+        bus_key=load_private_key(DEMO_GATEWAY_KEY.read_text()),
+        bus_key_id=DEMO_GATEWAY_KEY_ID,
         auth=Authenticator(clients, **limits),
         **options,
     )

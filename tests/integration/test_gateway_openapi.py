@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from connectors.gateway.openapi import OPENAPI
 from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
+from deploy.worker import DEMO_GATEWAY_ENV, WorkerProcess, start_govesb
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow]
 SECRET = "openapi-client-secret"  # noqa: S105 - a test client's secret
@@ -32,8 +32,7 @@ def gateway_process(kafka: str, registry: str, applied_registry, tmp_path_factor
         {
             "GOVESB_KAFKA__BOOTSTRAP_SERVERS": kafka,
             "GOVESB_SCHEMA_REGISTRY__URL": registry,
-            "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
-            "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
+            **DEMO_GATEWAY_ENV,
             "GOVESB_CLIENTS__NIDA": SECRET,
             "GOVESB_RATE_PER_S": "1000",
             "GOVESB_BURST": "1000",

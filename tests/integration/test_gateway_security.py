@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb
+from deploy.worker import DEMO_GATEWAY_ENV, DEMO_GATEWAY_KEY, WorkerProcess, start_govesb
 from tests.corpus.malformed import (
     CITIZEN,
     DEATH,
@@ -82,8 +82,7 @@ def gateway(
             # Sent as HTTP Basic on every registry call (the test registry ignores it).
             "GOVESB_SCHEMA_REGISTRY__USERNAME": "gateway",
             "GOVESB_SCHEMA_REGISTRY__PASSWORD": secrets["registry"],
-            "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
-            "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
+            **DEMO_GATEWAY_ENV,
             "GOVESB_CLIENTS__NIDA": secrets["nida"],
             "GOVESB_CLIENTS__RITA": secrets["rita"],
             "GOVESB_TOKEN_TTL_S": str(TOKEN_TTL_S),
@@ -257,9 +256,9 @@ async def test_a_replayed_push_is_refused_however_its_signature_is_encoded(
 
 
 def _bus_key_forms() -> dict[str, str]:
-    """Every text of the bus private key that could leak: the PEM, its lines, base64 DER,
-    the private scalar in hex and decimal."""
-    pem = DEMO_BUS_KEY.read_text()
+    """Every text of the gateway's private key that could leak: the PEM, its lines, base64
+    DER, the private scalar in hex and decimal."""
+    pem = DEMO_GATEWAY_KEY.read_text()
     key = serialization.load_pem_private_key(pem.encode(), password=None)
     assert isinstance(key, EllipticCurvePrivateKey)
     der = key.private_bytes(

@@ -83,8 +83,11 @@ class SecureBus:
             *((user, self.passwords[user]) if user else self.admin)
         )
         result = runner.invoke(
-            app, ["--bootstrap", self.bus.secure_bootstrap, "registry", "apply", str(path)], env=env
-        )
+            app,
+            ["--bootstrap", self.bus.secure_bootstrap, "--schema-registry", self.bus.registry_url,
+             "registry", "apply", str(path)],
+            env=env,
+        )  # fmt: skip
         assert result.exit_code == 0, result.output
         return result.output
 

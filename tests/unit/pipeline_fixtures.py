@@ -31,11 +31,11 @@ SCHEMA_IDS = {t.name: 100 + n for n, t in enumerate(CATALOG)}
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
 
-def registry_view() -> RegistryView:
-    """The example registry, loaded into a view without Kafka."""
+def registry_view(**options: Any) -> RegistryView:
+    """The example registry, loaded into a view without Kafka; ``options`` as RegistryView's."""
     registry, problems = load_registry(REPO_ROOT / "deploy" / "registry.example.yaml")
     assert registry is not None, problems
-    view = RegistryView(KafkaSettings())
+    view = RegistryView(KafkaSettings(), **options)
     for key, value in registry_records(registry).items():
         view.apply(key, value)
     return view
@@ -43,7 +43,9 @@ def registry_view() -> RegistryView:
 
 def directory(view: RegistryView | None = None) -> Directory:
     view = view or registry_view()
-    return Directory(view.event_types, view.key_owners, view.keyring)
+    return Directory(view.event_types, view.key_owners, view.keyring,
+                     gateway_keys=view.gateway_keys, refused_keys=view.refused_keys,
+                     withheld=view.withheld)  # fmt: skip
 
 
 def writer(event_type: str) -> WriterSchema:

@@ -31,7 +31,7 @@ from connectors.gateway.errors import HttpError
 from connectors.gateway.govesb import exact_data
 from connectors.gateway.strict_json import parse_strict
 from deploy.kafka.launcher import free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
+from deploy.worker import DEMO_GATEWAY_KEY, DEMO_GATEWAY_KEY_ID
 from streams.contract.codec import WriterSchema, decode_body, encode, schema_id_of
 from streams.contract.envelope import Envelope
 from streams.contract.reasons import EventError
@@ -70,7 +70,7 @@ WRITERS = {
     SCHEMA_IDS[e.name]: WriterSchema(SCHEMA_IDS[e.name], e.name, e.parsed, e.schema_text)
     for e in CATALOG
 }
-DIRECTORY = directory()
+DIRECTORY = directory(registry_view(gateway_keys=[DEMO_GATEWAY_KEY_ID]))
 FORGE = Forge(SCHEMA_IDS)
 ENVELOPE_HEADERS = (
     "ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject",
@@ -325,12 +325,12 @@ def served_gateway() -> Iterator[tuple[asyncio.AbstractEventLoop, int, Gateway]]
         token_failures_per_client=10**9, token_failures_per_ip=10**9,
     )  # fmt: skip
     gateway = Gateway(
-        view=registry_view(),
+        view=registry_view(gateway_keys=[DEMO_GATEWAY_KEY_ID]),
         catalog=CATALOG,
         schemas=_StubSchemas(),  # type: ignore[arg-type]
         producer=_StubProducer(),  # type: ignore[arg-type]
-        bus_key=load_private_key(DEMO_BUS_KEY.read_text()),
-        bus_key_id=DEMO_BUS_KEY_ID,
+        bus_key=load_private_key(DEMO_GATEWAY_KEY.read_text()),
+        bus_key_id=DEMO_GATEWAY_KEY_ID,
         auth=auth,
         max_body_bytes=4_000,
     )

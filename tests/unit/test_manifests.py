@@ -348,6 +348,9 @@ def test_workloads_use_only_config_maps_and_secrets_that_are_defined_or_document
                 ref = variable.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     secrets.add(ref["name"])
+                map_ref = variable.get("valueFrom", {}).get("configMapKeyRef")
+                if map_ref:
+                    maps.add(map_ref["name"])
         for volume in pod.get("volumes", []):
             if "secret" in volume:
                 secrets.add(volume["secret"]["secretName"])
@@ -390,3 +393,27 @@ def test_every_process_has_its_kafka_user() -> None:
                 "name": env["GOVESB_KAFKA__SASL_USERNAME"]["value"],
                 "key": "password",
             }
+
+
+def test_no_published_demo_key_is_configured_on_kubernetes() -> None:
+    from streams.settings import DEMO_KEY_IDS
+
+    for path in sorted(K8S.rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert not [key_id for key_id in DEMO_KEY_IDS if key_id in text], path
+        assert ".key.pem=deploy/demo-keys" not in text, path
+
+
+def test_each_bus_process_signs_with_the_key_of_its_role() -> None:
+    """Worker and sink: the delivery key; the gateway: its own; the worker knows the gateway's."""
+
+    def env(name: str) -> dict[str, Any]:
+        deployment = next(d for d in of_kind("Deployment") if d["metadata"]["name"] == name)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return {v["name"]: v.get("valueFrom", {}).get("configMapKeyRef", {}).get("key")
+                or v.get("value") for v in container["env"]}  # fmt: skip
+
+    worker, sink, gateway = env("govesb-worker"), env("govesb-sink-utumishi"), env("govesb-gateway")
+    assert worker["GOVESB_SIGNING_KEY_ID"] == sink["GOVESB_SIGNING_KEY_ID"] == "delivery-key-id"
+    assert gateway["GOVESB_SIGNING_KEY_ID"] == worker["GOVESB_GATEWAY_KEY_IDS"] == "gateway-key-id"
+    assert gateway["GOVESB_SIGNING_KEY_FILE"] != worker["GOVESB_SIGNING_KEY_FILE"]

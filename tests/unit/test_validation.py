@@ -17,6 +17,7 @@ from tests.unit.pipeline_fixtures import (
     as_record,
     directory,
     prepared,
+    registry_view,
     sample,
     writer,
 )
@@ -165,21 +166,102 @@ def test_a_repeated_event_id_is_a_duplicate_but_a_reread_is_not() -> None:
     )  # expired
 
 
-def test_an_event_the_gateway_signed_with_the_bus_key_is_accepted_for_the_publisher() -> None:
+GATEWAY_KEY_ID = "ega-811cb62f3e2d"
+DELIVERY_KEY_ID = "ega-d06f8e0a5d19"
+
+
+def _signed_by_the_bus(event, key_file: str, key_id: str, via_gateway: bool = True) -> list:
+    """``event``'s headers as the gateway would publish it, signed with an operator key."""
     from streams.contract.signing import load_private_key, sign_event
     from streams.settings import REPO_ROOT
 
-    event = prepared("nida", CITIZEN)
     env = event.envelope
-    bus = load_private_key((REPO_ROOT / "deploy/demo-keys/ega.key.pem").read_text())
-    signature = sign_event(bus, env.id, env.source, env.type, env.time, event.value)
+    key = load_private_key((REPO_ROOT / "deploy/demo-keys" / key_file).read_text())
+    signature = sign_event(key, env.id, env.source, env.type, env.time, event.value)
     headers = [(k, v) for k, v in event.headers if k not in ("ce_sigkeyid", "ce_signature")] + [
-        ("ce_sigkeyid", b"ega-d06f8e0a5d19"),
+        ("ce_sigkeyid", key_id.encode()),
         ("ce_signature", signature.encode()),
     ]
-    valid = validate(as_record(event, headers=headers), directory(), writer(CITIZEN),
+    return [*headers, ("esb_via", b"gateway")] if via_gateway else headers
+
+
+def _gateway_directory():
+    return directory(registry_view(gateway_keys=[GATEWAY_KEY_ID]))
+
+
+def test_an_event_the_gateway_signed_with_the_bus_key_is_accepted_for_the_publisher() -> None:
+    event = prepared("nida", CITIZEN)
+    headers = _signed_by_the_bus(event, "ega-gateway.key.pem", GATEWAY_KEY_ID)
+    valid = validate(as_record(event, headers=headers), _gateway_directory(), writer(CITIZEN),
                      dt.datetime.now(dt.UTC))  # fmt: skip
     assert valid.publisher == "nida"
+
+
+@pytest.mark.parametrize(
+    ("key_file", "key_id", "via_gateway", "detail"),
+    [
+        # The gateway's key, on an event that did not come through the gateway.
+        ("ega-gateway.key.pem", GATEWAY_KEY_ID, False,
+         "key id 'ega-811cb62f3e2d' is the gateway's: accepted only on events that came "
+         "through the gateway"),
+        # The delivery key never signs ingress, even marked as the gateway's.
+        ("ega.key.pem", DELIVERY_KEY_ID, True, "key id 'ega-d06f8e0a5d19' is not a key of nida"),
+        ("ega.key.pem", DELIVERY_KEY_ID, False, "key id 'ega-d06f8e0a5d19' is not a key of nida"),
+    ],
+)  # fmt: skip
+def test_the_operators_keys_sign_ingress_only_in_their_role(
+    key_file: str, key_id: str, via_gateway: bool, detail: str
+) -> None:
+    event = prepared("nida", CITIZEN)
+    headers = _signed_by_the_bus(event, key_file, key_id, via_gateway)
+    with pytest.raises(EventError) as refused:
+        validate(as_record(event, headers=headers), _gateway_directory(), writer(CITIZEN),
+                 dt.datetime.now(dt.UTC))  # fmt: skip
+    assert (refused.value.reason, refused.value.detail) == (Reason.UNKNOWN_KEY, detail)
+
+
+def test_a_gateway_key_not_listed_as_such_is_not_accepted_for_another_institution() -> None:
+    event = prepared("nida", CITIZEN)
+    headers = _signed_by_the_bus(event, "ega-gateway.key.pem", GATEWAY_KEY_ID)
+    reason, detail = _reason(as_record(event, headers=headers))  # no gateway_keys configured
+    assert (reason, detail) == (
+        Reason.UNKNOWN_KEY,
+        "key id 'ega-811cb62f3e2d' is not a key of nida",
+    )
+
+
+def test_a_published_demo_key_is_refused_unless_allowed() -> None:
+    from streams.settings import DEMO_KEY_IDS, WorkerSettings
+
+    event = prepared("nida", CITIZEN)
+    refused_view = registry_view(refused_keys=WorkerSettings().refused_key_ids)
+    with pytest.raises(EventError) as refused:
+        validate(as_record(event), directory(refused_view), writer(CITIZEN),
+                 dt.datetime.now(dt.UTC))  # fmt: skip
+    assert (refused.value.reason, refused.value.detail) == (
+        Reason.UNKNOWN_KEY,
+        "key id 'nida-2e3f1f063154' is a published demo key: refused outside the dev stack",
+    )
+    assert refused_view.key_owner("nida-2e3f1f063154") is None
+    assert set(DEMO_KEY_IDS) == WorkerSettings().refused_key_ids
+    allowed = WorkerSettings(allow_demo_keys=True)
+    assert allowed.refused_key_ids == frozenset()
+    view = registry_view(refused_keys=allowed.refused_key_ids)
+    assert validate(as_record(event), directory(view), writer(CITIZEN),
+                    dt.datetime.now(dt.UTC)).publisher == "nida"  # fmt: skip
+
+
+def test_a_worker_will_not_sign_with_a_demo_or_gateway_key_unless_allowed(tmp_path) -> None:
+    from streams.settings import WorkerSettings
+
+    key = tmp_path / "bus.key.pem"
+    demo = WorkerSettings(signing_key_file=key, signing_key_id="ega-d06f8e0a5d19")
+    assert "ega-d06f8e0a5d19 is a published demo key" in (demo.key_problem() or "")
+    allowed = demo.model_copy(update={"allow_demo_keys": True})
+    assert allowed.key_problem() is None
+    gateway = allowed.model_copy(update={"gateway_key_ids": ["ega-d06f8e0a5d19"]})
+    assert "is a gateway key" in (gateway.key_problem() or "")
+    assert "set GOVESB_SIGNING_KEY_FILE" in (WorkerSettings().key_problem() or "")
 
 
 def test_a_record_the_consumer_could_not_read_as_sent_is_refused_with_why() -> None:
