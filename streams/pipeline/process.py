@@ -17,7 +17,7 @@ from typing import Any
 
 import fastavro
 
-from streams.audit.chain import AuditChain
+from streams.audit.chain import SUBJECT_KEY_PURPOSE, AuditChain, subject_digest
 from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode, schema_id_of
 from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
@@ -90,6 +90,8 @@ class Pipeline:
         self._pinned: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
         self._delivery_ids: dict[tuple[str, str, int | str], tuple[int, Any]] = {}
         self._agreement_json: dict[int, tuple[Subscription, str]] = {}
+        # Business keys go to the audit log keyed-hashed (streams.trace finds them by it).
+        self._subject_key = bus_key.key.derive_key(SUBJECT_KEY_PURPOSE)
 
     def directory(self) -> Directory:
         """The registry facts validation needs, from the live view."""
@@ -131,8 +133,9 @@ class Pipeline:
             )
         subscribers = tuple(dict.fromkeys(s.subscriber for s in subscriptions))
         audit = self._audit(
-            "routed" if subscribers else "received", record, event.envelope, now, subscribers
-        )
+            "routed" if subscribers else "received", record, event.envelope, now, subscribers,
+            agreements=tuple(s.id for s in subscriptions),
+        )  # fmt: skip
         return Outcome(
             [*deliveries, audit], event.publisher, event.envelope.type, None, subscribers
         )
@@ -151,7 +154,9 @@ class Pipeline:
             ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
         )
         rejected = Output(topics.rejected(publisher), record.key, record.value, headers)
-        audit = self._audit("rejected", record, envelope, now, (), reason=error.reason)
+        audit = self._audit(
+            "rejected", record, envelope, now, (), reason=error.reason, detail=error.detail
+        )
         return Outcome(
             [rejected, audit],
             publisher,
@@ -241,6 +246,8 @@ class Pipeline:
         now: dt.datetime,
         subscribers: tuple[str, ...],
         reason: Reason | None = None,
+        agreements: tuple[str, ...] = (),
+        detail: str | None = None,
     ) -> Output:
         key, value = self.chain.append(
             outcome=outcome,
@@ -252,5 +259,10 @@ class Pipeline:
             reason=str(reason) if reason else None,
             source=record.position,
             time=now,
+            subject=subject_digest(self._subject_key, envelope.subject)
+            if envelope and envelope.subject
+            else None,
+            agreements=agreements,
+            detail=detail,
         )
         return Output(topics.AUDIT, key, value)
