@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import typer
 
 from streams import __version__
-from streams.cli import audit, dr, events, keys, registry, schemas, worker
+from streams.cli import audit, dr, events, keys, registry, schemas, trace, worker
 from streams.cli.common import configure, out
 
 Register = Callable[[typer.Typer], None]
@@ -25,6 +25,7 @@ BUS_COMMANDS: tuple[Register, ...] = (
     schemas.register,
     registry.register,
     audit.register,
+    trace.register,
     dr.register,
 )
 
