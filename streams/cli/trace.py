@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from aiokafka.errors import KafkaError
-from rich.table import Table
 
 from streams.cli.common import Failure, err, out, run, settings_of
 
 if TYPE_CHECKING:
     from streams.settings import TraceSettings
+    from streams.trace.queries import Step
     from streams.trace.store import TraceStore
 
 index_app = typer.Typer(help="The trace index of the audit log.", no_args_is_help=True)
@@ -98,19 +98,8 @@ def trace_command(
     for delivery in found.deliveries:
         out.print(f"  delivered under {delivery.agreement or '?'} to {delivery.subscriber} "
                   f"({delivery.topic})")  # fmt: skip
-    table = Table("time", "step", "subscriber", "agreement", "status", "attempt", "detail")
     for step in found.steps:
-        table.add_row(
-            step.time,
-            step.what,
-            step.subscriber or "",
-            step.agreement or "",
-            str(step.status) if step.status else "",
-            str(step.attempt) if step.attempt else "",
-            " ".join(x for x in (step.reason if step.what == "rejected" else None, step.detail)
-                     if x),
-        )  # fmt: skip
-    out.print(table)
+        out.print("  ".join(x for x in _step_line(step) if x))
 
 
 def track_command(
@@ -164,16 +153,29 @@ def track_command(
     if as_json:
         out.print_json(_as_json(found))
         return
-    table = Table("delivered", "event type", "agreement", "to", "fields", "masked", "purpose",
-                  "endpoint 2xx")  # fmt: skip
     for d in found.disclosures:
-        to = f"{d.subscriber} ({d.delivery})"
-        fields, masked = ", ".join(d.fields), ", ".join(d.masked)
-        table.add_row(d.time, d.event_type, d.agreement, to, fields, masked, d.purpose,
-                      d.received_at or "")  # fmt: skip
-    out.print(table)
+        out.print(f"{d.time}  {d.event_type}  event {d.event_id}")
+        masked = f" (masked: {', '.join(d.masked)})" if d.masked else ""
+        out.print(f"  to {d.subscriber} under {d.agreement} ({d.delivery}): "
+                  f"{', '.join(d.fields)}{masked}")  # fmt: skip
+        if d.received_at:
+            out.print(f"  endpoint answered {d.status} at {d.received_at}")
+        out.print(f"  purpose: {d.purpose or '(none given)'}")
     out.print(f"{len(found.disclosures)} delivery(ies) about this key, for {found.asker}; "
               "this lookup is recorded in esb.audit")  # fmt: skip
+
+
+def _step_line(step: Step) -> tuple[str, ...]:
+    who = f"{step.subscriber} under {step.agreement}" if step.agreement else step.subscriber
+    return (
+        step.time,
+        f"{step.what:<13}",
+        who or "",
+        f"HTTP {step.status}" if step.status else "",
+        f"attempt {step.attempt}" if step.attempt else "",
+        f"{step.reason}: {step.detail}" if step.what == "rejected" else step.detail or "",
+        f"by {step.by.split('/')[0]}" if step.what == "received" else "",
+    )
 
 
 def raise_exit(message: str, code: int) -> NoReturn:

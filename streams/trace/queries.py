@@ -112,11 +112,17 @@ def trace(store: TraceStore, event_id: str) -> Trace | None:
         return None
     subscribers = _subscriber_of(store.agreement_versions(a for e in entries for a in e.agreements))
     first = next((e for e in entries if e.outcome in WORKER_OUTCOMES), None)
-    # The first record of the worker decides: a later copy is a duplicate the worker refused.
-    deliveries = _deliveries(first, subscribers) if first else []
+    # The first record of a worker decides acceptance (a later copy of the event is a
+    # duplicate it refused); deliveries are those of every record that routed it (after a
+    # worker restart, an event read again is routed again by another chain).
     steps: list[Step] = []
+    deliveries: dict[tuple[str, str | None], Delivery] = {}
     for entry in entries:
-        steps += _steps(entry, deliveries if entry is first else _deliveries(entry, subscribers))
+        routed = _deliveries(entry, subscribers) if entry.outcome == "routed" else []
+        deliveries.update({(d.subscriber, d.agreement): d for d in routed})
+        steps += _steps(entry, routed)
+    named = {subscriber for subscriber, agreement in deliveries if agreement}
+    kept = tuple(d for (s, a), d in deliveries.items() if a or s not in named)
     return Trace(
         event_id=event_id,
         event_type=next((e.event_type for e in entries if e.event_type), None),
@@ -124,8 +130,10 @@ def trace(store: TraceStore, event_id: str) -> Trace | None:
         received_at=first.time if first else None,
         accepted=None if first is None else first.outcome != "rejected",
         reason=first.reason if first and first.outcome == "rejected" else None,
-        detail=first.detail if first and first.outcome == "rejected" else None,
-        deliveries=tuple(deliveries),
+        detail=next((e.detail for e in entries if e.outcome == "rejected" and e.detail), None)
+        if first and first.outcome == "rejected"
+        else None,
+        deliveries=tuple(sorted(kept, key=lambda d: (d.subscriber, d.agreement or ""))),
         steps=tuple(steps),
     )
 

@@ -1,10 +1,11 @@
 """Where the trace index keeps its rows: a small interface, and SQLite (stdlib, WAL, one file).
 
 Every write is idempotent: an audit record is identified by its chain and sequence number,
-an agreement version by its id and the digest of its registry record, so reading the same
-topic records again changes nothing. The read positions are stored in the same transaction
-as the rows they produced. The SQL is kept portable (``INSERT … ON CONFLICT DO NOTHING``,
-no SQLite-only types) so a PostgreSQL store needs only another connection and paramstyle.
+an agreement version by its id, the time it was written and the digest of its registry record
+(a change undone is a version again), so reading the same topic records again changes
+nothing. The read positions are stored in the same transaction as the rows they produced.
+The SQL is kept portable (``INSERT … ON CONFLICT DO NOTHING``, no SQLite-only types) so a
+PostgreSQL store needs only another connection and paramstyle.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS agreement_version (
         id TEXT NOT NULL, digest TEXT NOT NULL, valid_from TEXT NOT NULL, subscriber TEXT NOT NULL,
         event_types TEXT NOT NULL, fields TEXT NOT NULL, mask TEXT NOT NULL, purpose TEXT NOT NULL,
-        delivery TEXT NOT NULL, PRIMARY KEY (id, digest))""",
+        delivery TEXT NOT NULL, PRIMARY KEY (id, valid_from, digest))""",
     """CREATE TABLE IF NOT EXISTS event_type_owner (
         event_type TEXT PRIMARY KEY, owner TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS read_position (
