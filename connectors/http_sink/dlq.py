@@ -2,7 +2,8 @@
 
 Replay copies dead letters back to ``esb.deliver.<subscriber>`` with their original headers
 (so the same ``ce_id``, signature and agreement) minus the sink's ``esb_*`` error headers;
-the sink then delivers them like any other record.
+the sink then delivers them like any other record. Each replay is also an audit record
+(``outcome: replayed``, from which dead letter), so an event's trace shows it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.audit.chain import new_chain
 from streams.client.consuming import assign_whole_topic
 from streams.contract import topics
 from streams.settings import KafkaSettings
@@ -79,6 +81,7 @@ async def replay(kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter
     """Send ``letters`` back to the deliver topic (acks=all); return how many."""
     producer = AIOKafkaProducer(**kafka.durable_producer_options())
     await producer.start()
+    chain = new_chain("dlq-replay")
     try:
         for letter in letters:
             headers = [(k, v) for k, v in letter.headers if k not in SINK_HEADERS]
@@ -88,6 +91,17 @@ async def replay(kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter
             await producer.send(
                 topics.deliver(subscriber), letter.value, key=letter.key, headers=headers
             )
+            source = letter.header("ce_source").split("/")
+            key, value = chain.append(
+                outcome="replayed",
+                event_id=letter.event_id,
+                publisher=source[2] if len(source) > 2 else "",
+                event_type=letter.header("ce_type") or None,
+                payload_sha256=None,
+                subscribers=[subscriber],
+                reason=f"from {topics.dlq(subscriber)}[{letter.partition}]@{letter.offset}",
+            )
+            await producer.send(topics.AUDIT, value, key=key)
         await producer.flush()
     finally:
         await producer.stop()

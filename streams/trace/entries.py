@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # Outcomes written by the worker (received, routed, rejected), the HTTP sink (retrying,
-# delivered, dead-lettered) and the data tracker (lookup).
+# delivered, dead-lettered), `govesb dlq replay` (replayed) and the data tracker (lookup).
 WORKER_OUTCOMES = frozenset({"received", "routed", "rejected"})
-SINK_OUTCOMES = frozenset({"retrying", "delivered", "dead-lettered"})
+SINK_OUTCOMES = frozenset({"retrying", "delivered", "dead-lettered", "replayed"})
 LOOKUP = "lookup"
 _RECEIPT = re.compile(r"status=(\d+) attempts=(\d+)(?: latency_ms=(\d+))?")
 

@@ -30,7 +30,7 @@ class Step:
     """One thing that happened to an event, when, and which process said so (``by``)."""
 
     time: str
-    what: str  # received, accepted, rejected, routed, attempt, delivered, dead-lettered
+    what: str  # received accepted rejected routed attempt delivered dead-lettered replayed
     by: str
     subscriber: str | None = None
     agreement: str | None = None
@@ -95,8 +95,10 @@ def _steps(entry: AuditEntry, deliveries: list[Delivery]) -> list[Step]:
             Step(entry.time, "routed", entry.chain, d.subscriber, d.agreement, detail=d.topic)
             for d in deliveries
         ]
-    receipt = parse_receipt(entry.reason)
     subscriber = entry.subscribers[0] if entry.subscribers else None
+    if entry.outcome == "replayed":
+        return [Step(entry.time, "replayed", entry.chain, subscriber, detail=entry.reason)]
+    receipt = parse_receipt(entry.reason)
     what = "attempt" if entry.outcome == "retrying" else entry.outcome
     detail = topics.dlq(subscriber or "?") if entry.outcome == "dead-lettered" else None
     return [

@@ -42,13 +42,14 @@ class FirstTimeUnavailable:
     def __init__(self) -> None:
         self.refused: set[str] = set()
         self.received: list[str] = []
+        self.first_answer = 503  # 422: the first request of each event is refused for good
 
     async def handle(self, request: web.Request) -> web.Response:
         event_id = request.headers.get("ce-id", "")
         await request.read()
         if request.headers.get("ce-source") == SOURCE and event_id not in self.refused:
             self.refused.add(event_id)
-            return web.Response(status=503, text="warming up")
+            return web.Response(status=self.first_answer, text="not now")
         self.received.append(event_id)
         return web.json_response({"ok": True})
 
@@ -203,6 +204,41 @@ async def test_a_delivered_event_is_traced_through_worker_agreements_and_http_at
         assert {k: v for k, v in again.items() if k != "steps"} == {
             k: v for k, v in found.items() if k != "steps"
         }
+
+
+async def _publish_routed(kafka: str, registry: str, cli: Any, subscriber: Any) -> str:
+    """A death published and routed under the test's own agreement; its event id."""
+    name, apply = subscriber
+    for _ in range(3):  # another test's `registry apply` on the shared bus may drop our agreement
+        [(event_id, _)] = await _publish_deaths(kafka, registry, 1, keys=1)
+        found = await _trace_until(cli, event_id, "routed")
+        if (name, f"{name}-deaths") in {
+            (d["subscriber"], d["agreement"]) for d in found["deliveries"]
+        }:
+            return event_id
+        await apply()
+    raise AssertionError(f"{name}-deaths never routed: {found}")
+
+
+async def test_a_dead_letter_and_its_replay_are_in_the_trace(
+    kafka: str, registry: str, endpoint, subscriber, cli
+) -> None:
+    endpoint.first_answer = 422
+    name, _ = subscriber
+    event_id = await _publish_routed(kafka, registry, cli, subscriber)
+    found = await _trace_until(cli, event_id, "dead-lettered")
+    dead = next(s for s in found["steps"] if s["what"] == "dead-lettered")
+    assert (dead["subscriber"], dead["status"], dead["attempt"]) == (name, 422, 1)
+    assert dead["detail"] == f"esb.dlq.{name}"
+
+    replayed = await cli("dlq", "replay", "--subscriber", name, "--ids", event_id)
+    assert "replayed 1 dead letter(s)" in replayed.output, replayed.output
+    found = await _trace_until(cli, event_id, "delivered")
+    sink = [(s["what"], s["status"]) for s in found["steps"]
+            if s["what"] in ("dead-lettered", "replayed", "delivered")]  # fmt: skip
+    assert sink[:3] == [("dead-lettered", 422), ("replayed", None), ("delivered", 200)]
+    replay = next(s for s in found["steps"] if s["what"] == "replayed")
+    assert replay["detail"].startswith(f"from esb.dlq.{name}[")
 
 
 async def test_a_rejected_event_shows_its_reason_and_detail(
