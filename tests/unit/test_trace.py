@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,41 @@ async def test_the_tracker_answers_operators_and_owners_and_records_every_lookup
     ]
     with pytest.raises(ValueError, match="either"):
         Asker(operator="alice", institution="nida")
+
+
+def registry_record(offset: int, key: str, value: bytes | None, moment: dt.datetime) -> Any:
+    from aiokafka import ConsumerRecord
+
+    return ConsumerRecord(
+        "esb.registry", 0, offset, int(moment.timestamp() * 1000), 0, key.encode(), value,
+        None, 0, 0, (),
+    )  # fmt: skip
+
+
+async def test_the_fields_shown_are_the_agreements_as_they_were_when_delivered(
+    tmp_path: Path,
+) -> None:
+    from streams.trace.index import batch_of
+
+    store = SqliteStore(tmp_path / "index.sqlite")
+    fill(store)  # delivered at 09:00:00 under tra-id (nin, firstName)
+    narrow = agreement("tra-id", "tra", ["nin"])
+    wide = agreement("tra-id", "tra", ["nin", "firstName", "phoneNumber"])
+    records = [
+        registry_record(0, "subscription/tra-id", wide, at(-30)),  # changed before delivery
+        registry_record(1, "subscription/tra-id", narrow, at(30)),  # and after it
+        registry_record(2, "subscription/tra-id", wide, at(60)),  # the same bytes again
+        registry_record(3, "subscription/tra-id", None, at(90)),  # removed: history stays
+        registry_record(4, "event-type/x", b"not json", at(90)),
+        registry_record(5, "event-type/y", b'{"name": "y", "owner": "tra"}', at(90)),
+    ]
+    batch = batch_of(records)
+    assert len(batch.agreements) == 3
+    assert batch.owners == {"y": "tra"}
+    assert batch.positions == {("esb.registry", 0): 6}
+    store.write(batch, not_before="2000-01-01")
+    store.write(batch_of(records), not_before="2000-01-01")  # read again: nothing changes
+    answer = await track(store, KEY, NIN, Asker(operator="alice"), Recorder())
+    tra = next(d for d in answer.disclosures if d.agreement == "tra-id")
+    assert tra.fields == ("nin", "firstName", "phoneNumber")
+    assert len(store.agreement_versions(["tra-id"])) == 4
