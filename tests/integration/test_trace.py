@@ -4,6 +4,7 @@ and a real aiohttp endpoint; the index is a real SQLite file read back as a user
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -326,3 +327,39 @@ async def test_the_data_tracker_answers_operators_and_the_owner_and_refuses_othe
         ("institution:brela", "refused"),
     ]
     assert lookups[0][1] == f"allowed found={len(answer['disclosures'])}"
+
+
+async def test_index_follow_keeps_the_index_up_to_date_until_sigterm(
+    kafka: str, registry: str, start_worker, tmp_path: Path
+) -> None:
+    start_worker()
+    database = tmp_path / "followed.sqlite"
+    env = {**os.environ, "GOVESB_TRACE__DATABASE": str(database)}
+    with (tmp_path / "follow.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("govesb")), "--bootstrap", kafka, "index", "follow",
+            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        )  # fmt: skip
+    try:
+        async with _publisher(kafka, registry, "nida") as nida:
+            event_id = await nida.publish(CITIZEN, sample(CITIZEN))
+
+        def routed() -> bool:
+            if not database.exists():
+                return False
+            with contextlib.closing(sqlite3.connect(database, timeout=30)) as db:
+                try:
+                    query = "SELECT count(*) FROM audit_record WHERE event_id = ? AND outcome = ?"
+                    return bool(db.execute(query, (event_id, "routed")).fetchone()[0])
+                except sqlite3.OperationalError:  # the follower has not created its tables yet
+                    return False
+
+        deadline = time.monotonic() + 90
+        while not await asyncio.to_thread(routed):
+            assert process.returncode is None, (tmp_path / "follow.log").read_text()
+            assert time.monotonic() < deadline, "the follower did not index the event"
+            await asyncio.sleep(0.5)
+    finally:
+        process.terminate()
+        code = await asyncio.wait_for(process.wait(), 30)
+    assert code == 0, (tmp_path / "follow.log").read_text()
