@@ -221,3 +221,31 @@ async def test_the_fields_shown_are_the_agreements_as_they_were_when_delivered(
     tra = next(d for d in answer.disclosures if d.agreement == "tra-id")
     assert tra.fields == ("nin", "firstName", "phoneNumber")
     assert len(store.agreement_versions(["tra-id"])) == 4
+
+
+async def test_the_worker_audits_the_hashed_key_the_agreements_and_the_rejection_detail() -> None:
+    from streams.contract.signing import load_private_key
+    from streams.pipeline.process import BusKey, Pipeline
+    from streams.settings import REPO_ROOT
+    from tests.unit.pipeline_fixtures import as_record, prepared, registry_view
+    from tests.unit.test_agent_wiring import OfflineSchemas
+
+    bus = load_private_key((REPO_ROOT / "deploy/demo-keys/ega.key.pem").read_text())
+    pipeline = Pipeline(registry_view(), OfflineSchemas(), BusKey("ega", bus), AuditChain("t"))
+    good = prepared("nida", "tz.go.nida.CitizenRegistered")
+    routed = (await pipeline.handle(as_record(good))).outputs[-1]
+    body = json.loads(routed.value or b"")
+    assert (body["outcome"], body["agreements"]) == ("routed", ["tra-citizen-identity"])
+    assert body["subject"] == subject_digest(
+        bus.derive_key(SUBJECT_KEY_PURPOSE), good.envelope.subject
+    )
+    assert good.envelope.subject.encode() not in (routed.value or b"")
+
+    tampered = bytearray(good.value)
+    tampered[-1] ^= 1
+    bad = prepared("nida", "tz.go.nida.CitizenRegistered")
+    rejected = (await pipeline.handle(as_record(bad, value=bytes(tampered)))).outputs[-1]
+    body = json.loads(rejected.value or b"")
+    assert (body["outcome"], body["reason"]) == ("rejected", "bad-signature")
+    assert body["detail"] == "signature does not verify with nida-2e3f1f063154"
+    assert "agreements" not in body
