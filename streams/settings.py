@@ -248,10 +248,10 @@ class IndexSettings(BaseModel):
         description="the index's SQLite file (WAL; created when missing, rebuilt from "
         "`esb.audit` when deleted)",
     )
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
-        description="a `postgresql://…` URL to keep the index in PostgreSQL instead; "
-        "not supported yet (the commands refuse to start with it set)",
+        description="a `postgresql://user:password@host/db` URL (libpq form) to keep the index "
+        "in PostgreSQL instead of the SQLite file (production: several readers, one follower)",
     )
     retention_days: float = Field(
         default=30.0,

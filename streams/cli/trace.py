@@ -36,12 +36,14 @@ def _settings(ctx: typer.Context) -> TraceSettings:
 
 
 def _store(settings: TraceSettings) -> TraceStore:
-    from streams.trace.store import open_store
+    from streams.trace.store import StoreUnavailable, open_store
 
+    url = settings.trace.database_url
     try:
-        return open_store(settings.trace.database, settings.trace.database_url)
-    except NotImplementedError as error:
-        raise Failure(str(error)) from None
+        return open_store(settings.trace.database, url.get_secret_value() if url else None)
+    except StoreUnavailable as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
 
 
 async def _catch_up(settings: TraceSettings, store: TraceStore) -> int:
@@ -186,13 +188,11 @@ def raise_exit(message: str, code: int) -> NoReturn:
 
 @index_app.command("rebuild")
 def index_rebuild(ctx: typer.Context) -> None:
-    """Delete the index file and read esb.audit again from the beginning."""
+    """Empty the index and read esb.audit again from the beginning."""
     settings = _settings(ctx)
-    if settings.trace.database_url is None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{settings.trace.database}{suffix}").unlink(missing_ok=True)
     store = _store(settings)
     try:
+        store.reset()
         added = run(_catch_up(settings, store))
     finally:
         store.close()

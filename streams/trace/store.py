@@ -1,20 +1,21 @@
-"""Where the trace index keeps its rows: a small interface, and SQLite (stdlib, WAL, one file).
+"""Where the trace index keeps its rows: a small interface, SQLite (stdlib, WAL, one file) by
+default and PostgreSQL (psycopg) through one setting.
 
 Every write is idempotent: an audit record is identified by its chain and sequence number,
 an agreement version by its id, the time it was written and the digest of its registry record
 (a change undone is a version again), so reading the same topic records again changes
 nothing. The read positions are stored in the same transaction as the rows they produced.
-The SQL is kept portable (``INSERT … ON CONFLICT DO NOTHING``, no SQLite-only types) so a
-PostgreSQL store needs only another connection and paramstyle.
+The SQL is portable (``INSERT … ON CONFLICT``, no engine-specific types): both stores run the
+same statements, only the connection and the parameter marks differ.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from streams.trace.entries import Agreement, AuditEntry
 
@@ -55,7 +56,7 @@ class Batch:
 
 
 class TraceStore(Protocol):
-    """The index's storage; SQLite here, PostgreSQL later behind the same methods."""
+    """The index's storage (SQLite or PostgreSQL behind the same methods)."""
 
     def write(self, batch: Batch, *, not_before: str) -> int:
         """Add a batch (entries older than ``not_before`` are skipped); return rows added."""
@@ -85,6 +86,10 @@ class TraceStore(Protocol):
         """The owner institution of each event type."""
         ...
 
+    def reset(self) -> None:
+        """Delete every row (``govesb index rebuild``)."""
+        ...
+
     def close(self) -> None:
         """Release the connection."""
         ...
@@ -98,7 +103,7 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(text.split(_SEP)) if text else ()
 
 
-def _entry(row: sqlite3.Row) -> AuditEntry:
+def _entry(row: Mapping[str, Any]) -> AuditEntry:
     return AuditEntry(
         chain=row["chain"],
         seq=row["seq"],
@@ -116,79 +121,98 @@ def _entry(row: sqlite3.Row) -> AuditEntry:
     )
 
 
-class SqliteStore:
-    """The index in one SQLite file (WAL: the CLI reads while a follower writes)."""
+class StoreUnavailable(RuntimeError):
+    """The database cannot be opened; the message says which and why (never a password)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+
+class SqlStore:
+    """The queries, shared by the SQLite and PostgreSQL stores (``?`` marks parameters)."""
+
+    placeholder = "?"
+    begin = "BEGIN"
+
+    def __init__(self, connection: Any) -> None:
+        self._db = connection
         for statement in SCHEMA:
-            self._db.execute(statement)
+            self._execute(statement)
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _execute(self, statement: str, parameters: Sequence[Any] = ()) -> Any:
+        return self._db.execute(self._sql(statement), parameters)
+
+    def _execute_many(self, statement: str, rows: list[tuple[Any, ...]]) -> int:
+        if not rows:
+            return 0
+        cursor = self._db.cursor()
+        try:
+            cursor.executemany(self._sql(statement), rows)
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
 
     def write(self, batch: Batch, *, not_before: str) -> int:
         """See :meth:`TraceStore.write`."""
-        db = self._db
-        added = 0
-        db.execute("BEGIN IMMEDIATE")
+        self._execute(self.begin)
         try:
-            for e in batch.entries:
-                if e.time < not_before:
-                    continue
-                cursor = db.execute(
-                    f"INSERT INTO audit_record ({_COLUMNS}) VALUES "  # noqa: S608 - constant
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            added = self._execute_many(
+                f"INSERT INTO audit_record ({_COLUMNS}) VALUES "  # noqa: S608 - constant
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
                     (
                         e.chain, e.seq, e.time, e.outcome, e.event_id, e.publisher,
                         e.event_type, _join(e.subscribers), _join(e.agreements), e.reason,
                         e.detail, e.subject, e.source,
-                    ),
-                )  # fmt: skip
-                added += cursor.rowcount
-            for digest, a in batch.agreements:
-                db.execute(
-                    "INSERT INTO agreement_version (id, digest, valid_from, subscriber, "
-                    "event_types, fields, mask, purpose, delivery) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    )
+                    for e in batch.entries
+                    if e.time >= not_before
+                ],
+            )  # fmt: skip
+            self._execute_many(
+                "INSERT INTO agreement_version (id, digest, valid_from, subscriber, "
+                "event_types, fields, mask, purpose, delivery) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
                     (
                         a.id, digest, a.valid_from, a.subscriber, _join(a.event_types),
                         _join(a.fields), _join(a.mask), a.purpose, a.delivery,
-                    ),
-                )  # fmt: skip
-            for event_type, owner in batch.owners.items():
-                db.execute(
-                    "INSERT INTO event_type_owner (event_type, owner) VALUES (?, ?) "
-                    "ON CONFLICT (event_type) DO UPDATE SET owner = excluded.owner",
-                    (event_type, owner),
-                )
-            for (topic, partition), offset in batch.positions.items():
-                db.execute(
-                    "INSERT INTO read_position (topic, partition_id, next_offset) VALUES (?, ?, ?) "
-                    "ON CONFLICT (topic, partition_id) DO UPDATE SET next_offset = "
-                    "excluded.next_offset",
-                    (topic, partition, offset),
-                )
-            db.execute("COMMIT")
+                    )
+                    for digest, a in batch.agreements
+                ],
+            )  # fmt: skip
+            self._execute_many(
+                "INSERT INTO event_type_owner (event_type, owner) VALUES (?, ?) "
+                "ON CONFLICT (event_type) DO UPDATE SET owner = excluded.owner",
+                list(batch.owners.items()),
+            )
+            self._execute_many(
+                "INSERT INTO read_position (topic, partition_id, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition_id) DO UPDATE SET next_offset = "
+                "excluded.next_offset",
+                [
+                    (topic, partition, offset)
+                    for (topic, partition), offset in batch.positions.items()
+                ],
+            )
+            self._execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._execute("ROLLBACK")
             raise
         return added
 
     def positions(self) -> dict[tuple[str, int], int]:
         """See :meth:`TraceStore.positions`."""
-        rows = self._db.execute("SELECT topic, partition_id, next_offset FROM read_position")
+        rows = self._execute("SELECT topic, partition_id, next_offset FROM read_position")
         return {(r["topic"], r["partition_id"]): r["next_offset"] for r in rows}
 
     def prune(self, before: str) -> int:
         """See :meth:`TraceStore.prune`."""
-        return self._db.execute("DELETE FROM audit_record WHERE time < ?", (before,)).rowcount
+        return int(self._execute("DELETE FROM audit_record WHERE time < ?", (before,)).rowcount)
 
     def by_event(self, event_id: str) -> list[AuditEntry]:
         """See :meth:`TraceStore.by_event`."""
-        rows = self._db.execute(
+        rows = self._execute(
             f"SELECT {_COLUMNS} FROM audit_record WHERE event_id = ? "  # noqa: S608 - constant
             "ORDER BY time, chain, seq",
             (event_id,),
@@ -197,7 +221,7 @@ class SqliteStore:
 
     def by_subject(self, subject: str) -> list[AuditEntry]:
         """See :meth:`TraceStore.by_subject`."""
-        rows = self._db.execute(
+        rows = self._execute(
             f"SELECT {_COLUMNS} FROM audit_record WHERE subject = ? "  # noqa: S608 - constant
             "ORDER BY time, chain, seq",
             (subject,),
@@ -210,7 +234,7 @@ class SqliteStore:
         if not wanted:
             return []
         marks = ", ".join("?" for _ in wanted)
-        rows = self._db.execute(
+        rows = self._execute(
             "SELECT id, valid_from, subscriber, event_types, fields, mask, purpose, delivery "  # noqa: S608 - placeholders only
             f"FROM agreement_version WHERE id IN ({marks}) ORDER BY id, valid_from",
             wanted,
@@ -231,23 +255,62 @@ class SqliteStore:
 
     def owners(self) -> dict[str, str]:
         """See :meth:`TraceStore.owners`."""
-        rows = self._db.execute("SELECT event_type, owner FROM event_type_owner")
+        rows = self._execute("SELECT event_type, owner FROM event_type_owner")
         return {r["event_type"]: r["owner"] for r in rows}
+
+    def reset(self) -> None:
+        """See :meth:`TraceStore.reset`."""
+        self._execute(self.begin)
+        for table in ("audit_record", "agreement_version", "event_type_owner", "read_position"):
+            self._execute(f"DELETE FROM {table}")  # noqa: S608 - constant table names
+        self._execute("COMMIT")
 
     def close(self) -> None:
         """See :meth:`TraceStore.close`."""
         self._db.close()
 
 
+class SqliteStore(SqlStore):
+    """The index in one SQLite file (WAL: the CLI reads while a follower writes)."""
+
+    begin = "BEGIN IMMEDIATE"  # take the write lock first: no deadlock between two writers
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        try:
+            db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot open the index {path}: {error}") from None
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        super().__init__(db)
+
+
+class PostgresStore(SqlStore):
+    """The index in a PostgreSQL database (psycopg 3; the same tables and queries)."""
+
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        try:
+            db = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=10)
+        except psycopg.Error as error:
+            # psycopg's message names the host and the failure, never the password.
+            raise StoreUnavailable(f"cannot open the PostgreSQL index: {error}") from None
+        super().__init__(db)
+
+
 def open_store(database: Path, database_url: str | None = None) -> TraceStore:
-    """The store the settings name.
+    """PostgreSQL when a URL is given, else the SQLite file.
 
     Raises:
-        NotImplementedError: a PostgreSQL URL was given (not supported yet).
+        StoreUnavailable: the database cannot be opened.
     """
     if database_url:
-        raise NotImplementedError(
-            "the PostgreSQL index is not implemented yet: unset GOVESB_TRACE__DATABASE_URL "
-            "to use the SQLite file GOVESB_TRACE__DATABASE"
-        )
+        return PostgresStore(database_url)
     return SqliteStore(database)

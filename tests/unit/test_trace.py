@@ -152,8 +152,9 @@ def test_reading_the_same_records_again_changes_nothing_and_old_rows_go(tmp_path
     assert [s.what for s in trace(store, delivered).steps] == ["delivered"]  # type: ignore[union-attr]
     store.close()
     assert NIN.encode() not in path.read_bytes()
-    with pytest.raises(NotImplementedError, match="PostgreSQL"):
-        open_store(path, "postgresql://db/govesb")
+    store = open_store(path)
+    store.reset()
+    assert (store.positions(), trace(store, delivered)) == ({}, None)
 
 
 async def test_the_tracker_answers_operators_and_owners_and_records_every_lookup(
