@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings
 
 from connectors.settings import GatewaySettings, SinkSettings
 from streams.dr.sites import DrCliSettings
-from streams.settings import REPO_ROOT, CliSettings, WorkerSettings
+from streams.settings import REPO_ROOT, CliSettings, TraceSettings, WorkerSettings
 
 OUTPUT = REPO_ROOT / "deploy" / "CONFIGURATION.md"
 PREFIX = "GOVESB_"
@@ -48,6 +48,7 @@ PROCESSES = (
     Process("govesb connect gateway", GatewaySettings),
     Process("govesb schemas|registry|publish|tail|audit|dlq …", CliSettings),
     Process("govesb dr status|failover", DrCliSettings),
+    Process("govesb trace|track|index …", TraceSettings),
 )
 
 

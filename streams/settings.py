@@ -365,3 +365,42 @@ class WorkerSettings(DemoKeyPolicy):
         description="how often acknowledged ingress offsets are committed, in seconds (Faust "
         "`broker_commit_interval`); events after the last commit are read again after a crash",
     )
+
+
+class IndexSettings(BaseModel):
+    """The trace index: where it is kept, for how long, and the key business keys are hashed
+    with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    database: Path = Field(
+        default=Path("govesb-trace.sqlite"),
+        description="the index's SQLite file (WAL; created when missing, rebuilt from "
+        "`esb.audit` when deleted)",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="a `postgresql://user:password@host/db` URL (libpq form) to keep the index "
+        "in PostgreSQL instead of the SQLite file (production: several readers, one follower)",
+    )
+    retention_days: float = Field(
+        default=30.0,
+        description="how long audit records are kept in the index, in days; older ones are "
+        "not indexed and are pruned on every pass (`esb.audit` itself keeps them forever)",
+    )
+    subject_key: SecretStr | None = Field(
+        default=None,
+        description="hex of the key business keys are hashed with in the audit log "
+        "(`govesb index subject-key --key-file <bus key>` prints it); `govesb track` needs it",
+    )
+
+
+class TraceSettings(BaseSettings):
+    """Settings of the trace index and its commands (``govesb trace|track|index``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOVESB_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    trace: IndexSettings = IndexSettings()

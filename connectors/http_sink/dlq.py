@@ -3,13 +3,16 @@
 Replay copies dead letters back to ``esb.deliver.<subscriber>`` with their original headers
 (so the same ``ce_id``, signature and agreement) minus the sink's ``esb_*`` error headers;
 the sink then delivers them like any other record. Reading and re-producing are the bus's
-one piece of code for set-aside records (:mod:`streams.client.records`).
+one piece of code for set-aside records (:mod:`streams.client.records`). Each replay
+is also an audit record (``outcome: replayed``, from which dead letter), so an event's trace
+shows it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+from streams.audit.chain import new_chain
 from streams.client.records import BusRecord, RecordFilter, read_records, resend, resent_headers
 from streams.contract import topics
 from streams.settings import KafkaSettings
@@ -33,9 +36,25 @@ async def read_dead_letters(
 
 async def replay(kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter]) -> int:
     """Send ``letters`` back to the deliver topic (acks=all); return how many."""
+    chain = new_chain("dlq-replay")
+
+    def audited(letter: BusRecord) -> tuple[str, bytes, bytes]:
+        source = letter.header("ce_source").split("/")
+        key, value = chain.append(
+            outcome="replayed",
+            event_id=letter.event_id,
+            publisher=source[2] if len(source) > 2 else "",
+            event_type=letter.header("ce_type") or None,
+            payload_sha256=None,
+            subscribers=[subscriber],
+            reason=f"from {topics.dlq(subscriber)}[{letter.partition}]@{letter.offset}",
+        )
+        return topics.AUDIT, key, value
+
     return await resend(
         kafka,
         topics.deliver(subscriber),
         letters,
         lambda letter: resent_headers(letter, SINK_HEADERS.__contains__, "dlq"),
+        audited,
     )

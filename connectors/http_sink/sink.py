@@ -274,6 +274,7 @@ class HttpSink:
                     record, status, attempts, excerpt or "no response", envelope, started
                 )
                 return
+            await self._receipt("retrying", envelope, status, attempts, started)  # the trace
             await asyncio.sleep(self.policy.delay(max(attempts, 1), retry_after))
 
     async def _oauth_token(self) -> str:

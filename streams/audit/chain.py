@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import socket
@@ -21,6 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 GENESIS = "0" * 64
+SUBJECT_KEY_PURPOSE = b"govesb audit subject v1"
+"""HKDF ``info`` of the key that hashes business keys in audit records (from the bus key)."""
+DETAIL_CHARS = 300
+
+
+def subject_digest(key: bytes, subject: str) -> str:
+    """HMAC-SHA256 of a business key (a NIN, a TIN): how audit records and the index name it.
+
+    Keyed, not a plain or salted SHA-256: business keys are short and structured (a TIN has
+    nine digits), so without a secret anyone holding the audit log could hash every possible
+    value and find the person.
+    """
+    return hmac.new(key, subject.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def canonical_json(body: dict[str, Any]) -> str:
@@ -65,11 +79,16 @@ class AuditChain:
         source: tuple[str, int, int] | None = None,
         time: dt.datetime | None = None,
         subscription: str | None = None,
+        subject: str | None = None,
+        agreements: Iterable[str] = (),
+        detail: str | None = None,
     ) -> tuple[bytes, bytes]:
         """Chain one audit record after the current head.
 
-        ``subscription`` names the one agreement a record is about (a failed delivery); it is
-        present in the record only then.
+        ``subscription`` names the one agreement a record is about (a failed delivery);
+        ``subject`` (a :func:`subject_digest`, never the clear key), ``agreements`` (the
+        subscription ids the event was delivered under) and ``detail`` (why it was rejected).
+        Each is written only when given, so records without them keep their form.
         """
         body: dict[str, Any] = {
             "chain": self.chain,
@@ -87,6 +106,12 @@ class AuditChain:
         }
         if subscription is not None:
             body["subscription"] = subscription
+        if subject:
+            body["subject"] = subject
+        if agreements:
+            body["agreements"] = sorted(agreements)
+        if detail:
+            body["detail"] = detail[:DETAIL_CHARS]
         # Serialised once: the record is its canonical form with the hash field appended;
         # verify() parses it, drops "hash" and recomputes over the canonical form.
         canonical = canonical_json(body)

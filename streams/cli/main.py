@@ -12,7 +12,18 @@ from collections.abc import Callable, Iterable
 import typer
 
 from streams import __version__
-from streams.cli import audit, catalog, dr, events, keys, registry, rejected, schemas, worker
+from streams.cli import (
+    audit,
+    catalog,
+    dr,
+    events,
+    keys,
+    registry,
+    rejected,
+    schemas,
+    trace,
+    worker,
+)
 from streams.cli.common import configure, out
 
 Register = Callable[[typer.Typer], None]
@@ -27,6 +38,7 @@ BUS_COMMANDS: tuple[Register, ...] = (
     registry.register,
     audit.register,
     rejected.register,
+    trace.register,
     dr.register,
 )
 

@@ -112,17 +112,27 @@ async def resend(
     topic: str,
     records: Iterable[BusRecord],
     headers_of: Callable[[BusRecord], list[Header]],
+    also: Callable[[BusRecord], tuple[str, bytes, bytes]] | None = None,
 ) -> int:
     """Produce ``records`` to ``topic`` (acks=all, idempotent), same key and value, with the
-    headers ``headers_of`` gives each; return how many once the broker acknowledged all."""
+    headers ``headers_of`` gives each; return how many once the broker acknowledged all.
+
+    ``also`` gives, per record, one more record to produce with it: (topic, key, value), e.g.
+    the audit record of the replay.
+    """
     producer = AIOKafkaProducer(**kafka.durable_producer_options())
     await producer.start()
+    count = 0
     try:
-        acks = [
-            await producer.send(topic, record.value, key=record.key, headers=headers_of(record))
-            for record in records
-        ]
+        acks = []
+        for record in records:
+            headers = headers_of(record)
+            acks.append(await producer.send(topic, record.value, key=record.key, headers=headers))
+            if also is not None:
+                extra_topic, key, value = also(record)
+                acks.append(await producer.send(extra_topic, value, key=key))
+            count += 1
         await asyncio.gather(*acks)  # raises if the broker refused one
     finally:
         await producer.stop()
-    return len(acks)
+    return count

@@ -263,6 +263,18 @@ class PrivateKey:
         )
         return base64.b64encode(der).decode("ascii")
 
+    def derive_key(self, purpose: bytes) -> bytes:
+        """A 32-byte secret for ``purpose``, derived from this key (HKDF-SHA256).
+
+        One-way: the derived secret can be handed to a process that must not sign (e.g. the
+        audit index, to compute keyed hashes) without giving it the private key.
+        """
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        scalar = self._key.private_numbers().private_value
+        secret = scalar.to_bytes((self._key.curve.key_size + 7) // 8, "big")
+        return HKDF(hashes.SHA256(), 32, salt=None, info=purpose).derive(secret)
+
     def __repr__(self) -> str:
         return f"PrivateKey(curve={self.curve!r}, public={self._public.fingerprint()[:12]!r})"
 

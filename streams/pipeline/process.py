@@ -24,7 +24,7 @@ from typing import Any
 
 import fastavro
 
-from streams.audit.chain import AuditChain
+from streams.audit.chain import SUBJECT_KEY_PURPOSE, AuditChain, subject_digest
 from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode, schema_id_of
 from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
@@ -111,6 +111,8 @@ class Pipeline:
         self._pinned: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
         self._delivery_ids: dict[tuple[str, str, int | str], tuple[int, Any]] = {}
         self._agreement_json: dict[int, tuple[Subscription, str]] = {}
+        # Business keys go to the audit log keyed-hashed (streams.trace finds them by it).
+        self._subject_key = bus_key.key.derive_key(SUBJECT_KEY_PURPOSE)
 
     def directory(self) -> Directory:
         """The registry facts validation needs, from the live view."""
@@ -182,8 +184,9 @@ class Pipeline:
         for subscription, cause in failed:
             outputs += self.fail(record, event, subscription, cause, now)
         audit = self._audit(
-            "routed" if subscriptions else "received", record, event.envelope, now, subscribers
-        )
+            "routed" if subscriptions else "received", record, event.envelope, now, subscribers,
+            agreements=tuple(s.id for s in subscriptions if s.id in delivered),
+        )  # fmt: skip
         return Outcome(
             [*outputs, audit],
             event.publisher,
@@ -260,7 +263,9 @@ class Pipeline:
             ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
         )
         rejected = Output(topics.rejected(publisher), record.key, record.value, headers)
-        audit = self._audit("rejected", record, envelope, now, (), reason=error.reason)
+        audit = self._audit(
+            "rejected", record, envelope, now, (), reason=error.reason, detail=error.detail
+        )
         return Outcome(
             [rejected, audit],
             publisher,
@@ -351,6 +356,8 @@ class Pipeline:
         subscribers: tuple[str, ...],
         reason: Reason | None = None,
         subscription: str | None = None,
+        agreements: tuple[str, ...] = (),
+        detail: str | None = None,
     ) -> Output:
         key, value = self.chain.append(
             outcome=outcome,
@@ -363,5 +370,10 @@ class Pipeline:
             source=record.position,
             time=now,
             subscription=subscription,
+            subject=subject_digest(self._subject_key, envelope.subject)
+            if envelope and envelope.subject
+            else None,
+            agreements=agreements,
+            detail=detail,
         )
         return Output(topics.AUDIT, key, value)

@@ -1,0 +1,1 @@
+"""The trace index of the audit log: where is my event, and the data tracker."""
