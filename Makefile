@@ -27,6 +27,10 @@ setup: $(BIN)/.installed ## Create the venv, install pinned packages, fetch Kafk
 	@command -v promtool >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+	@# A PostgreSQL server (Debian's postgresql) for the audit index's PostgreSQL tests.
+	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 test: setup ## Run the test suite (unit + integration on a real broker and registry; not chaos)
 	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
