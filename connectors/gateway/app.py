@@ -27,12 +27,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import BrokerResponseError, KafkaError
 from fastavro.validation import ValidationError, validate
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 
 from connectors.gateway.auth import Authenticator
@@ -40,6 +38,7 @@ from connectors.gateway.errors import HttpError
 from connectors.gateway.govesb import GOVESB_NAMESPACE, ReplayWindow, exact_data, push_identity
 from connectors.gateway.openapi import OPENAPI
 from connectors.gateway.strict_json import NOT_DATA, is_text, parse_strict
+from streams import health
 from streams.contract import topics
 from streams.contract.catalog import Catalog, EventType
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode
@@ -385,21 +384,18 @@ class Gateway:
 
     async def health(self, _: web.Request) -> web.Response:
         """Per-component checks."""
-        checks: dict[str, dict[str, Any]] = {
-            "registry_view": {"ok": bool(self.view.event_types)},
-            "clients": {"ok": bool(self.auth.clients), "count": len(self.auth.clients)},
-        }
-        ok = all(bool(c["ok"]) for c in checks.values())
-        return web.json_response(
-            {"status": "ok" if ok else "degraded", "checks": checks}, status=200 if ok else 503
+        status, body = health.report(
+            {
+                "registry_view": health.registry_view_check(self.view),
+                "clients": {"ok": bool(self.auth.clients), "count": len(self.auth.clients)},
+            }
         )
+        return web.json_response(body, status=status)
 
     async def metrics_page(self, _: web.Request) -> web.Response:
         """Prometheus text."""
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        text, content_type = health.metrics_text(self.metrics.registry)
+        return web.Response(body=text, headers={"Content-Type": content_type})
 
 
 async def _openapi(_: web.Request) -> web.Response:

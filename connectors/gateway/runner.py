@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from connectors.gateway.app import Gateway
 from connectors.gateway.auth import Authenticator
+from connectors.serving import serve, stop_requested
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.registry.sync import RegistryView
@@ -32,8 +33,6 @@ class AccessLog(AbstractAccessLogger):
 async def run_gateway(settings: Any) -> None:
     """``govesb connect gateway``: serve until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
-    import signal
-
     from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
     from streams.contract.signing import load_private_key
@@ -63,13 +62,10 @@ async def run_gateway(settings: Any) -> None:
         max_body_bytes=settings.max_body_bytes,
         produce_timeout_s=settings.produce_timeout_s,
     )
-    runner = web.AppRunner(gateway.application(), access_log_class=AccessLog)
-    await runner.setup()
-    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = stop_requested()
+    runner = await serve(
+        gateway.application(), settings.web_host, settings.web_port, access_log_class=AccessLog
+    )
     try:
         await stopping.wait()
     finally:
