@@ -1,6 +1,8 @@
 """Reason codes of rejected events: the value of the ``esb_reason`` header.
 
-Stable, machine-readable strings; the human explanation goes in ``esb_detail``.
+Stable, machine-readable strings; the human explanation goes in ``esb_detail``. Every reason
+but ``undeliverable`` comes from validation; ``undeliverable`` from the output path (a valid
+event the broker would not store for a subscriber).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ class Reason(StrEnum):
     OVERSIZE = "oversize"
     DUPLICATE = "duplicate"
     FUTURE_TIME = "future-time"
+    # A valid event whose delivery the broker refused for good (too large for the delivery
+    # topic, topic absent or not authorized): esb_detail says which topic, size and error.
+    UNDELIVERABLE = "undeliverable"
+
+
+# Reasons given after validation, by the worker's output path: no ingress record alone
+# causes them, so the malformed corpus cannot hold a case for them.
+OUTPUT_REASONS = frozenset({Reason.UNDELIVERABLE})
 
 
 class EventError(ValueError):

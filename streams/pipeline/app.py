@@ -9,6 +9,7 @@ output of it, in order. ``processing_guarantee`` stays at-least-once with stable
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -17,23 +18,37 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.audit.chain import AuditChain
 from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
+from streams.contract.reasons import Reason
 from streams.contract.signing import load_private_key
 from streams.pipeline import fetch_guard
+from streams.pipeline.acking import InFlightBudget, Lanes
 from streams.pipeline.duplicates import RecentEvents
 from streams.pipeline.metrics import PipelineMetrics
+from streams.pipeline.outputs import (
+    Failure,
+    TransientSendError,
+    absent_topic_error,
+    classify,
+    describe,
+    instead,
+    is_rejection,
+    was_cut,
+)
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
 from streams.pipeline.validation import IngressRecord, Limits
 from streams.registry.sync import RegistryView
@@ -44,6 +59,9 @@ log = logging.getLogger(__name__)
 # Fewer, fuller produce requests: the broker shares the machine's cores with the workers
 # (make bench: one worker 1,099 -> 1,360 events/s, two 1,231 -> 1,722 going from 2 to 8 ms).
 OUTPUT_LINGER_MS = 8
+# aiokafka's default, named because rejection copies are cut to fit it: the largest record
+# (with its headers) the producer sends.
+MAX_REQUEST_BYTES = 1_048_576
 
 
 @dataclass
@@ -53,10 +71,25 @@ class _InFlight:
     outcome: Outcome
     futures: list[asyncio.Future[Any]]
     started: float
+    size: int
+    refused: list[str] = field(default_factory=list)  # delivery topics that refused
+
+    @property
+    def event_id(self) -> str:
+        found = next((v for k, v in self.record.headers if k == "ce_id"), b"")
+        return found.decode(errors="replace") or "(none)"
+
+
+def _size(record: IngressRecord, outcome: Outcome) -> int:
+    """Bytes an event holds while in flight: its record and every output."""
+    return len(record.value or b"") + sum(
+        len(o.value or b"") + len(o.key or b"") + sum(len(v) for _, v in o.headers)
+        for o in outcome.outputs
+    )
 
 
 class PipelineWorker:
-    """State of one worker process: registry view, pipeline, producer, ack tracker."""
+    """State of one worker process: registry view, pipeline, producer, acks per partition."""
 
     def __init__(self, app: faust.App, settings: WorkerSettings) -> None:
         self.app = app
@@ -66,8 +99,10 @@ class PipelineWorker:
         self.view.on_change(lambda _key: self.metrics.registry_version.inc())
         self.producer: AIOKafkaProducer | None = None
         self.pipeline: Pipeline | None = None
-        self._queue: asyncio.Queue[_InFlight] = asyncio.Queue(settings.max_in_flight)
-        self._acker: asyncio.Task[None] | None = None
+        self.budget = InFlightBudget(settings.max_in_flight, settings.max_in_flight_bytes)
+        self.lanes: Lanes[_InFlight] = Lanes(self._settle, self._ack, self._acker_died)
+        self.halted: dict[str, str] = {}  # "topic[partition]" -> what could not be written
+        self.fatal: str | None = None
         self._started = asyncio.Lock()
         self._last_acked: dict[tuple[str, int], int] = {}
         self._stream: Any = None
@@ -87,7 +122,9 @@ class PipelineWorker:
             await self.view.start()
             producer = AIOKafkaProducer(
                 **self.settings.kafka.durable_producer_options(
-                    linger_ms=OUTPUT_LINGER_MS, max_batch_size=PRODUCE_BATCH_BYTES
+                    linger_ms=OUTPUT_LINGER_MS,
+                    max_batch_size=PRODUCE_BATCH_BYTES,
+                    max_request_size=MAX_REQUEST_BYTES,
                 )
             )
             await producer.start()
@@ -107,11 +144,12 @@ class PipelineWorker:
                 ),
                 RecentEvents(dt.timedelta(seconds=self.settings.duplicate_window_s)),
             )
-            self._acker = asyncio.create_task(self._ack_in_order(), name="pipeline-acker")
+            self.metrics.acker_up.set(1)
             log.info("pipeline ready: %d subscriptions", len(self.view.subscriptions))
 
     async def run(self, stream: Any) -> None:
-        """The agent: handle each ingress event; outputs are acked by ``_ack_in_order``."""
+        """The agent: handle each ingress event; its outputs are settled and it is acked, in
+        order per partition, by :attr:`lanes`."""
         await self.start()
         manual = stream.noack()
         self._stream = manual
@@ -128,9 +166,13 @@ class PipelineWorker:
             )
             started = time.monotonic()
             outcome = await self._handle(record)
+            size = _size(record, outcome)
+            await self.budget.acquire(size)
             futures = [await self._send(output) for output in outcome.outputs]
             self.metrics.in_flight.inc()
-            await self._queue.put(_InFlight(event, record, outcome, futures, started))
+            self.metrics.in_flight_bytes.inc(size)
+            item = _InFlight(event, record, outcome, futures, started, size)
+            self.lanes.put((record.topic, record.partition), item)
 
     async def _handle(self, record: IngressRecord) -> Outcome:
         pipeline = self.pipeline
@@ -140,35 +182,149 @@ class PipelineWorker:
         )
 
     async def _send(self, output: Output) -> asyncio.Future[Any]:
-        assert self.producer is not None  # noqa: S101 - start() ran
-        delay = 0.5
-        while True:
+        """Queue ``output``; a transient error is waited out, any other comes back as the
+        returned future's exception (so that every error is classified in one place)."""
+        producer = self.producer
+        assert producer is not None  # noqa: S101 - start() ran
+
+        async def queue() -> asyncio.Future[Any]:
             try:
-                future: asyncio.Future[Any] = await self.producer.send(
+                future: asyncio.Future[Any] = await producer.send(
                     output.topic, output.value, key=output.key, headers=list(output.headers)
                 )
                 return future
             except KafkaError as error:
-                log.warning("cannot queue a record for %s (%s); retrying", output.topic, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                refusal = error if classify(error) is not Failure.TRANSIENT else None
+                if isinstance(error, UnknownTopicOrPartitionError):
+                    refusal = await self._refusal_by_metadata(output.topic)
+                if refusal is None:
+                    self.metrics.output_errors.labels(type(error).__name__, "transient").inc()
+                    raise TransientSendError(error) from error
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(refusal)
+                return failed
 
-    async def _ack_in_order(self) -> None:
+        return await until_available(queue, TransientSendError, f"broker for {output.topic}", log)
+
+    async def _refusal_by_metadata(self, topic: str) -> KafkaError | None:
+        """The error the cluster's fresh metadata gives ``topic`` (absent, not authorized), or
+        None when the topic is there or the cluster cannot be asked."""
+        assert self.producer is not None  # noqa: S101 - start() ran
+        client = self.producer.client
+        if not await client.force_metadata_update():
+            return None
+        if topic in client.cluster.unauthorized_topics:
+            return TopicAuthorizationFailedError(topic)
+        if client.cluster.partitions_for_topic(topic) is None:
+            return absent_topic_error(topic)
+        return None
+
+    async def _acknowledgement(
+        self, output: Output, future: asyncio.Future[Any]
+    ) -> KafkaError | None:
+        """None once the broker acknowledged ``output``, or the error it failed with.
+
+        With idempotence aiokafka retries retriable errors for ever, so an output to a topic
+        deleted meanwhile would wait for ever: every ``output_check_s`` the cluster is asked.
+        """
         while True:
-            item = await self._queue.get()
-            for index, output in enumerate(item.outcome.outputs):
-                while True:
-                    try:
-                        await item.futures[index]
-                        break
-                    except KafkaError as error:
-                        self.metrics.send_retries.inc()
-                        log.warning("output to %s not acknowledged (%s); sending again",
-                                    output.topic, error)  # fmt: skip
-                        item.futures[index] = await self._send(output)
-            await self._stream.ack(item.event)
-            self._account(item)
-            self._queue.task_done()
+            try:
+                await asyncio.wait_for(asyncio.shield(future), self.settings.output_check_s)
+                return None
+            except KafkaError as error:
+                return error
+            except TimeoutError:
+                refusal = await self._refusal_by_metadata(output.topic)
+                if refusal is not None:
+                    return refusal
+
+    async def _settle(self, item: _InFlight) -> None:
+        """Every output of ``item`` acknowledged, or replaced by a rejection that was."""
+        for index, output in enumerate(item.outcome.outputs):
+            await self._settle_output(item, output, item.futures[index])
+
+    async def _settle_output(
+        self, item: _InFlight, output: Output, first: asyncio.Future[Any]
+    ) -> None:
+        current = [output]
+        pending = [first]
+
+        async def attempt() -> KafkaError | None:
+            future = pending.pop() if pending else await self._send(current[0])
+            error = await self._acknowledgement(current[0], future)
+            if error is not None and classify(error) is Failure.TRANSIENT:
+                self.metrics.output_errors.labels(type(error).__name__, "transient").inc()
+                self.metrics.send_retries.inc()
+                raise TransientSendError(error)
+            return error
+
+        while True:
+            error = await until_available(
+                attempt, TransientSendError, f"acknowledgement of {output.topic}", log
+            )
+            if error is None:
+                return
+            refused = current[0]
+            failure = classify(error)
+            self.metrics.output_errors.labels(type(error).__name__, str(failure)).inc()
+            replacement = (
+                instead(item.record, refused, error, MAX_REQUEST_BYTES)
+                if failure is Failure.REFUSED
+                else None
+            )
+            if replacement is None:
+                await self._halt(item, refused, error, failure)
+                return  # not reached: _halt holds the partition
+            self._count_replacement(item, refused, replacement)
+            instead_of = "a cut copy" if was_cut(replacement) else "an undeliverable rejection"
+            log.warning("%s refused a record of %s[%d]@%d (event %s): %s; sending %s instead",
+                        refused.topic, *item.record.position, item.event_id, describe(error),
+                        instead_of)  # fmt: skip
+            current[0] = replacement
+
+    def _count_replacement(self, item: _InFlight, refused: Output, replacement: Output) -> None:
+        if is_rejection(refused):
+            self.metrics.rejections_cut.labels(item.outcome.publisher).inc()
+            return
+        item.refused.append(refused.topic)
+        self.metrics.undeliverable.labels(refused.topic).inc()
+        self.metrics.rejections.labels(item.outcome.publisher, str(Reason.UNDELIVERABLE)).inc()
+        if was_cut(replacement):
+            self.metrics.rejections_cut.labels(item.outcome.publisher).inc()
+
+    async def _halt(
+        self, item: _InFlight, output: Output, error: KafkaError, failure: Failure
+    ) -> None:
+        """Nothing can be written in place of ``output``: hold its partition (never acked, so
+        read again after a restart), say so in the log, ``/health`` and the metrics."""
+        topic, partition, offset = item.record.position
+        what = (f"{output.topic} refused {describe(error)} for {topic}[{partition}]@{offset} "
+                f"(event {item.event_id}) and nothing can replace it")  # fmt: skip
+        self.halted[f"{topic}[{partition}]"] = what
+        self.metrics.halted_partitions.set(len(self.halted))
+        log.error("partition %s[%d] halted until the worker restarts: %s", topic, partition, what)
+        with contextlib.suppress(Exception):  # a partition revoked meanwhile: nothing to pause
+            self.app.consumer.pause_partitions({TP(topic, partition)})
+        if failure is Failure.FATAL:
+            self.fatal = what
+            self._crash(error)
+        await asyncio.Event().wait()  # held; cancelled at shutdown
+
+    def _acker_died(self, error: BaseException) -> None:
+        self.metrics.acker_up.set(0)
+        log.critical("the acker of the ingress events died (%r); the worker exits", error)
+        self._crash(error)
+
+    def _crash(self, error: BaseException) -> None:
+        """Stop the worker with ``error``: it exits non-zero and is restarted by its manager."""
+        task = asyncio.get_running_loop().create_task(self.app.crash(error))
+        self._crashing = task  # keep a reference until it ran
+
+    async def _ack(self, item: _InFlight) -> None:
+        await self._stream.ack(item.event)
+        await self.budget.release(item.size)
+        self.metrics.in_flight_bytes.dec(item.size)
+        self._account(item)
 
     def _account(self, item: _InFlight) -> None:
         outcome, record = item.outcome, item.record
@@ -179,11 +335,14 @@ class PipelineWorker:
         if outcome.reason:
             self.metrics.rejections.labels(outcome.publisher, str(outcome.reason)).inc()
         for subscriber in outcome.subscribers:
-            self.metrics.deliveries.labels(subscriber, outcome.event_type).inc()
+            if topics.deliver(subscriber) not in item.refused:
+                self.metrics.deliveries.labels(subscriber, outcome.event_type).inc()
         self._last_acked[(record.topic, record.partition)] = record.offset
 
     def update_lag(self) -> None:
-        """Consumer lag per assigned partition: highwater - next offset to ack."""
+        """Consumer lag per assigned partition: highwater - next offset to ack; the age of the
+        oldest event in flight."""
+        self.metrics.oldest_in_flight.set(self.lanes.oldest_age_s())
         consumer = self.app.consumer
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
@@ -196,16 +355,11 @@ class PipelineWorker:
             )
 
     async def drain(self, bound_s: float) -> None:
-        """Wait (bounded) until every queued event is acknowledged; then stop the acker."""
-        if self._acker is None:
-            return
-        try:
-            await asyncio.wait_for(self._queue.join(), bound_s)
-        except TimeoutError:
+        """Wait (bounded) until every event in flight is acknowledged; then stop the lanes."""
+        if not await self.lanes.join(bound_s):
             log.warning("%d event(s) not acknowledged at shutdown; they will be read again",
-                        self._queue.qsize())  # fmt: skip
-        self._acker.cancel()
-        await asyncio.gather(self._acker, return_exceptions=True)
+                        len(self.lanes))  # fmt: skip
+        await self.lanes.cancel()
 
     async def stop(self) -> None:
         """Drain in-flight work (bounded), then close the producer and the registry view."""
@@ -218,13 +372,33 @@ class PipelineWorker:
         """Ingress topics of registered institutions this process does not consume."""
         return {topics.ingress(i) for i in self.view.institutions} - self.ingress_topics
 
+    def _assigned(self) -> int:
+        try:
+            return len(self.app.consumer.assignment())
+        except ConsumerNotStarted:  # /health asked before the consumer started
+            return 0
+
     def health(self) -> tuple[int, dict[str, Any]]:
         """Per-component checks; 200 when all pass, 503 otherwise."""
+        oldest = self.lanes.oldest_age_s()
         checks: dict[str, dict[str, Any]] = {
             "registry_view": {"ok": bool(self.view.event_types), "records": len(self.view.raw)},
-            "producer": {"ok": self.producer is not None},
-            "partitions": {"ok": True, "assigned": len(self.app.consumer.assignment())},
-            "pipeline": {"ok": self.pipeline is not None, "in_flight": self._queue.qsize()},
+            "producer": {
+                "ok": self.producer is not None and not self.halted and self.fatal is None,
+                "halted_partitions": dict(self.halted),
+            },
+            "partitions": {"ok": True, "assigned": self._assigned()},
+            "pipeline": {"ok": self.pipeline is not None, "in_flight": len(self.lanes)},
+            "outputs": {
+                "ok": oldest <= self.settings.stuck_after_s,
+                "oldest_in_flight_s": round(oldest, 1),
+                "stuck_after_s": self.settings.stuck_after_s,
+                "in_flight_bytes": self.budget.bytes,
+            },
+            "acker": {
+                "ok": self.lanes.dead is None,
+                "error": repr(self.lanes.dead) if self.lanes.dead is not None else None,
+            },
             "subscriptions": {"ok": True, "count": len(self.view.subscriptions)},
             "ingress_topics": {
                 "ok": not self.unconsumed_ingress(),

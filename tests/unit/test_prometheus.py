@@ -36,6 +36,10 @@ EXPECTED_ALERTS = {
     "GovesbBreakerOpen",
     "GovesbGateway5xx",
     "GovesbDeliveryLatencyHigh",
+    "GovesbWorkerOutputStuck",
+    "GovesbWorkerPartitionHalted",
+    "GovesbWorkerAckerDown",
+    "GovesbUndeliverable",
 }
 
 
