@@ -17,6 +17,7 @@ import os
 import socket
 import tempfile
 import time
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,12 @@ class PipelineWorker:
         self.lanes: Lanes[_InFlight] = Lanes(self._settle, self._ack, self._acker_died)
         self.halted: dict[str, str] = {}  # "topic[partition]" -> what could not be written
         self.fatal: str | None = None
+        self._issued_by: weakref.WeakKeyDictionary[asyncio.Future[Any], AIOKafkaProducer] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._renewing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._crashing: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
         self._last_acked: dict[tuple[str, int], int] = {}
         self._stream: Any = None
@@ -120,15 +127,7 @@ class PipelineWorker:
                 )
             key = load_private_key(self.settings.signing_key_file.read_bytes())
             await self.view.start()
-            producer = AIOKafkaProducer(
-                **self.settings.kafka.durable_producer_options(
-                    linger_ms=OUTPUT_LINGER_MS,
-                    max_batch_size=PRODUCE_BATCH_BYTES,
-                    max_request_size=MAX_REQUEST_BYTES,
-                )
-            )
-            await producer.start()
-            self.producer = producer
+            self.producer = await self._new_producer()
             chain = AuditChain(f"{self.settings.app_id}/{socket.gethostname()}/{os.getpid()}/"
                                f"{int(time.time() * 1000)}")  # fmt: skip
             self.pipeline = Pipeline(
@@ -146,6 +145,32 @@ class PipelineWorker:
             )
             self.metrics.acker_up.set(1)
             log.info("pipeline ready: %d subscriptions", len(self.view.subscriptions))
+
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **self.settings.kafka.durable_producer_options(
+                linger_ms=OUTPUT_LINGER_MS,
+                max_batch_size=PRODUCE_BATCH_BYTES,
+                max_request_size=MAX_REQUEST_BYTES,
+            )
+        )
+        await producer.start()
+        return producer
+
+    async def _renew_producer(self, failed: AIOKafkaProducer | None, error: KafkaError) -> None:
+        """A new producer in place of ``failed``, whose sequence numbers the broker no longer
+        follows; the old one stops in the background (what it still holds settles or fails,
+        and is sent again through the new one)."""
+        async with self._renewing:
+            if failed is None or self.producer is not failed:
+                return  # renewed already, for another output
+            old: AIOKafkaProducer = failed
+            self.producer = await self._new_producer()
+            log.warning("the broker lost step with the producer (%s): a new producer takes over",
+                        describe(error))  # fmt: skip
+            retiring = asyncio.get_running_loop().create_task(old.stop())
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
 
     async def run(self, stream: Any) -> None:
         """The agent: handle each ingress event; its outputs are settled and it is acked, in
@@ -184,14 +209,15 @@ class PipelineWorker:
     async def _send(self, output: Output) -> asyncio.Future[Any]:
         """Queue ``output``; a transient error is waited out, any other comes back as the
         returned future's exception (so that every error is classified in one place)."""
-        producer = self.producer
-        assert producer is not None  # noqa: S101 - start() ran
 
         async def queue() -> asyncio.Future[Any]:
+            producer = self.producer  # the current one: it may be renewed between attempts
+            assert producer is not None  # noqa: S101 - start() ran
             try:
                 future: asyncio.Future[Any] = await producer.send(
                     output.topic, output.value, key=output.key, headers=list(output.headers)
                 )
+                self._issued_by[future] = producer
                 return future
             except KafkaError as error:
                 refusal = error if classify(error) is not Failure.TRANSIENT else None
@@ -252,8 +278,11 @@ class PipelineWorker:
         async def attempt() -> KafkaError | None:
             future = pending.pop() if pending else await self._send(current[0])
             error = await self._acknowledgement(current[0], future)
-            if error is not None and classify(error) is Failure.TRANSIENT:
-                self.metrics.output_errors.labels(type(error).__name__, "transient").inc()
+            failure = classify(error) if error is not None else None
+            if error is not None and failure is Failure.OUT_OF_SEQUENCE:
+                await self._renew_producer(self._issued_by.get(future), error)
+            if error is not None and failure in (Failure.TRANSIENT, Failure.OUT_OF_SEQUENCE):
+                self.metrics.output_errors.labels(type(error).__name__, str(failure)).inc()
                 self.metrics.send_retries.inc()
                 raise TransientSendError(error)
             return error
@@ -317,8 +346,7 @@ class PipelineWorker:
 
     def _crash(self, error: BaseException) -> None:
         """Stop the worker with ``error``: it exits non-zero and is restarted by its manager."""
-        task = asyncio.get_running_loop().create_task(self.app.crash(error))
-        self._crashing = task  # keep a reference until it ran
+        self._crashing = asyncio.get_running_loop().create_task(self.app.crash(error))
 
     async def _ack(self, item: _InFlight) -> None:
         await self._stream.ack(item.event)

@@ -9,8 +9,13 @@ An error is one of three kinds (:func:`classify`), as aiokafka and the broker sa
   invalid or absent topic, policy): a delivery becomes an ``undeliverable`` rejection to
   the publisher (:func:`undeliverable`), a rejection that does not fit is cut
   (:func:`cut`), so the reason always reaches ``esb.rejected.<publisher>``;
-- ``fatal``: the producer itself is unusable (fenced, closed, its idempotence lost, the
-  cluster refuses it): nothing sent again can succeed, the worker must fail loudly.
+- ``out-of-sequence``: the broker lost step with the idempotent producer's sequence numbers
+  for a partition. aiokafka numbers a batch when it drains it and never takes the number
+  back, so after the broker refused a batch (too large for the topic, say) every later batch
+  to that partition is out of sequence: the worker replaces its producer (new producer id,
+  sequences from 0) and sends the record again;
+- ``fatal``: the producer itself is unusable (fenced, closed, the cluster refuses it):
+  nothing sent again can succeed, the worker must fail loudly.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CorruptRecordException,
     IllegalStateError,
+    InvalidProducerEpoch,
     InvalidTopicError,
     KafkaError,
     KafkaTimeoutError,
@@ -33,6 +39,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
+    UnknownProducerId,
     UnknownTopicOrPartitionError,
     UnsupportedForMessageFormatError,
     UnsupportedVersionError,
@@ -55,6 +62,7 @@ class Failure(StrEnum):
 
     TRANSIENT = "transient"
     REFUSED = "refused"
+    OUT_OF_SEQUENCE = "out-of-sequence"
     FATAL = "fatal"
 
 
@@ -71,11 +79,16 @@ class TransientSendError(Exception):
 FATAL_ERRORS: tuple[type[BaseException], ...] = (
     ProducerFenced,
     ProducerClosed,
-    OutOfOrderSequenceNumber,
     ClusterAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
     UnsupportedVersionError,
     IllegalStateError,
+)
+# The broker no longer agrees with the producer's sequence numbers (or producer id).
+OUT_OF_SEQUENCE_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
 )
 # The broker answers these for one record or topic; sending it again gets the same answer.
 REFUSED_ERRORS: tuple[type[BaseException], ...] = (
@@ -100,6 +113,8 @@ def classify(error: BaseException) -> Failure:
     worker calls it refused only once fresh metadata shows the topic absent
     (:func:`absent_topic_error`).
     """
+    if isinstance(error, OUT_OF_SEQUENCE_ERRORS):
+        return Failure.OUT_OF_SEQUENCE
     if isinstance(error, FATAL_ERRORS):
         return Failure.FATAL
     if isinstance(error, REFUSED_ERRORS):

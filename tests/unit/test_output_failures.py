@@ -19,6 +19,7 @@ from aiokafka.errors import (
     LeaderNotAvailableError,
     MessageSizeTooLargeError,
     NotEnoughReplicasError,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
     RecordTooLargeError,
     RequestTimedOutError,
@@ -64,6 +65,7 @@ CITIZEN = "tz.go.nida.CitizenRegistered"
         (KafkaConnectionError(), Failure.TRANSIENT),
         (KafkaTimeoutError(), Failure.TRANSIENT),
         (ProducerFenced(), Failure.FATAL),
+        (OutOfOrderSequenceNumber(), Failure.OUT_OF_SEQUENCE),
         (RuntimeError("not Kafka's"), Failure.FATAL),
     ],
 )
