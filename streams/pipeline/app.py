@@ -17,7 +17,6 @@ import os
 import socket
 import tempfile
 import time
-import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
@@ -42,27 +41,18 @@ from streams.pipeline.duplicates import RecentEvents
 from streams.pipeline.metrics import PipelineMetrics
 from streams.pipeline.outputs import (
     Failure,
-    TransientSendError,
-    absent_topic_error,
-    classify,
     describe,
-    instead,
     is_rejection,
     was_cut,
 )
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
 from streams.pipeline.validation import IngressRecord, Limits
+from streams.pipeline.writer import OutputWriter, Unwritable, event_id
 from streams.registry.sync import RegistryView
 from streams.retrying import until_available
-from streams.settings import PRODUCE_BATCH_BYTES, KafkaSettings, WorkerSettings
+from streams.settings import KafkaSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
-# Fewer, fuller produce requests: the broker shares the machine's cores with the workers
-# (make bench: one worker 1,099 -> 1,360 events/s, two 1,231 -> 1,722 going from 2 to 8 ms).
-OUTPUT_LINGER_MS = 8
-# aiokafka's default, named because rejection copies are cut to fit it: the largest record
-# (with its headers) the producer sends.
-MAX_REQUEST_BYTES = 1_048_576
 
 
 @dataclass
@@ -77,8 +67,7 @@ class _InFlight:
 
     @property
     def event_id(self) -> str:
-        found = next((v for k, v in self.record.headers if k == "ce_id"), b"")
-        return found.decode(errors="replace") or "(none)"
+        return event_id(self.record)
 
 
 def _size(record: IngressRecord, outcome: Outcome) -> int:
@@ -98,22 +87,26 @@ class PipelineWorker:
         self.metrics = PipelineMetrics()
         self.view = RegistryView(settings.kafka)
         self.view.on_change(lambda _key: self.metrics.registry_version.inc())
-        self.producer: AIOKafkaProducer | None = None
+        self.writer = OutputWriter(settings, self.metrics)
         self.pipeline: Pipeline | None = None
         self.budget = InFlightBudget(settings.max_in_flight, settings.max_in_flight_bytes)
         self.lanes: Lanes[_InFlight] = Lanes(self._settle, self._ack, self._acker_died)
         self.halted: dict[str, str] = {}  # "topic[partition]" -> what could not be written
         self.fatal: str | None = None
-        self._issued_by: weakref.WeakKeyDictionary[asyncio.Future[Any], AIOKafkaProducer] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._renewing = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
         self._crashing: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
         self._last_acked: dict[tuple[str, int], int] = {}
         self._stream: Any = None
         self.ingress_topics: set[str] = set()
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The producer of the outputs (None before ``start``)."""
+        return self.writer.producer
+
+    @producer.setter
+    def producer(self, producer: AIOKafkaProducer | None) -> None:
+        self.writer.producer = producer
 
     async def start(self) -> None:
         """Load the registry, connect the producer; once."""
@@ -127,7 +120,7 @@ class PipelineWorker:
                 )
             key = load_private_key(self.settings.signing_key_file.read_bytes())
             await self.view.start()
-            self.producer = await self._new_producer()
+            await self.writer.start()
             chain = AuditChain(f"{self.settings.app_id}/{socket.gethostname()}/{os.getpid()}/"
                                f"{int(time.time() * 1000)}")  # fmt: skip
             self.pipeline = Pipeline(
@@ -145,32 +138,6 @@ class PipelineWorker:
             )
             self.metrics.acker_up.set(1)
             log.info("pipeline ready: %d subscriptions", len(self.view.subscriptions))
-
-    async def _new_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **self.settings.kafka.durable_producer_options(
-                linger_ms=OUTPUT_LINGER_MS,
-                max_batch_size=PRODUCE_BATCH_BYTES,
-                max_request_size=MAX_REQUEST_BYTES,
-            )
-        )
-        await producer.start()
-        return producer
-
-    async def _renew_producer(self, failed: AIOKafkaProducer | None, error: KafkaError) -> None:
-        """A new producer in place of ``failed``, whose sequence numbers the broker no longer
-        follows; the old one stops in the background (what it still holds settles or fails,
-        and is sent again through the new one)."""
-        async with self._renewing:
-            if failed is None or self.producer is not failed:
-                return  # renewed already, for another output
-            old: AIOKafkaProducer = failed
-            self.producer = await self._new_producer()
-            log.warning("the broker lost step with the producer (%s): a new producer takes over",
-                        describe(error))  # fmt: skip
-            retiring = asyncio.get_running_loop().create_task(old.stop())
-            self._retiring.add(retiring)
-            retiring.add_done_callback(self._retiring.discard)
 
     async def run(self, stream: Any) -> None:
         """The agent: handle each ingress event; its outputs are settled and it is acked, in
@@ -193,7 +160,7 @@ class PipelineWorker:
             outcome = await self._handle(record)
             size = _size(record, outcome)
             await self.budget.acquire(size)
-            futures = [await self._send(output) for output in outcome.outputs]
+            futures = [await self.writer.send(output) for output in outcome.outputs]
             self.metrics.in_flight.inc()
             self.metrics.in_flight_bytes.inc(size)
             item = _InFlight(event, record, outcome, futures, started, size)
@@ -206,110 +173,17 @@ class PipelineWorker:
             lambda: pipeline.handle(record), RegistryUnavailableError, "schema registry", log
         )
 
-    async def _send(self, output: Output) -> asyncio.Future[Any]:
-        """Queue ``output``; a transient error is waited out, any other comes back as the
-        returned future's exception (so that every error is classified in one place)."""
-
-        async def queue() -> asyncio.Future[Any]:
-            producer = self.producer  # the current one: it may be renewed between attempts
-            assert producer is not None  # noqa: S101 - start() ran
-            try:
-                future: asyncio.Future[Any] = await producer.send(
-                    output.topic, output.value, key=output.key, headers=list(output.headers)
-                )
-                self._issued_by[future] = producer
-                return future
-            except KafkaError as error:
-                refusal = error if classify(error) is not Failure.TRANSIENT else None
-                if isinstance(error, UnknownTopicOrPartitionError):
-                    refusal = await self._refusal_by_metadata(output.topic)
-                if refusal is None:
-                    self.metrics.output_errors.labels(type(error).__name__, "transient").inc()
-                    raise TransientSendError(error) from error
-                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                failed.set_exception(refusal)
-                return failed
-
-        return await until_available(queue, TransientSendError, f"broker for {output.topic}", log)
-
-    async def _refusal_by_metadata(self, topic: str) -> KafkaError | None:
-        """The error the cluster's fresh metadata gives ``topic`` (absent, not authorized), or
-        None when the topic is there or the cluster cannot be asked."""
-        assert self.producer is not None  # noqa: S101 - start() ran
-        client = self.producer.client
-        if not await client.force_metadata_update():
-            return None
-        if topic in client.cluster.unauthorized_topics:
-            return TopicAuthorizationFailedError(topic)
-        if client.cluster.partitions_for_topic(topic) is None:
-            return absent_topic_error(topic)
-        return None
-
-    async def _acknowledgement(
-        self, output: Output, future: asyncio.Future[Any]
-    ) -> KafkaError | None:
-        """None once the broker acknowledged ``output``, or the error it failed with.
-
-        With idempotence aiokafka retries retriable errors for ever, so an output to a topic
-        deleted meanwhile would wait for ever: every ``output_check_s`` the cluster is asked.
-        """
-        while True:
-            try:
-                await asyncio.wait_for(asyncio.shield(future), self.settings.output_check_s)
-                return None
-            except KafkaError as error:
-                return error
-            except TimeoutError:
-                refusal = await self._refusal_by_metadata(output.topic)
-                if refusal is not None:
-                    return refusal
-
     async def _settle(self, item: _InFlight) -> None:
         """Every output of ``item`` acknowledged, or replaced by a rejection that was."""
-        for index, output in enumerate(item.outcome.outputs):
-            await self._settle_output(item, output, item.futures[index])
 
-    async def _settle_output(
-        self, item: _InFlight, output: Output, first: asyncio.Future[Any]
-    ) -> None:
-        current = [output]
-        pending = [first]
-
-        async def attempt() -> KafkaError | None:
-            future = pending.pop() if pending else await self._send(current[0])
-            error = await self._acknowledgement(current[0], future)
-            failure = classify(error) if error is not None else None
-            if error is not None and failure is Failure.OUT_OF_SEQUENCE:
-                await self._renew_producer(self._issued_by.get(future), error)
-            if error is not None and failure in (Failure.TRANSIENT, Failure.OUT_OF_SEQUENCE):
-                self.metrics.output_errors.labels(type(error).__name__, str(failure)).inc()
-                self.metrics.send_retries.inc()
-                raise TransientSendError(error)
-            return error
-
-        while True:
-            error = await until_available(
-                attempt, TransientSendError, f"acknowledgement of {output.topic}", log
-            )
-            if error is None:
-                return
-            refused = current[0]
-            failure = classify(error)
-            self.metrics.output_errors.labels(type(error).__name__, str(failure)).inc()
-            replacement = (
-                instead(item.record, refused, error, MAX_REQUEST_BYTES)
-                if failure is Failure.REFUSED
-                else None
-            )
-            if replacement is None:
-                await self._halt(item, refused, error, failure)
-                return  # not reached: _halt holds the partition
+        def replaced(refused: Output, replacement: Output) -> None:
             self._count_replacement(item, refused, replacement)
-            instead_of = "a cut copy" if was_cut(replacement) else "an undeliverable rejection"
-            log.warning("%s refused a record of %s[%d]@%d (event %s): %s; sending %s instead",
-                        refused.topic, *item.record.position, item.event_id, describe(error),
-                        instead_of)  # fmt: skip
-            current[0] = replacement
+
+        for index, output in enumerate(item.outcome.outputs):
+            try:
+                await self.writer.settle(item.record, output, item.futures[index], replaced)
+            except Unwritable as failure:
+                await self._halt(item, failure.output, failure.error, failure.failure)
 
     def _count_replacement(self, item: _InFlight, refused: Output, replacement: Output) -> None:
         if is_rejection(refused):
@@ -341,12 +215,14 @@ class PipelineWorker:
 
     def _acker_died(self, error: BaseException) -> None:
         self.metrics.acker_up.set(0)
-        log.critical("the acker of the ingress events died (%r); the worker exits", error)
+        if self._crashing is None:
+            log.critical("the acker of the ingress events died (%r); the worker exits", error)
         self._crash(error)
 
     def _crash(self, error: BaseException) -> None:
         """Stop the worker with ``error``: it exits non-zero and is restarted by its manager."""
-        self._crashing = asyncio.get_running_loop().create_task(self.app.crash(error))
+        if self._crashing is None:  # once: Faust stops the worker, which exits with 1
+            self._crashing = asyncio.get_running_loop().create_task(self.app.crash(error))
 
     async def _ack(self, item: _InFlight) -> None:
         await self._stream.ack(item.event)
@@ -392,8 +268,7 @@ class PipelineWorker:
     async def stop(self) -> None:
         """Drain in-flight work (bounded), then close the producer and the registry view."""
         await self.drain(self.settings.shutdown_timeout_s / 2)
-        if self.producer is not None:
-            await self.producer.stop()
+        await self.writer.stop()
         await self.view.stop()
 
     def unconsumed_ingress(self) -> set[str]:

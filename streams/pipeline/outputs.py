@@ -51,6 +51,13 @@ from streams.contract.reasons import Reason
 from streams.pipeline.process import Output
 from streams.pipeline.validation import IngressRecord, publisher_of
 
+# Bytes of a record batch's own header: a record alone in a batch needs this much more room.
+BATCH_OVERHEAD_BYTES = 61
+# Broker errors about a whole batch's size: records that fit alone may have shared the batch.
+BATCH_SIZE_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 # What a cut copy keeps of a header value, in bytes: enough for an id, a reason, a detail.
 HEADER_KEEP_BYTES = 1000
 # Headers a cut copy keeps: the bus's own and the event's id and type.
@@ -138,6 +145,12 @@ def record_size(output: Output) -> int:
             output.key, output.value, list(output.headers)
         )
     )
+
+
+def fits_alone(output: Output, max_message_bytes: int) -> bool:
+    """Whether ``output`` alone in a batch fits a topic's ``max.message.bytes``: the broker
+    refuses a whole batch that is too large, the records that would fit with the others."""
+    return record_size(output) + BATCH_OVERHEAD_BYTES <= max_message_bytes
 
 
 def describe(error: BaseException) -> str:

@@ -30,11 +30,13 @@ from aiokafka.errors import (
 from streams.audit.chain import AuditChain
 from streams.contract.signing import load_private_key
 from streams.pipeline.acking import InFlightBudget, Lanes
-from streams.pipeline.app import MAX_REQUEST_BYTES, PipelineWorker, create_app
+from streams.pipeline.app import PipelineWorker, create_app
 from streams.pipeline.outputs import (
+    BATCH_OVERHEAD_BYTES,
     Failure,
     classify,
     cut,
+    fits_alone,
     instead,
     is_bare,
     record_size,
@@ -42,6 +44,7 @@ from streams.pipeline.outputs import (
 )
 from streams.pipeline.process import BusKey, Output, Pipeline
 from streams.pipeline.validation import IngressRecord
+from streams.pipeline.writer import MAX_REQUEST_BYTES
 from streams.settings import REPO_ROOT, WorkerSettings
 from tests.unit.pipeline_fixtures import prepared, registry_view
 from tests.unit.test_agent_wiring import OfflineSchemas
@@ -346,3 +349,10 @@ def test_health_is_503_once_the_acker_died() -> None:
     status, body = worker.health()
     assert status == 503
     assert body["checks"]["acker"] == {"ok": False, "error": "RuntimeError('bug')"}
+
+
+def test_a_record_fits_alone_when_it_and_a_batch_header_fit_the_topic_limit() -> None:
+    record = Output("esb.deliver.utumishi", b"k", b"v" * 900)
+    size = record_size(record)
+    assert fits_alone(record, size + BATCH_OVERHEAD_BYTES)
+    assert not fits_alone(record, size + BATCH_OVERHEAD_BYTES - 1)
