@@ -10,7 +10,10 @@
   them): each refused delivery becomes an ``undeliverable`` rejection to the publisher
   naming topic, size and error, while the same events still reach their other subscriber.
 - A delivery topic that refuses some records of a partition and takes the others: the
-  refused ones are undeliverable, the ones behind them on the same partition delivered.
+  refused ones are undeliverable, the ones behind them on the same partition delivered
+  (after a refused batch the broker finds the idempotent producer out of sequence).
+- A delivery topic deleted while the worker runs: nothing stalls, every event reaches the
+  other agreement and the deleted topic again or comes back as undeliverable.
 
 The module has a broker and registry of its own: it writes records near the size limits
 and changes a delivery topic's configuration, which must not reach other tests' workers.
@@ -278,5 +281,50 @@ async def test_records_refused_between_taken_ones_on_one_partition_do_not_stop_t
     assert {header(r, "ce_id") for r in to_nida} == deaths.ids()
     assert {header(r, "ce_id") for r in rejections} == big
     assert {header(r, "esb_reason") for r in rejections} == {"undeliverable"}
+    assert health is not None
+    assert health["status"] == "ok", health
+
+
+@pytest.mark.timeout(400)
+async def test_a_delivery_topic_deleted_while_the_worker_runs_stalls_nothing(
+    outputs_bus: LocalBus, tmp_path: Path
+) -> None:
+    kafka, registry = outputs_bus.bootstrap, outputs_bus.registry_url
+    await apply_registry(kafka, registry, registry_document(None), tmp_path)
+    worker = worker_process(kafka, registry, tmp_path / "worker.log")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        system = new_system()
+        source = f"/institutions/rita/systems/{system}"
+        async with rita_publisher(kafka, registry, system) as publisher:
+            deaths = Stream(publisher, keys=4, prefix=f"D{uuid.uuid4().hex[:6]}")
+            for n in range(6):
+                await deaths.publish(n)
+            first = deaths.ids()
+            await read_topic(kafka, "esb.deliver.utumishi", source, want=first, wait_s=90)
+            # the worker's producer knows the topic's partitions: its next records go there
+            await admin.delete_topics(["esb.deliver.utumishi"])
+            for n in range(6, 12):
+                await deaths.publish(n)
+        second = deaths.ids() - first
+        to_nida = await read_topic(kafka, "esb.deliver.nida", source, want=deaths.ids(),
+                                   wait_s=120)  # fmt: skip
+        await wait_until(lambda: _metric(worker, "govesb_pipeline_in_flight ") == 0, 120,
+                         "every event settled")  # fmt: skip
+        to_utumishi = await read_topic(kafka, "esb.deliver.utumishi", source, idle_s=3)
+        rejections = await read_topic(kafka, "esb.rejected.rita", source, idle_s=3)
+        health = worker.health()
+    finally:
+        worker.stop()
+        await admin.close()
+
+    # the other agreement got every event, before and after the deletion
+    assert {header(r, "ce_id") for r in to_nida} == deaths.ids()
+    # each event after it reached the topic again (the broker re-creates it on the
+    # producer's metadata request here) or came back as undeliverable: none is lost or stuck
+    undeliverable = {header(r, "ce_id") for r in rejections
+                     if header(r, "esb_reason") == "undeliverable"}  # fmt: skip
+    assert second <= {header(r, "ce_id") for r in to_utumishi} | undeliverable
     assert health is not None
     assert health["status"] == "ok", health
