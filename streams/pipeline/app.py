@@ -201,8 +201,9 @@ class PipelineWorker:
         """Nothing can be written in place of ``output``: hold its partition (never acked, so
         read again after a restart), say so in the log, ``/health`` and the metrics."""
         topic, partition, offset = item.record.position
-        what = (f"{output.topic} refused {describe(error)} for {topic}[{partition}]@{offset} "
-                f"(event {item.event_id}) and nothing can replace it")  # fmt: skip
+        what = (f"{output.topic} refused the output of {topic}[{partition}]@{offset} "
+                f"(event {item.event_id}) and nothing can replace it: "
+                f"{describe(error)}")  # fmt: skip
         self.halted[f"{topic}[{partition}]"] = what
         self.metrics.halted_partitions.set(len(self.halted))
         log.error("partition %s[%d] halted until the worker restarts: %s", topic, partition, what)

@@ -12,6 +12,9 @@
 - A delivery topic that refuses some records of a partition and takes the others: the
   refused ones are undeliverable, the ones behind them on the same partition delivered
   (after a refused batch the broker finds the idempotent producer out of sequence).
+- A rejection topic that takes nothing (``esb.rejected.tra``): the partition of the record
+  whose reason cannot be written is held (never acked), ``/health`` is 503 naming the
+  record, and the other institutions' events flow on.
 - A delivery topic deleted while the worker runs: nothing stalls, every event reaches the
   other agreement and the deleted topic again or comes back as undeliverable.
 
@@ -22,7 +25,10 @@ and changes a delivery topic's configuration, which must not reach other tests' 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +46,7 @@ from streams.client.consuming import assign_topics
 from streams.contract.codec import SchemaStore
 from streams.pipeline.outputs import record_size
 from streams.pipeline.process import Output
-from tests.corpus.malformed import CITIZEN, Forge, KafkaRecord
+from tests.corpus.malformed import CITIZEN, PAYMENT, Forge, KafkaRecord
 from tests.integration.chaos import (
     Stream,
     apply_registry,
@@ -69,7 +75,7 @@ def outputs_bus(
 
 async def _forge(registry: str) -> Forge:
     store = SchemaStore(AsyncSchemaRegistryClient({"url": registry}))
-    return Forge({CITIZEN: await store.id_for(CATALOG.get(CITIZEN))})
+    return Forge({name: await store.id_for(CATALOG.get(name)) for name in (CITIZEN, PAYMENT)})
 
 
 def _padded(record: KafkaRecord, total: int) -> KafkaRecord:
@@ -328,3 +334,85 @@ async def test_a_delivery_topic_deleted_while_the_worker_runs_stalls_nothing(
     assert second <= {header(r, "ce_id") for r in to_utumishi} | undeliverable
     assert health is not None
     assert health["status"] == "ok", health
+
+
+@pytest.mark.timeout(400)
+async def test_a_partition_whose_rejection_cannot_be_written_is_held_and_health_says_503(
+    outputs_bus: LocalBus, tmp_path: Path
+) -> None:
+    kafka, registry = outputs_bus.bootstrap, outputs_bus.registry_url
+    await apply_registry(kafka, registry, registry_document(None), tmp_path)
+    # esb.rejected.tra takes nothing over 200 bytes: not even a rejection cut to its reason
+    # (tra publishes nothing else in this module: its record is the first to be held)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, "esb.rejected.tra",
+                                  configs={"max.message.bytes": "200"})  # fmt: skip
+        await admin.alter_configs([resource])
+        worker = worker_process(kafka, registry, tmp_path / "worker.log")
+        try:
+            forge = await _forge(registry)
+            good = forge.good("tra", PAYMENT)
+            value = good.value or b""
+            tampered = good.with_value(value[:-1] + bytes([value[-1] ^ 1]))  # bad signature
+            producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all",
+                                        enable_idempotence=True)  # fmt: skip
+            await producer.start()
+            try:
+                meta = await producer.send_and_wait(tampered.topic, tampered.value,
+                                                    key=tampered.key,
+                                                    headers=list(tampered.headers))  # fmt: skip
+            finally:
+                await producer.stop()
+            system = new_system()
+            async with rita_publisher(kafka, registry, system) as publisher:
+                deaths = Stream(publisher, keys=4, prefix=f"H{uuid.uuid4().hex[:6]}")
+                for n in range(8):
+                    await deaths.publish(n)
+            to_nida = await read_topic(kafka, "esb.deliver.nida",
+                                       f"/institutions/rita/systems/{system}",
+                                       want=deaths.ids(), wait_s=90)  # fmt: skip
+            where = f"esb.ingress.tra[{meta.partition}]"
+
+            def halted() -> bool:
+                body = _health(worker)[1]
+                return where in body.get("checks", {}).get("producer", {}).get(
+                    "halted_partitions", {}
+                )
+
+            await wait_until(halted, 90, f"{where} held")
+            status, health = _health(worker)
+            metrics = worker.metrics()
+        finally:
+            worker.stop()
+    finally:
+        resource = ConfigResource(ConfigResourceType.TOPIC, "esb.rejected.tra",
+                                  configs={"max.message.bytes": "1048588"})  # fmt: skip
+        await admin.alter_configs([resource])
+        await admin.close()
+
+    # the other institutions' events flowed on
+    assert {header(r, "ce_id") for r in to_nida} == deaths.ids()
+    # the held partition is named with the record and the error, and /health is 503
+    assert status == 503
+    assert health["status"] == "degraded"
+    what = health["checks"]["producer"]["halted_partitions"][where]
+    assert f"{where}@{meta.offset}" in what
+    assert (good.first("ce_id") or b"").decode() in what
+    assert "MessageSizeTooLargeError" in what
+    assert "govesb_pipeline_halted_partitions 1.0" in metrics
+    log = (tmp_path / "worker.log").read_text()
+    assert f"partition {where} halted until the worker restarts" in log
+
+
+def _health(worker: WorkerProcess) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the worker's /health, a 503 too ((0, {}) if no answer)."""
+    url = f"http://127.0.0.1:{worker.web_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except (OSError, ValueError):
+        return 0, {}
