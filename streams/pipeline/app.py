@@ -1,9 +1,12 @@
 """The Faust app of the pipeline: the one ``faust.App``, its topics, agent and web pages.
 
 Faust gives the consumer group, partition assignment, the agent and the web server. Outputs
-are produced with the worker's own aiokafka producer (acks=all, idempotent) and an ingress
-event is acked — so its offset may be committed — only after the broker acknowledged every
-output of it, in order. ``processing_guarantee`` stays at-least-once with stable event ids.
+are produced by the worker's own producer (``streams.pipeline.writer``: acks=all, idempotent)
+and an ingress event is acked — so its offset may be committed — only after every output of
+it was acknowledged by the broker or replaced by a rejection that was; acks keep the order of
+each partition and only of each partition (``streams.pipeline.acking``). A partition whose
+output cannot be written at all is held, and ``/health`` says so. ``processing_guarantee``
+stays at-least-once with stable event ids.
 """
 
 from __future__ import annotations
