@@ -333,6 +333,25 @@ class WorkerSettings(DemoKeyPolicy):
         return None
 
     max_in_flight: int = Field(default=2000, description="events processed but not yet acked")
+    max_in_flight_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        description="bytes of the events processed but not yet acked (each ingress record plus "
+        "every output of it); the agent waits while more are in flight. The default, 256 MiB, "
+        "leaves room within the 1 GiB memory limit of `deploy/k8s/worker.yaml` for the "
+        "process itself, the consumer's fetch buffers and the producer's batches; a record "
+        "larger than the whole budget still passes, alone",
+    )
+    output_check_s: float = Field(
+        default=15.0,
+        description="how long an output may wait for the broker's acknowledgement before the "
+        "worker asks the cluster whether its topic still exists and may be written, in "
+        "seconds; a topic gone or refused makes the output `undeliverable`",
+    )
+    stuck_after_s: float = Field(
+        default=60.0,
+        description="`/health` answers 503 (check `outputs`) while the oldest event in flight "
+        "has waited longer than this for its outputs to be acknowledged, in seconds",
+    )
     max_value_bytes: int = Field(
         default=1_000_000,
         description="largest record value accepted, in bytes; a larger one is rejected as "

@@ -9,6 +9,8 @@ publisher's event was valid, the other agreements received it, and the copy on
 ``esb.rejected.<publisher>`` (with ``esb_subscription`` naming the agreement, or ``*`` when
 nothing was delivered) is there for an operator to replay once the cause is fixed
 (``govesb rejected replay``). A publisher need not act on it.
+``undeliverable`` comes from the output path: a valid event the broker would not store for a
+subscriber (too large for the delivery topic, topic absent, not authorized).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ class Reason(StrEnum):
     DUPLICATE = "duplicate"
     FUTURE_TIME = "future-time"
     INTERNAL = "internal"
+    # A valid event whose delivery the broker refused for good (too large for the delivery
+    # topic, topic absent or not authorized): esb_detail says which topic, size and error.
+    UNDELIVERABLE = "undeliverable"
+
+
+# Reasons given after validation (delivery, output path): no ingress record alone causes
+# them, so the malformed corpus cannot hold a case for them.
+OUTPUT_REASONS = frozenset({Reason.INTERNAL, Reason.UNDELIVERABLE})
 
 
 class EventError(ValueError):
@@ -73,4 +83,8 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.INTERNAL: "not the publisher's fault: the event was valid and went to every other "
     "agreement, but the bus could not deliver it under the agreement named in "
     "`esb_subscription`; the operator fixes it and replays the copy (`govesb rejected replay`)",
+    Reason.UNDELIVERABLE: "not the publisher's fault: the event was valid, but the broker "
+    "refused its delivery to a subscriber for good (too large for the delivery topic, topic "
+    "absent or not authorized); `esb_detail`, `esb_refused_topic` and `esb_refused_bytes` say "
+    "what; the other subscribers got it",
 }

@@ -1,21 +1,25 @@
 """The Faust app of the pipeline: the one ``faust.App``, its topics, agent and web pages.
 
 Faust gives the consumer group, partition assignment, the agent and the web server. Outputs
-are produced with the worker's own aiokafka producer (acks=all, idempotent) and an ingress
-event is acked — so its offset may be committed — only after the broker acknowledged every
-output of it, in order. ``processing_guarantee`` stays at-least-once with stable event ids.
+are produced by the worker's own producer (``streams.pipeline.writer``: acks=all, idempotent)
+and an ingress event is acked — so its offset may be committed — only after every output of
+it was acknowledged by the broker or replaced by a rejection that was; acks keep the order of
+each partition and only of each partition (``streams.pipeline.acking``). A partition whose
+output cannot be written at all is held, and ``/health`` says so. ``processing_guarantee``
+stays at-least-once with stable event ids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import tempfile
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +27,35 @@ import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams import health
 from streams.audit.chain import new_chain, process_instance
 from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
+from streams.contract.reasons import Reason
 from streams.contract.signing import load_private_key
 from streams.pipeline import fetch_guard
+from streams.pipeline.acking import InFlightBudget, Lanes
 from streams.pipeline.duplicate_log import DuplicateLog
 from streams.pipeline.duplicates import DuplicateWindow
 from streams.pipeline.metrics import PipelineMetrics
+from streams.pipeline.outputs import (
+    Failure,
+    describe,
+    is_rejection,
+    was_cut,
+)
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
 from streams.pipeline.validation import IngressRecord, Limits
+from streams.pipeline.writer import OutputWriter, Unwritable, event_id
 from streams.registry.sync import RegistryView
 from streams.retrying import until_available
-from streams.settings import PRODUCE_BATCH_BYTES, KafkaSettings, WorkerSettings
+from streams.settings import KafkaSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
-# Fewer, fuller produce requests: the broker shares the machine's cores with the workers
-# (make bench: one worker 1,099 -> 1,360 events/s, two 1,231 -> 1,722 going from 2 to 8 ms).
-OUTPUT_LINGER_MS = 8
 
 
 @dataclass
@@ -52,10 +65,24 @@ class _InFlight:
     outcome: Outcome
     futures: list[asyncio.Future[Any]]
     started: float
+    size: int
+    refused: list[str] = field(default_factory=list)  # delivery topics that refused
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.record)
+
+
+def _size(record: IngressRecord, outcome: Outcome) -> int:
+    """Bytes an event holds while in flight: its record and every output."""
+    return len(record.value or b"") + sum(
+        len(o.value or b"") + len(o.key or b"") + sum(len(v) for _, v in o.headers)
+        for o in outcome.outputs
+    )
 
 
 class PipelineWorker:
-    """State of one worker process: registry view, pipeline, producer, ack tracker."""
+    """State of one worker process: registry view, pipeline, producer, acks per partition."""
 
     def __init__(self, app: faust.App, settings: WorkerSettings) -> None:
         self.app = app
@@ -68,10 +95,13 @@ class PipelineWorker:
             stale_after_s=settings.registry_stale_after_s,
         )
         self.view.on_change(lambda _key: self.metrics.registry_version.inc())
-        self.producer: AIOKafkaProducer | None = None
+        self.writer = OutputWriter(settings, self.metrics)
         self.pipeline: Pipeline | None = None
-        self._queue: asyncio.Queue[_InFlight] = asyncio.Queue(settings.max_in_flight)
-        self._acker: asyncio.Task[None] | None = None
+        self.budget = InFlightBudget(settings.max_in_flight, settings.max_in_flight_bytes)
+        self.lanes: Lanes[_InFlight] = Lanes(self._settle, self._ack, self._acker_died)
+        self.halted: dict[str, str] = {}  # "topic[partition]" -> what could not be written
+        self.fatal: str | None = None
+        self._crashing: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
         self._last_acked: dict[tuple[str, int], int] = {}
         self._stream: Any = None
@@ -85,6 +115,15 @@ class PipelineWorker:
             self.instance,
         )
 
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The producer of the outputs (None before ``start``)."""
+        return self.writer.producer
+
+    @producer.setter
+    def producer(self, producer: AIOKafkaProducer | None) -> None:
+        self.writer.producer = producer
+
     async def start(self) -> None:
         """Load the registry, connect the producer; once."""
         async with self._started:
@@ -97,15 +136,9 @@ class PipelineWorker:
                 )
             key = load_private_key(self.settings.signing_key_file.read_bytes())
             await self.view.start()
-            producer = AIOKafkaProducer(
-                **self.settings.kafka.durable_producer_options(
-                    linger_ms=OUTPUT_LINGER_MS, max_batch_size=PRODUCE_BATCH_BYTES
-                )
-            )
-            await producer.start()
-            self.producer = producer
+            await self.writer.start()
             # Before the first event: a re-send after a restart is then a duplicate.
-            await self.duplicates.start(producer)
+            await self.duplicates.start()
             chain = new_chain(self.settings.app_id)
             self.pipeline = Pipeline(
                 self.view,
@@ -120,11 +153,12 @@ class PipelineWorker:
                 ),
                 self.duplicates.window,
             )
-            self._acker = asyncio.create_task(self._ack_in_order(), name="pipeline-acker")
+            self.metrics.acker_up.set(1)
             log.info("pipeline ready: %d subscriptions", len(self.view.subscriptions))
 
     async def run(self, stream: Any) -> None:
-        """The agent: handle each ingress event; outputs are acked by ``_ack_in_order``."""
+        """The agent: handle each ingress event; its outputs are settled and it is acked, in
+        order per partition, by :attr:`lanes`."""
         await self.start()
         manual = stream.noack()
         self._stream = manual
@@ -141,9 +175,13 @@ class PipelineWorker:
             )
             started = time.monotonic()
             outcome = await self._handle(record)
-            futures = [await self._send(output) for output in outcome.outputs]
+            size = _size(record, outcome)
+            await self.budget.acquire(size)
+            futures = [await self.writer.send(output) for output in outcome.outputs]
             self.metrics.in_flight.inc()
-            await self._queue.put(_InFlight(event, record, outcome, futures, started))
+            self.metrics.in_flight_bytes.inc(size)
+            item = _InFlight(event, record, outcome, futures, started, size)
+            self.lanes.put((record.topic, record.partition), item)
 
     async def _handle(self, record: IngressRecord) -> Outcome:
         pipeline = self.pipeline
@@ -152,36 +190,63 @@ class PipelineWorker:
             lambda: pipeline.handle(record), RegistryUnavailableError, "schema registry", log
         )
 
-    async def _send(self, output: Output) -> asyncio.Future[Any]:
-        assert self.producer is not None  # noqa: S101 - start() ran
-        delay = 0.5
-        while True:
-            try:
-                future: asyncio.Future[Any] = await self.producer.send(
-                    output.topic, output.value, key=output.key, headers=list(output.headers)
-                )
-                return future
-            except KafkaError as error:
-                log.warning("cannot queue a record for %s (%s); retrying", output.topic, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    async def _settle(self, item: _InFlight) -> None:
+        """Every output of ``item`` acknowledged, or replaced by a rejection that was."""
 
-    async def _ack_in_order(self) -> None:
-        while True:
-            item = await self._queue.get()
-            for index, output in enumerate(item.outcome.outputs):
-                while True:
-                    try:
-                        await item.futures[index]
-                        break
-                    except KafkaError as error:
-                        self.metrics.send_retries.inc()
-                        log.warning("output to %s not acknowledged (%s); sending again",
-                                    output.topic, error)  # fmt: skip
-                        item.futures[index] = await self._send(output)
-            await self._stream.ack(item.event)
-            self._account(item)
-            self._queue.task_done()
+        def replaced(refused: Output, replacement: Output) -> None:
+            self._count_replacement(item, refused, replacement)
+
+        for index, output in enumerate(item.outcome.outputs):
+            try:
+                await self.writer.settle(item.record, output, item.futures[index], replaced)
+            except Unwritable as failure:
+                await self._halt(item, failure.output, failure.error, failure.failure)
+
+    def _count_replacement(self, item: _InFlight, refused: Output, replacement: Output) -> None:
+        if is_rejection(refused):
+            self.metrics.rejections_cut.labels(item.outcome.publisher).inc()
+            return
+        item.refused.append(refused.topic)
+        self.metrics.undeliverable.labels(refused.topic).inc()
+        self.metrics.rejections.labels(item.outcome.publisher, str(Reason.UNDELIVERABLE)).inc()
+        if was_cut(replacement):
+            self.metrics.rejections_cut.labels(item.outcome.publisher).inc()
+
+    async def _halt(
+        self, item: _InFlight, output: Output, error: KafkaError, failure: Failure
+    ) -> None:
+        """Nothing can be written in place of ``output``: hold its partition (never acked, so
+        read again after a restart), say so in the log, ``/health`` and the metrics."""
+        topic, partition, offset = item.record.position
+        what = (f"{output.topic} refused the output of {topic}[{partition}]@{offset} "
+                f"(event {item.event_id}) and nothing can replace it: "
+                f"{describe(error)}")  # fmt: skip
+        self.halted[f"{topic}[{partition}]"] = what
+        self.metrics.halted_partitions.set(len(self.halted))
+        log.error("partition %s[%d] halted until the worker restarts: %s", topic, partition, what)
+        with contextlib.suppress(Exception):  # a partition revoked meanwhile: nothing to pause
+            self.app.consumer.pause_partitions({TP(topic, partition)})
+        if failure is Failure.FATAL:
+            self.fatal = what
+            self._crash(error)
+        await asyncio.Event().wait()  # held; cancelled at shutdown
+
+    def _acker_died(self, error: BaseException) -> None:
+        self.metrics.acker_up.set(0)
+        if self._crashing is None:
+            log.critical("the acker of the ingress events died (%r); the worker exits", error)
+        self._crash(error)
+
+    def _crash(self, error: BaseException) -> None:
+        """Stop the worker with ``error``: it exits non-zero and is restarted by its manager."""
+        if self._crashing is None:  # once: Faust stops the worker, which exits with 1
+            self._crashing = asyncio.get_running_loop().create_task(self.app.crash(error))
+
+    async def _ack(self, item: _InFlight) -> None:
+        await self._stream.ack(item.event)
+        await self.budget.release(item.size)
+        self.metrics.in_flight_bytes.dec(item.size)
+        self._account(item)
 
     def _account(self, item: _InFlight) -> None:
         outcome, record = item.outcome, item.record
@@ -192,7 +257,8 @@ class PipelineWorker:
         if outcome.reason:
             self.metrics.rejections.labels(outcome.publisher, str(outcome.reason)).inc()
         for subscriber in outcome.subscribers:
-            self.metrics.deliveries.labels(subscriber, outcome.event_type).inc()
+            if topics.deliver(subscriber) not in item.refused:
+                self.metrics.deliveries.labels(subscriber, outcome.event_type).inc()
         for failure in outcome.failures:
             self.metrics.delivery_failures.labels(
                 failure.subscription, failure.subscriber, str(failure.reason)
@@ -200,7 +266,9 @@ class PipelineWorker:
         self._last_acked[(record.topic, record.partition)] = record.offset
 
     def update_lag(self) -> None:
-        """Consumer lag per assigned partition: highwater - next offset to ack."""
+        """Consumer lag per assigned partition: highwater - next offset to ack; the age of the
+        oldest event in flight."""
+        self.metrics.oldest_in_flight.set(self.lanes.oldest_age_s())
         consumer = self.app.consumer
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
@@ -213,43 +281,53 @@ class PipelineWorker:
             )
 
     async def drain(self, bound_s: float) -> None:
-        """Wait (bounded) until every queued event is acknowledged; then stop the acker."""
-        if self._acker is None:
-            return
-        try:
-            await asyncio.wait_for(self._queue.join(), bound_s)
-        except TimeoutError:
+        """Wait (bounded) until every event in flight is acknowledged; then stop the lanes."""
+        if not await self.lanes.join(bound_s):
             log.warning("%d event(s) not acknowledged at shutdown; they will be read again",
-                        self._queue.qsize())  # fmt: skip
-        self._acker.cancel()
-        await asyncio.gather(self._acker, return_exceptions=True)
+                        len(self.lanes))  # fmt: skip
+        await self.lanes.cancel()
 
     async def stop(self) -> None:
         """Drain in-flight work (bounded), then close the producer and the registry view."""
         await self.drain(self.settings.shutdown_timeout_s / 2)
-        await self.duplicates.stop(self.producer)
-        if self.producer is not None:
-            await self.producer.stop()
+        await self.duplicates.stop()
+        await self.writer.stop()
         await self.view.stop()
 
     def unconsumed_ingress(self) -> set[str]:
         """Ingress topics of registered institutions this process does not consume."""
         return {topics.ingress(i) for i in self.view.institutions} - self.ingress_topics
 
+    def _assigned(self) -> int:
+        try:
+            return len(self.app.consumer.assignment())
+        except ConsumerNotStarted:  # /health asked before the consumer started
+            return 0
+
     def health(self) -> tuple[int, dict[str, Any]]:
         """Per-component checks; 200 when all pass, 503 otherwise."""
-        view = self.view.health()
+        oldest = self.lanes.oldest_age_s()
         checks: dict[str, dict[str, Any]] = {
-            # An unreadable record withholds only its institution and is listed here; it does
-            # not fail the probe, or every worker would be restarted over one record.
             "registry_view": {
-                **view,
-                "ok": view["loaded"] and not view["stale"] and bool(self.view.event_types),
+                **health.registry_view_check(self.view),
                 "records": len(self.view.raw),
             },
-            "producer": {"ok": self.producer is not None},
-            "partitions": {"ok": True, "assigned": len(self.app.consumer.assignment())},
-            "pipeline": {"ok": self.pipeline is not None, "in_flight": self._queue.qsize()},
+            "producer": {
+                "ok": self.producer is not None and not self.halted and self.fatal is None,
+                "halted_partitions": dict(self.halted),
+            },
+            "partitions": {"ok": True, "assigned": self._assigned()},
+            "pipeline": {"ok": self.pipeline is not None, "in_flight": len(self.lanes)},
+            "outputs": {
+                "ok": oldest <= self.settings.stuck_after_s,
+                "oldest_in_flight_s": round(oldest, 1),
+                "stuck_after_s": self.settings.stuck_after_s,
+                "in_flight_bytes": self.budget.bytes,
+            },
+            "acker": {
+                "ok": self.lanes.dead is None,
+                "error": repr(self.lanes.dead) if self.lanes.dead is not None else None,
+            },
             "subscriptions": {"ok": True, "count": len(self.view.subscriptions)},
             "duplicate_window": self.duplicates.health(),
             "ingress_topics": {
@@ -258,8 +336,7 @@ class PipelineWorker:
                 "restart_needed_for": sorted(self.unconsumed_ingress()),
             },
         }
-        ok = all(check["ok"] for check in checks.values())
-        return (200 if ok else 503), {"status": "ok" if ok else "degraded", "checks": checks}
+        return health.report(checks)
 
 
 def create_app(

@@ -50,17 +50,22 @@ class DuplicateLog:
         self.topic = topic
         self._kafka = kafka
         self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.restored = 0
         self.error: str | None = None
         self.last_write_failed: str | None = None
 
-    async def start(self, producer: AIOKafkaProducer) -> None:
+    async def start(self) -> None:
         """Read the window's events from the topic, then follow it and write every second.
 
         A missing topic is reported in ``error`` (and ``/health``); the worker runs on with a
-        window that does not survive a restart.
+        window that does not survive a restart. The log has a producer of its own: one write
+        a second, independent of the worker's output producer.
         """
+        producer = AIOKafkaProducer(**self._kafka.durable_producer_options(linger_ms=5))
+        await producer.start()
+        self._producer = producer
         consumer = AIOKafkaConsumer(
             **self._kafka.aiokafka_options(), enable_auto_commit=False, group_id=None
         )
@@ -157,8 +162,9 @@ class DuplicateLog:
             check["error"] = self.error or self.last_write_failed
         return check
 
-    async def stop(self, producer: AIOKafkaProducer | None) -> None:
+    async def stop(self) -> None:
         """Stop following; write what is left."""
+        producer, self._producer = self._producer, None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,6 +173,8 @@ class DuplicateLog:
         if producer is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.write(producer), 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(producer.stop(), 5)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

@@ -58,6 +58,47 @@ class PipelineMetrics:
             "Outputs sent again after the broker did not acknowledge them.",
             registry=self.registry,
         )
+        self.in_flight_bytes = Gauge(
+            "govesb_pipeline_in_flight_bytes",
+            "Bytes of the events in flight: ingress records and every output of them.",
+            registry=self.registry,
+        )
+        self.oldest_in_flight = Gauge(
+            "govesb_pipeline_oldest_in_flight_seconds",
+            "Age of the oldest event whose outputs are not all acknowledged (0: none waits).",
+            registry=self.registry,
+        )
+        self.output_errors = Counter(
+            "govesb_pipeline_output_errors",
+            "Errors of the broker on outputs, by error and what it means "
+            "(transient: sent again, refused: replaced by a rejection or a cut copy, fatal).",
+            ["error", "failure"],
+            registry=self.registry,
+        )
+        self.undeliverable = Counter(
+            "govesb_pipeline_undeliverable",
+            "Outputs the broker refused for good, replaced by an undeliverable rejection.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.rejections_cut = Counter(
+            "govesb_pipeline_rejections_cut",
+            "Rejection copies cut (value, then key and headers dropped) to fit what the "
+            "broker takes.",
+            ["publisher"],
+            registry=self.registry,
+        )
+        self.halted_partitions = Gauge(
+            "govesb_pipeline_halted_partitions",
+            "Ingress partitions held because an output of theirs could not be written at "
+            "all (not even its rejection); they stay held until the worker restarts.",
+            registry=self.registry,
+        )
+        self.acker_up = Gauge(
+            "govesb_pipeline_acker_up",
+            "1 while the tasks that ack ingress events run; 0 once one died (the worker exits).",
+            registry=self.registry,
+        )
         self.registry_version = Gauge(
             "govesb_registry_records_applied",
             "Records of esb.registry applied by this process since it started.",

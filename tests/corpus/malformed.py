@@ -28,6 +28,8 @@ from streams.contract.codec import encode
 from streams.contract.envelope import new_envelope
 from streams.contract.jsonavro import to_json
 from streams.contract.signing import PrivateKey, load_private_key, sign_event
+from streams.pipeline.outputs import record_size
+from streams.pipeline.process import Output
 from streams.settings import REPO_ROOT
 from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, sample
 
@@ -36,6 +38,9 @@ DEATH = "tz.go.rita.DeathRegistered"
 PAYMENT = "tz.go.tra.TaxPaymentReceived"
 UNREGISTERED_SCHEMA_ID = 0xFFFFFFFF
 MAX_VALUE_BYTES = 1_000_000  # the worker's default GOVESB_MAX_VALUE_BYTES
+# A record (key, value, headers) the broker takes, with room for the test's marking headers,
+# whose rejected copy it would not take.
+NEAR_BROKER_LIMIT_BYTES = 1_048_440
 
 
 def demo_key(institution: str) -> PrivateKey:
@@ -269,6 +274,16 @@ def _oversize(forge: Forge) -> list[KafkaRecord]:
     return [good.with_value(value + b"\x00" * (MAX_VALUE_BYTES + 100 - len(value)))]
 
 
+def _oversize_near_broker_limit(forge: Forge) -> list[KafkaRecord]:
+    # The broker stores it (1,048,588 bytes a batch, 61 of them the batch's header), but its
+    # rejected copy, with the reason headers, is over the producer's 1 MiB request limit:
+    # the worker must cut the copy, not retry it for ever.
+    good = forge.good()
+    value = good.value or b""
+    size = record_size(Output(good.topic, good.key, value, good.headers))
+    return [good.with_value(value + b"\x00" * (NEAR_BROKER_LIMIT_BYTES - size))]
+
+
 def _duplicate(forge: Forge) -> list[KafkaRecord]:
     good = forge.good()
     return [good, good]
@@ -497,6 +512,13 @@ KAFKA_CASES: list[KafkaCase] = [
         "oversize",
         "the value is over 1,000,000 bytes (checked before anything else)",
         _oversize,
+    ),
+    KafkaCase(
+        "oversize-value-near-the-broker-limit",
+        "oversize",
+        "a 1,048,440-byte record: its value is over 1,000,000 bytes; its rejected copy, too "
+        "large for the producer, comes back cut (no value, header esb_cut) with the reason",
+        _oversize_near_broker_limit,
     ),
     KafkaCase(
         "ce_subject-not-payload-key",

@@ -30,7 +30,15 @@ from aiokafka.errors import (
 )
 from confluent_kafka import KafkaError as LibrdkafkaError
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
@@ -383,3 +391,90 @@ async def test_the_worker_delivers_end_to_end_as_govesb_worker(
     log = (tmp_path / "worker.log").read_text()
     assert code == 0, log[-3000:]
     assert "AuthorizationFailed" not in log, log[-3000:]  # it needed no more than its ACLs
+
+
+async def test_a_delivery_topic_the_worker_may_not_write_gets_undeliverable_rejections(
+    secure: SecureBus, tmp_path: Path
+) -> None:
+    """The worker's Write ACL on esb.deliver.utumishi is taken away while it runs: each death
+    still reaches nida, and comes back to rita as ``undeliverable`` for utumishi."""
+    assert secure.bus.broker is not None
+    worker_env = secure.bus.broker.secure.client_env(
+        acls.WORKER_USER, secure.passwords[acls.WORKER_USER]
+    )
+    worker = await asyncio.to_thread(
+        start_worker,
+        secure.bus.secure_bootstrap,
+        secure.bus.registry_url,
+        tmp_path / "worker.log",
+        extra_env={**worker_env, "GOVESB_COMMIT_INTERVAL_S": "0.5"},
+    )
+    admin = AdminClient({**secure.bus.broker.secure.client_config(*secure.admin), "log_level": 0})
+    denied = AclBindingFilter(
+        ResourceType.TOPIC, "esb.deliver.utumishi", ResourcePatternType.LITERAL,
+        acls.principal(acls.WORKER_USER), "*", AclOperation.WRITE, AclPermissionType.ALLOW,
+    )  # fmt: skip
+    try:
+        for future in admin.delete_acls([denied]).values():
+            assert future.result(timeout=15), "the worker had no Write ACL to take away"
+        system = f"acl-{uuid.uuid4().hex[:6]}"
+        source = f"/institutions/rita/systems/{system}".encode()
+        async with Publisher.connect(
+            institution="rita",
+            system=system,
+            key_id=KEY_IDS["rita"],
+            key=load_private_key((REPO_ROOT / "deploy/demo-keys/rita.key.pem").read_text()),
+            kafka=secure.settings("rita"),
+            schema_registry=SchemaRegistrySettings(url=secure.bus.registry_url),
+            catalog=Catalog.load(),
+        ) as rita:
+            sent = {
+                await rita.publish(
+                    "tz.go.rita.DeathRegistered",
+                    sample("tz.go.rita.DeathRegistered", entryNumber=f"ACL{n:05d}"),
+                )
+                for n in range(4)
+            }
+        delivered = await _records_of(secure.settings("nida"), "esb.deliver.nida", source, sent)
+        rejected = await _records_of(secure.settings("rita"), "esb.rejected.rita", source, sent)
+        health = worker.health()
+    finally:
+        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(secure.apply, EXAMPLE)  # gives the worker its ACL back
+
+    assert set(delivered) == sent  # the other agreement holds
+    assert set(rejected) == sent
+    for headers in rejected.values():
+        assert headers["esb_reason"] == b"undeliverable"
+        assert headers["esb_refused_topic"] == b"esb.deliver.utumishi"
+        assert b"TopicAuthorizationFailedError" in headers["esb_detail"]
+    assert health is not None
+    assert health["status"] == "ok", health
+
+
+async def _records_of(
+    kafka: KafkaSettings, topic: str, source: bytes, want: set[str]
+) -> dict[str, dict[str, bytes]]:
+    """Headers by ``ce_id`` of ``topic``'s records from ``source``, until all of ``want``
+    were read (or 90 s)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        **kafka.aiokafka_options(),
+        group_id=f"{kafka.sasl_username}.{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: dict[str, dict[str, bytes]] = {}
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(90):
+                while not want <= set(found):
+                    for records in (await consumer.getmany(timeout_ms=500)).values():
+                        for record in records:
+                            headers = dict(record.headers or [])
+                            if headers.get("ce_source") == source:
+                                found[headers["ce_id"].decode()] = headers
+    finally:
+        await consumer.stop()
+    return found

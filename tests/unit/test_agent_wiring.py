@@ -59,7 +59,6 @@ async def test_an_event_is_fanned_out_and_acked_only_after_its_outputs() -> None
         ),
         AuditChain("wiring-test"),
     )
-    worker._acker = asyncio.create_task(worker._ack_in_order())
     agent = app.agents["pipeline"]
     good = prepared("nida", CITIZEN)
     async with agent.test_context() as context:
@@ -88,7 +87,7 @@ async def test_an_event_is_fanned_out_and_acked_only_after_its_outputs() -> None
         assert rejected[3]["esb_reason"] == b"bad-signature"
         producer.acknowledge_all()
         await _until(lambda: worker._last_acked.get(("esb.ingress.nida", 0)) == 1)
-    worker._acker.cancel()
+    await worker.lanes.cancel()
     metrics = worker.metrics
     assert metrics.rejections.labels("nida", "bad-signature")._value.get() == 1
     assert metrics.deliveries.labels("tra", CITIZEN)._value.get() == 1

@@ -37,6 +37,10 @@ EXPECTED_ALERTS = {
     "GovesbBreakerOpen",
     "GovesbGateway5xx",
     "GovesbDeliveryLatencyHigh",
+    "GovesbWorkerOutputStuck",
+    "GovesbWorkerPartitionHalted",
+    "GovesbWorkerAckerDown",
+    "GovesbUndeliverable",
 }
 
 
