@@ -118,19 +118,36 @@ class SignedRequest:
     latin1: str = ""
 
     def unverified(self) -> HttpError:
-        """The refusal of a request whose signature does not verify over ``data_bytes``."""
+        """The refusal of a request whose signature does not verify over ``data_bytes``.
+
+        A body that is not UTF-8 and carries no well-formed signature is not a signed
+        ISO-8859-1 request: it is refused as any body that is not UTF-8 (400). With a
+        well-formed one it was, most likely, connector 0.1.5's: 401, and the message says
+        how it was read (a character outside ISO-8859-1 reaches the gateway as ``?``).
+        """
         if self.latin1 == "undeclared":
-            # Not UTF-8, and not a signed ISO-8859-1 body either: refused as any body that is
-            # not UTF-8 (nothing says it was meant as ISO-8859-1).
+            if not _well_formed(self.signature):
+                return HttpError(
+                    400, "invalid_json",
+                    "the body is not valid JSON (UTF-8, no duplicate keys, no lone surrogates)",
+                )  # fmt: skip
             return HttpError(
-                400,
-                "invalid_json",
-                "the body is not valid JSON in UTF-8 (read as ISO-8859-1, its signature "
-                "does not verify)",
-            )
+                401, "invalid_signature",
+                "the signature does not verify over the data bytes (the body is not UTF-8: "
+                "it was read as ISO-8859-1 and verified over its UTF-8 form)",
+            )  # fmt: skip
         return HttpError(
             401, "invalid_signature", "the signature does not verify over the data bytes"
         )
+
+
+def _well_formed(signature: str) -> bool:
+    """Whether ``signature`` is base64 of a DER ECDSA signature (whether or not it verifies)."""
+    try:
+        decode_dss_signature(base64.b64decode(signature, validate=True))
+    except ValueError:  # binascii.Error is one
+        return False
+    return True
 
 
 def read_request(raw: bytes, charset: str | None) -> SignedRequest:

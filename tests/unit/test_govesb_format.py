@@ -93,13 +93,18 @@ def test_connector_015_signs_utf8_and_sends_latin1_which_is_read_back_as_signed(
 
 def test_a_latin1_reading_that_does_not_verify_is_refused_as_the_body_says() -> None:
     text = connector_data(pushCode="x", esbBody={"lastName": NON_ASCII_NAME})
-    body = connector_body(text, "AAAA")
-    undeclared = read_request(body, None).unverified()
-    declared = read_request(body, "ISO-8859-1").unverified()
-    assert (undeclared.status, undeclared.code) == (400, "invalid_json")
-    assert (declared.status, declared.code) == (401, "invalid_signature")
-    utf8 = read_request(body.decode("latin-1").encode(), "utf-8").unverified()
-    assert (utf8.status, utf8.code) == (401, "invalid_signature")
+    other = demo_key("rita").sign(text.encode())  # well-formed, but not nida's
+    for signature, undeclared_refusal in [
+        (other, (401, "invalid_signature")),  # a signed ISO-8859-1 body that does not verify
+        ("AAAA", (400, "invalid_json")),  # no signed request: a body that is not UTF-8
+    ]:
+        body = connector_body(text, signature)
+        undeclared = read_request(body, None).unverified()
+        declared = read_request(body, "ISO-8859-1").unverified()
+        assert (undeclared.status, undeclared.code) == undeclared_refusal
+        assert (declared.status, declared.code) == (401, "invalid_signature")
+        utf8 = read_request(body.decode("latin-1").encode(), "utf-8").unverified()
+        assert (utf8.status, utf8.code) == (401, "invalid_signature")
 
 
 def test_the_token_inside_the_data_is_found_and_stripped() -> None:
