@@ -186,30 +186,26 @@ async def test_the_node_client_pushes_and_verifies_the_reply_itself(
 async def test_the_python_client_pushes_with_a_raw_token_and_its_ecc_verifies_the_reply(
     kafka: str, gateway: str
 ) -> None:
-    from govesb import ECC, GovESBTokenService
-    from govesb.v1.models.enums import DataFormatEnum
-    from govesb.v1.services.esb_helper2 import ESBHelper2
-
-    token = await asyncio.to_thread(
-        GovESBTokenService.get_esb_access_token, "nida", SECRET, f"{gateway}/oauth/token"
-    )
-    assert token.success, token
-    # ESBHelper2.esb_push_request: Authorization is the raw token, the body json.dumps with
-    # its default separators ({"data": {...}, "signature": "..."}), the key base64 of PEM.
-    key = base64.b64encode(NIDA.to_pem().encode()).decode()
-    esb_body = json.dumps(citizen_json(lastName=NON_ASCII_NAME))
+    try:
+        client = await asyncio.to_thread(govesb_clients.install_python_client)
+    except govesb_clients.ClientUnavailable as error:
+        pytest.skip(str(error))
+    config = {
+        "clientId": "nida",
+        "clientSecret": SECRET,
+        "tokenUrl": f"{gateway}/oauth/token",
+        "pushUrl": f"{gateway}{PUSH}",
+        "pushCode": CITIZEN,
+        "esbBody": citizen_json(lastName=NON_ASCII_NAME),
+        "privateKey": base64.b64encode(NIDA.to_pem().encode()).decode(),  # as it loads keys
+        "esbPublicKey": BUS.public_key().to_base64_der(),
+    }
     async with _ingress(kafka) as ingress:
-        reply = await asyncio.to_thread(
-            ESBHelper2.esb_push_request, CITIZEN, token.access_token, esb_body,
-            DataFormatEnum.JSON, key, f"{gateway}{PUSH}",
-        )  # fmt: skip
-        document = json.loads(reply)
-        assert document["data"]["success"] is True, reply
+        result = await asyncio.to_thread(govesb_clients.python_push, client, config)
+        document = json.loads(result["reply"])
+        assert document["data"]["success"] is True, result["reply"]
         [record] = await _landed(ingress, document["data"]["esbBody"]["eventId"])
     assert record is not None
     assert NON_ASCII_NAME.encode() in record.value  # sent as \u00e9, published as UTF-8
-    assert not _carries(record, token.access_token)
-    # The package's own verification primitive over the Python style (compact separators).
-    assert ECC.verify_payload(
-        python_verified_text(reply), document["signature"], BUS.public_key().to_base64_der()
-    )
+    assert not _carries(record, result["token"])
+    assert result["verified"] is True  # the package's own ECC.verify_payload
