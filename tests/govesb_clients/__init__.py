@@ -1,7 +1,7 @@
 """GovESB's public client libraries, driven unmodified against the gateway.
 
 ``package.json`` and ``package-lock.json`` pin the Node client ``govesb-connector-js``;
-``push.cjs`` drives it. ``python-client.txt`` pins the Python client ``govesb`` (by hash; its
+``client.cjs`` drives it. ``python-client.txt`` pins the Python client ``govesb`` (by hash; its
 distribution name is this project's own, so it is installed apart, into the cache);
 ``python_push.py`` drives it. Both run in processes of their own, as a client system would.
 """
@@ -78,12 +78,13 @@ def python_push(client: Path, config: dict[str, Any]) -> Any:
 
 
 def node_push(node_modules: Path, config: dict[str, Any]) -> Any:
-    """What ``push.cjs`` printed: the Node client's own verdict on the gateway's reply."""
+    """What ``client.cjs`` printed: the Node client's own verdict on the gateway's reply
+    (or, with ``config["replies"]``, on each of those)."""
     node = shutil.which("node")
     if node is None:
         raise npm.NodeUnavailable("node is needed for the Node GovESB client")
     done = subprocess.run(
-        [node, str(HERE / "push.cjs")],
+        [node, str(HERE / "client.cjs")],
         input=json.dumps(config),
         capture_output=True,
         text=True,

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from connectors.gateway.govesb import signed_reply
 from connectors.http_sink.delivery import basic_auth
 from deploy.worker import DEMO_BUS_KEY
 from streams.client.consuming import assign_topics
@@ -181,6 +182,24 @@ async def test_the_node_client_pushes_and_verifies_the_reply_itself(
         [record] = await _landed(ingress, verified["esbBody"]["eventId"])
     assert record is not None
     assert NON_ASCII_NAME.encode() in record.value
+
+
+async def test_the_node_client_verifies_every_reply_shape_reply_text_writes() -> None:
+    try:
+        node_modules = await asyncio.to_thread(govesb_clients.install_node_client)
+    except npm.NodeUnavailable as error:
+        pytest.skip(str(error))
+    shapes = [
+        {"success": True, "esbBody": {"name": NON_ASCII_NAME, "city": "Dar es Salaam"}},
+        {"success": False, "esbBody": {}, "message": 'tab\t "quote" \\ slash / \u2028 end'},
+        {"esbBody": {"b": 1, "10": "x", "2": "y", "a": [1, 2.5, 100.0, None, True, 0.001]}},
+        {"esbBody": {"amount": 9007199254740991, "rate": 1234567.125, "nested": {"0": {}}}},
+    ]
+    replies = [signed_reply(shape, BUS) for shape in shapes]
+    config = {"esbPublicKey": BUS.public_key().to_base64_der(), "replies": replies,
+              "clientPrivateKey": NIDA.to_base64_der()}  # fmt: skip
+    result = await asyncio.to_thread(govesb_clients.node_push, node_modules, config)
+    assert [text is not None for text in result["verified"]] == [True] * len(shapes)
 
 
 async def test_the_python_client_pushes_with_a_raw_token_and_its_ecc_verifies_the_reply(

@@ -1,7 +1,8 @@
 // Drives GovESB's Node client (govesb-connector-js), unmodified, as its README says:
-// configured with keys, client id and secret, token URL and engine URL, then pushData.
+// configured with keys, client id and secret, token URL and engine URL, then pushData (or,
+// with "replies" in the configuration, only verifyThenReturnData on each of them).
 // Reads that configuration as JSON on stdin; prints {"verified": <the data text its own
-// verifyThenReturnData accepted, or null>}.
+// verifyThenReturnData accepted, or null>} (a list of them for "replies").
 "use strict";
 
 const { GovEsbHelper } = require("govesb-connector-js");
@@ -18,7 +19,9 @@ async function main() {
     esbTokenUrl: config.esbTokenUrl,
     esbEngineUrl: config.esbEngineUrl,
   });
-  const verified = await helper.pushData(config.pushCode, JSON.stringify(config.esbBody), "json");
+  const verified = config.replies
+    ? config.replies.map((reply) => helper.verifyThenReturnData(reply, "json"))
+    : await helper.pushData(config.pushCode, JSON.stringify(config.esbBody), "json");
   process.stdout.write(JSON.stringify({ verified }));
 }
 
