@@ -15,7 +15,6 @@ one line per request without headers or bodies.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -35,9 +34,20 @@ from prometheus_client import (
 
 from connectors.gateway.auth import Authenticator
 from connectors.gateway.errors import HttpError
-from connectors.gateway.govesb import GOVESB_NAMESPACE, ReplayWindow, exact_data, push_identity
+from connectors.gateway.govesb import (
+    GOVESB_NAMESPACE,
+    ReplayWindow,
+    UnportableReply,
+    declares_latin1,
+    push_identity,
+    read_request,
+    reply_text,
+    signed_reply,
+    token_in_data,
+    without_token,
+)
 from connectors.gateway.openapi import OPENAPI
-from connectors.gateway.strict_json import NOT_DATA, is_text, parse_strict
+from connectors.gateway.strict_json import is_text, parse_strict
 from streams import health
 from streams.contract import topics
 from streams.contract.catalog import Catalog, EventType
@@ -265,44 +275,36 @@ class Gateway:
     async def push(self, request: web.Request) -> web.Response:
         """POST /engine/esb/push-request: the GovESB push format.
 
-        The signature covers the exact bytes of ``data`` as sent; what is published is those
-        bytes parsed, never another copy of ``data`` elsewhere in the body. A push is
-        identified by its signature's ``r`` and the data bytes, so the same push with its
-        signature re-encoded (another base64 or DER form, or ``s`` replaced by ``n - s``) is
-        a replay too.
+        The signature covers the exact bytes of ``data`` as sent (ISO-8859-1 bodies: their
+        UTF-8 form, see ``govesb.read_request``); what is published is ``esbBody`` of those
+        bytes parsed, never another copy of ``data`` elsewhere in the body, and never the
+        token a client put inside the data. A push is identified by its signature's ``r``
+        and the data bytes, so the same push with its signature re-encoded (another base64
+        or DER form, or ``s`` replaced by ``n - s``) is a replay too.
         """
-        institution = await self.auth.institution_of(request.headers, request.remote or "?")
-        if request.content_type != "application/json":
+        institution = await self.auth.institution_of(
+            request.headers, request.remote or "?", raw_token=True
+        )
+        latin1 = declares_latin1(request.charset)
+        if request.content_type != "application/json" and not (
+            request.content_type == "text/plain" and latin1  # Apache's StringEntity default
+        ):
             raise HttpError(415, "unsupported_media_type", "send application/json")
-        raw = await self._body(request)
-        document = parse_strict(raw)  # UTF-8 JSON, no duplicate keys: 400 otherwise
-        if not isinstance(document, dict) or "data" not in document or "signature" not in document:
-            raise HttpError(400, "invalid_request", 'expected {"data": {...}, "signature": "..."}')
-        signature = document["signature"]
-        if not isinstance(signature, str):
-            raise HttpError(
-                400, "invalid_request", "signature must be a base64 string", field="signature"
-            )
-        data_text = exact_data(raw.decode("utf-8"))
-        data_bytes = data_text.encode()
-        try:
-            data = parse_strict(data_bytes)
-        except HttpError:
-            data = NOT_DATA
-        if data != document["data"]:  # the cut is not the data member: nothing else is signed
-            raise HttpError(
-                400, "invalid_request", 'the body must be {"data":...,"signature":"..."}'
-            )
+        signed = read_request(await self._body(request), request.charset)
         own_keys = [
             self.view.keyring.get(key_id)
             for key_id, owner in self.view.key_owners.items()
             if owner == institution  # key_owners holds only keys that are not revoked
         ]
-        if not any(key and key.verify(data_bytes, signature) for key in own_keys):
+        if not any(key and key.verify(signed.data_bytes, signed.signature) for key in own_keys):
+            raise signed.unverified()
+        token = token_in_data(signed.data)
+        if token is not None and self.auth.token_owner(token) != institution:
             raise HttpError(
-                401, "invalid_signature", "the signature does not verify over the data bytes"
+                401, "invalid_token", "data.authorization is no live token of the caller"
             )
-        identity = push_identity(data_bytes, signature)
+        data = without_token(signed.data)
+        identity = push_identity(signed.data_bytes, signed.signature)
         if self._seen_signatures.seen(identity, time.monotonic()):
             raise HttpError(409, "replayed", "this signed request was already accepted")
         push_code = data.get("pushCode") if isinstance(data, dict) else None
@@ -311,6 +313,11 @@ class Gateway:
                 400, "invalid_request", "data.pushCode is required", field="data.pushCode"
             )
         event_type = self.event_type_for(institution, push_code)
+        request_id = data.get("requestId")
+        try:  # echoed in the signed reply: checked before anything is published
+            reply_text({"requestId": request_id})
+        except UnportableReply as error:
+            raise HttpError(400, "invalid_request", str(error), field="data.requestId") from None
         event_id = str(uuid.uuid5(GOVESB_NAMESPACE, identity))
         # Held while publishing, so the same push sent concurrently is a replay too; released
         # if publishing fails, so the client may send it again.
@@ -323,16 +330,10 @@ class Gateway:
         except BaseException:
             self._seen_signatures.discard(identity)
             raise
-        ack = json.dumps(
-            {
-                "success": True,
-                "requestId": data.get("requestId"),
-                "esbBody": {"eventId": published},
-            },
-            separators=(",", ":"),
+        ack = {"success": True, "requestId": request_id, "esbBody": {"eventId": published}}
+        return web.Response(
+            text=signed_reply(ack, self.bus_key), status=202, content_type="application/json"
         )
-        body = f'{{"data":{ack},"signature":"{self.bus_key.sign(ack.encode())}"}}'
-        return web.Response(text=body, status=202, content_type="application/json")
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:

@@ -148,12 +148,28 @@ class Authenticator:
             "scope": f"publish:{client_id}",
         }
 
-    async def institution_of(self, headers: Mapping[str, str], address: str) -> str:
+    def token_owner(self, token: str) -> str | None:
+        """The institution a live token was issued to, or None."""
+        return self._tokens.get(token)
+
+    async def institution_of(
+        self, headers: Mapping[str, str], address: str, *, raw_token: bool = False
+    ) -> str:
         """The authenticated institution: bearer token (or X-API-Key = client secret), within
-        its request rate. A wrong API key counts as a failed attempt from ``address``."""
+        its request rate. A wrong API key counts as a failed attempt from ``address``.
+
+        ``raw_token`` also takes ``Authorization: <token>`` without the ``Bearer `` prefix,
+        as e-GA's Java connector 0.1.5 sends it on its push and NIDA requests (the GovESB
+        engine paths); a value that is no live token is refused like an unknown bearer token.
+        """
         header = headers.get("Authorization", "")
+        token: str | None = None
         if header.lower().startswith("bearer "):
-            found = self._tokens.get(header[7:].strip())
+            token = header[7:].strip()
+        elif raw_token and header.strip():
+            token = header.strip()
+        if token is not None:
+            found = self._tokens.get(token)
             if found is None:
                 raise HttpError(401, "invalid_token", "unknown or expired bearer token")
             institution = found

@@ -39,6 +39,13 @@ OPENAPI: dict[str, Any] = {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "rawToken": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "engine paths only: the token without the Bearer prefix, as "
+                "e-GA's Java connector 0.1.5 sends it",
+            },
             "clientBasic": {"type": "http", "scheme": "basic"},
         },
         "schemas": {
@@ -143,10 +150,18 @@ OPENAPI: dict[str, Any] = {
         "/engine/esb/push-request": {
             "post": {
                 "summary": "GovESB push: {data: {pushCode, esbBody}, signature}",
-                "security": [{"bearer": []}, {"apiKey": []}],
+                "description": "The signature covers the exact bytes of data. A body that "
+                "declares ISO-8859-1, or is not UTF-8, is read as ISO-8859-1 and verified over "
+                "the UTF-8 form of its data (connector 0.1.5 signs UTF-8, sends ISO-8859-1). "
+                "data.authorization, the caller's token inside the signed data, must be a live "
+                "token of the caller and is never published.",
+                "security": [{"bearer": []}, {"rawToken": []}, {"apiKey": []}],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/plain; charset=ISO-8859-1": {"schema": {"type": "string"}},
+                    },
                 },
                 "responses": {
                     "202": {

@@ -1,29 +1,25 @@
 """The official AsyncAPI parser, installed on demand and run by node on documents.
 
 ``package.json`` and ``package-lock.json`` beside this file pin ``@asyncapi/parser`` and
-``@asyncapi/avro-schema-parser`` (and everything they pull in). ``npm ci`` installs exactly
-that into the git-ignored cache, in a directory named after the lock file's hash, so a second
-run finds it and a change of the lock installs afresh. ``validate.mjs`` runs the parser.
+``@asyncapi/avro-schema-parser`` (and everything they pull in); ``tests.npm.install`` puts
+exactly that into the git-ignored cache. ``validate.mjs`` runs the parser.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.settings import REPO_ROOT
+from tests import npm
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "validate.mjs"
 LOCK = HERE / "package-lock.json"
-CACHE = REPO_ROOT / ".cache"
-INSTALL_TIMEOUT_S = 600
+CACHE = npm.CACHE
 PARSE_TIMEOUT_S = 120
 
 
@@ -46,40 +42,7 @@ class Diagnostic:
 
 def install(cache: Path = CACHE) -> Path:
     """The ``node_modules`` directory of the pinned parser, installed first if needed."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        raise ParserUnavailable("node and npm are needed for the AsyncAPI parser")
-    cache.mkdir(parents=True, exist_ok=True)
-    # npm ci refuses a --prefix reached through a symlink (.cache may be one): use the real path.
-    cache = cache.resolve()
-    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
-    target = cache / f"asyncapi-parser-{digest}"
-    if (target / "node_modules" / "@asyncapi" / "parser").is_dir():
-        return target / "node_modules"
-    # Installed beside the target and renamed into place: a run stopped halfway leaves no
-    # half-installed target, and two runs at once both end with a whole one.
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-staging-", dir=cache))
-    try:
-        shutil.copy(HERE / "package.json", staging)
-        shutil.copy(LOCK, staging)
-        done = subprocess.run(
-            [npm, "ci", "--prefix", str(staging), "--no-audit", "--no-fund", "--loglevel=error"],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise ParserUnavailable(f"npm ci failed: {done.stderr.strip()[-2000:]}")
-        try:
-            staging.rename(target)
-        except OSError:  # another run put it there first
-            if not (target / "node_modules").is_dir():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target / "node_modules"
+    return npm.install(HERE, "asyncapi-parser", "@asyncapi/parser", cache, ParserUnavailable)
 
 
 def validate(node_modules: Path, *documents: Path) -> dict[str, list[Diagnostic]]:

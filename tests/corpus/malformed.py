@@ -31,6 +31,7 @@ from streams.contract.signing import PrivateKey, load_private_key, sign_event
 from streams.pipeline.outputs import record_size
 from streams.pipeline.process import Output
 from streams.settings import REPO_ROOT
+from tests.corpus.govesb_clients import NON_ASCII_NAME, connector_body, connector_data
 from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, sample
 
 CITIZEN = "tz.go.nida.CitizenRegistered"
@@ -748,6 +749,21 @@ def _token(
     return lambda: GatewayRequest(TOKEN, body.encode(), content_type, auth=auth)
 
 
+def _connector_push(
+    content_type: str = "application/json",
+    sign_as: Callable[[str], bytes] = lambda text: text.encode("utf-8"),
+    name: str = NON_ASCII_NAME,
+    **members: Any,
+) -> Callable[[], GatewayRequest]:
+    """A push as connector 0.1.5 sends it (ISO-8859-1 body), signed over ``sign_as(data)``."""
+
+    def build() -> GatewayRequest:
+        text = connector_data(pushCode=CITIZEN, esbBody=citizen_json(lastName=name), **members)
+        return _push(connector_body(text, demo_key("nida").sign(sign_as(text))), content_type)
+
+    return build
+
+
 def _utf16_event() -> GatewayRequest:
     return _events(json.dumps(structured()).encode("utf-16"))
 
@@ -921,6 +937,35 @@ GATEWAY_CASES: list[GatewayCase] = [
                 lambda: _push(push_text(_deep(5_000), "AAAA"))),
     GatewayCase("push-text-plain", 415, "unsupported_media_type", None, "JSON only",
                 lambda: _push(push_text(t := _compact(push_data()), signed(t)), "text/plain")),
+    # ---- POST /engine/esb/push-request as GovESB's clients send it (tests.corpus.govesb_clients)
+    GatewayCase("push-latin1-signed-over-latin1-bytes", 401, "invalid_signature", None,
+                "an ISO-8859-1 body is verified over its UTF-8 form, which was not signed",
+                _connector_push(sign_as=lambda text: text.encode("latin-1"))),
+    GatewayCase("push-latin1-declared-signed-over-latin1-bytes", 401, "invalid_signature",
+                None, "declared ISO-8859-1 too: only the UTF-8 form is verified",
+                _connector_push("text/plain; charset=ISO-8859-1",
+                                sign_as=lambda text: text.encode("latin-1"))),
+    GatewayCase("push-latin1-character-outside-latin1", 401, "invalid_signature", None,
+                "connector 0.1.5 sends Ł as ?, so what arrives is not what it signed",
+                _connector_push(name="Łucja Mwakyusa")),
+    GatewayCase("push-text-plain-utf8", 415, "unsupported_media_type", None,
+                "text/plain only as Apache StringEntity's ISO-8859-1 default",
+                _connector_push("text/plain; charset=UTF-8")),
+    GatewayCase("push-token-in-data-unknown", 401, "invalid_token", None,
+                "a token inside the signed data must be a live token of the caller",
+                _connector_push(authorization="not-a-live-token")),
+    GatewayCase("push-token-in-data-not-string", 400, "invalid_request", "data.authorization",
+                "the token inside the data is a string",
+                _signed_push(lambda: push_data(authorization=["x"]))),
+    GatewayCase("push-requestid-not-echoable", 400, "invalid_request", "data.requestId",
+                "the signed reply echoes requestId: a control character is no portable text",
+                _signed_push(lambda: push_data(requestId="order\u0007"))),
+    GatewayCase("push-raw-token-unknown", 401, "invalid_token", None,
+                "engine paths take a raw token (connector 0.1.5); it must be a live one",
+                lambda: replace(_signed_push()(), auth="not-a-live-token")),
+    GatewayCase("events-raw-token", 401, "unauthenticated", None,
+                "/v1/events keeps Authorization: Bearer <token> (RFC 6750)",
+                lambda: replace(_events(json.dumps(structured())), auth="not-a-live-token")),
     GatewayCase("push-too-large", 413, "too_large", None, "over max_body_bytes",
                 _signed_push(lambda: push_data(esbBody=citizen_json(ward="x" * MAX_BODY_BYTES)))),
     # ---- POST /oauth/token and authentication

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from streams.audit.verify import read_audit
+from streams.contract import topics
 from streams.contract.codec import SchemaStore
 from streams.contract.jsonavro import to_json
+from streams.registry.view import RegistryView
 from streams.settings import KafkaSettings
 from tests.integration.chaos import (
     apply_registry,
@@ -60,6 +63,25 @@ async def _audit_of(kafka: str, app_id: str, event_id: str, count: int) -> list[
             await asyncio.sleep(0.5)
 
 
+async def repin(kafka: str, subscription: str, version: int) -> None:
+    """Rewrite ``subscription/<id>`` on esb.registry with another pinned schema version."""
+    view = RegistryView(KafkaSettings(bootstrap_servers=kafka))
+    await view.start(follow=False)
+    await view.stop()
+    record = json.loads(view.raw[f"subscription/{subscription}"])
+    record["schema_version"] = version
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.REGISTRY,
+            json.dumps(record).encode(),
+            key=f"subscription/{subscription}".encode(),
+        )
+    finally:
+        await producer.stop()
+
+
 @pytest.mark.timeout(300)
 async def test_a_broken_agreement_fails_alone_and_is_replayed_after_the_fix(
     kafka: str, registry: str, applied_registry: Path, start_worker, tmp_path: Path
@@ -74,9 +96,13 @@ async def test_a_broken_agreement_fails_alone_and_is_replayed_after_the_fix(
         "event_types": ["tz.go.rita.DeathRegistered"],
         "fields": ["entryNumber", "firstName"],
         "filter": [{"field": "firstName", "op": "eq", "value": marker}],  # this test's events
-        "schema_version": 99,
+        "schema_version": 1,
     }
+    # `registry apply` now refuses a version the schema registry lacks, so the agreement is
+    # applied valid and then re-pinned to 99 the way an older tool or a hand-written record
+    # would put it on esb.registry: the worker must cope with what the topic holds.
     await apply_registry(kafka, registry, registry_document(None, [broken]), tmp_path)
+    await repin(kafka, broken["id"], 99)
     try:
         app_id = f"test-isolation-{uuid.uuid4().hex[:8]}"
         worker = start_worker(app_id)

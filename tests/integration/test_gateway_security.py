@@ -31,9 +31,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_GATEWAY_ENV, DEMO_GATEWAY_KEY, WorkerProcess, start_govesb
+from tests.corpus.govesb_clients import connector_body, connector_data
 from tests.corpus.malformed import (
     CITIZEN,
     DEATH,
+    citizen_json,
     push_data,
     push_text,
     signed,
@@ -329,6 +331,12 @@ async def test_no_secret_appears_in_the_log_or_the_metrics(gateway: RunningGatew
             ("[]", 400),
         ]:
             status, refused = await _post(http, pushes, body, _push_headers(nida))
+            assert status == expected, refused
+        # Connector 0.1.5: the raw token as Authorization and inside the signed data.
+        raw = {"Authorization": nida, "Content-Type": "application/json"}
+        for inside, expected in [(nida, 202), (rita, 401), (gateway.secrets["nida"], 401)]:
+            text = connector_data(pushCode=CITIZEN, authorization=inside, esbBody=citizen_json())
+            status, refused = await _post(http, pushes, connector_body(text, signed(text)), raw)
             assert status == expected, refused
         async with http.get(f"{gateway.url}/metrics") as response:
             metrics = await response.text()
