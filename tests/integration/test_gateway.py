@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.http_sink.delivery import basic_auth
-from deploy.worker import DEMO_BUS_KEY_ID
+from deploy.worker import DEMO_GATEWAY_KEY_ID
 from streams.contract.envelope import Envelope
 from streams.contract.jsonavro import to_json
 from streams.contract.signing import load_private_key
@@ -81,7 +81,7 @@ async def test_token_then_a_structured_cloudevent_is_on_the_bus_after_202(
     [record] = await _collect(kafka, ["esb.ingress.nida"], {event["id"]}, wait_s=10)
     envelope = Envelope.from_headers(record.headers)
     assert envelope.source == "/institutions/nida/systems/nid-portal"
-    assert envelope.sig_key_id == DEMO_BUS_KEY_ID
+    assert envelope.sig_key_id == DEMO_GATEWAY_KEY_ID  # the gateway signs with its own key
     assert record.key == SAMPLES[CITIZEN]["nin"].encode()
 
 
