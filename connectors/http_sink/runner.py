@@ -19,6 +19,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.http_sink.delivery import CircuitBreaker, RetryPolicy
+from connectors.http_sink.flow import PartitionFlow
 from connectors.http_sink.sink import BREAKER_STATES, Credentials, HttpSink
 from connectors.settings import SinkSettings
 from streams.audit.chain import AuditChain
@@ -82,6 +83,7 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
         ),
         breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
         concurrency=settings.concurrency,
+        max_response_bytes=settings.max_response_bytes,
         ssl_context=tls_context(settings, endpoint.verify_tls),
     )
 
@@ -100,7 +102,7 @@ def tls_context(settings: SinkSettings, verify: bool) -> ssl.SSLContext | None:
 
 
 async def serve_web(
-    sink: HttpSink, settings: SinkSettings, consumer: AIOKafkaConsumer
+    sink: HttpSink, settings: SinkSettings, consumer: AIOKafkaConsumer, flow: PartitionFlow
 ) -> web.AppRunner:
     """/health and /metrics."""
 
@@ -109,7 +111,8 @@ async def serve_web(
         assigned = len(consumer.assignment())
         checks: dict[str, dict[str, object]] = {
             "endpoint": {"ok": state != "open", "breaker": state},
-            "consumer": {"ok": assigned > 0, "partitions": assigned},
+            # "waiting": partitions paused while their records are being delivered.
+            "consumer": {"ok": assigned > 0, "partitions": assigned, "waiting": len(flow.waiting)},
         }
         ok = all(bool(c["ok"]) for c in checks.values())
         body = {"status": "ok" if ok else "degraded", "checks": checks}
@@ -143,38 +146,43 @@ async def record_lag(sink: HttpSink, consumer: AIOKafkaConsumer) -> None:
 
 
 async def run_sink(settings: SinkSettings) -> None:
-    """Consume, deliver, commit; until SIGTERM/SIGINT, then finish the batch in hand."""
+    """Consume, deliver, commit; until SIGTERM/SIGINT, then finish (bounded) what is in hand."""
     view = RegistryView(settings.kafka)
     await view.start()
     sink = await build_sink(settings, view)
     consumer = AIOKafkaConsumer(
-        topics.deliver(settings.subscriber),
         **settings.kafka.aiokafka_options(),
         group_id=topics.sink_group(settings.subscriber),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
     )
+
+    async def after_commit() -> None:
+        endpoint = view.institutions.get(settings.subscriber)
+        if endpoint is not None and endpoint.endpoint is not None:
+            sink.endpoint = endpoint.endpoint  # registry changes apply to the next requests
+        await record_lag(sink, consumer)
+
+    flow = PartitionFlow(
+        consumer,
+        sink,
+        max_records=settings.batch_max_records,
+        wait_s=settings.flush_wait_s,
+        after_commit=after_commit,
+    )
+    consumer.subscribe([topics.deliver(settings.subscriber)], listener=flow)
     await consumer.start()
-    runner = await serve_web(sink, settings, consumer)
+    runner = await serve_web(sink, settings, consumer, flow)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     log.info("delivering %s to %s", topics.deliver(settings.subscriber), sink.endpoint.url)
     try:
-        while not stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=settings.batch_max_records)
-            if not batches:
-                continue
-            endpoint = view.institutions.get(settings.subscriber)
-            if endpoint is not None and endpoint.endpoint is not None:
-                sink.endpoint = endpoint.endpoint  # registry changes apply to the next batch
-            for records in batches.values():
-                for record in records:
-                    sink.add(record)
-            await sink.flush()
-            await consumer.commit()  # every fetched record is now delivered or dead-lettered
-            await record_lag(sink, consumer)
+        await flow.run(stopping)
     finally:
         await consumer.stop()
         await sink.close()
