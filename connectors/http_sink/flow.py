@@ -40,9 +40,11 @@ class _InFlight:
 class PartitionFlow(ConsumerRebalanceListener):  # type: ignore[misc]
     """Poll, hand each partition's records to the sink, commit what is done.
 
-    ``wait_s`` bounds how long a stop or a rebalance waits for a partition's deliveries in
-    flight; what is not done by then is not committed and is delivered again by whoever
-    consumes the partition next (the ``Idempotency-Key`` is the event id).
+    ``every_poll`` runs after each poll (even when every partition waits), ``after_commit``
+    after each commit. ``wait_s`` bounds how long a stop or a rebalance waits for a
+    partition's deliveries in flight; what is not done by then is not committed and is
+    delivered again by whoever consumes the partition next (the ``Idempotency-Key`` is the
+    event id).
     """
 
     consumer: AIOKafkaConsumer
@@ -50,6 +52,7 @@ class PartitionFlow(ConsumerRebalanceListener):  # type: ignore[misc]
     max_records: int = 500
     poll_ms: int = 500
     wait_s: float = 10.0
+    every_poll: Callable[[], None] | None = None
     after_commit: Callable[[], Awaitable[None]] | None = None
     _in_flight: dict[TopicPartition, _InFlight] = field(default_factory=dict)
 
@@ -73,6 +76,8 @@ class PartitionFlow(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._finish([p for p, f in self._in_flight.items() if f.task.done()])
                 if poll.done():
                     batches, poll = poll.result(), None
+                    if self.every_poll is not None:
+                        self.every_poll()
                     self._start(batches)
         finally:
             stop.cancel()

@@ -160,18 +160,20 @@ async def run_sink(settings: SinkSettings) -> None:
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
     )
 
-    async def after_commit() -> None:
-        endpoint = view.institutions.get(settings.subscriber)
-        if endpoint is not None and endpoint.endpoint is not None:
-            sink.endpoint = endpoint.endpoint  # registry changes apply to the next requests
-        await record_lag(sink, consumer)
+    def follow_registry() -> None:
+        institution = view.institutions.get(settings.subscriber)
+        if institution is not None and institution.endpoint is not None:
+            # Registry changes apply to the next requests, those of waiting records included
+            # (a corrected URL reaches a sink whose endpoint is down).
+            sink.endpoint = institution.endpoint
 
     flow = PartitionFlow(
         consumer,
         sink,
         max_records=settings.batch_max_records,
         wait_s=settings.flush_wait_s,
-        after_commit=after_commit,
+        every_poll=follow_registry,
+        after_commit=lambda: record_lag(sink, consumer),
     )
     consumer.subscribe([topics.deliver(settings.subscriber)], listener=flow)
     await consumer.start()

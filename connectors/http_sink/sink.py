@@ -217,7 +217,9 @@ class HttpSink:
                     await self._deliver(record, batch)
 
         await asyncio.gather(*(one_key(rs) for keys in pending for rs in keys.values()))
-        batch.acks.extend(await self._send_receipts())
+        # Shielded: receipts taken off the queue are sent even if this flush is cancelled (a
+        # stop or a rebalance), or the audit chain would miss links.
+        batch.acks.extend(await asyncio.shield(self._send_receipts()))
         # Dead letters and receipts must be acknowledged before the offsets move on.
         await asyncio.gather(*batch.acks)
 
