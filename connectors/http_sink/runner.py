@@ -20,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.http_sink.delivery import CircuitBreaker, RetryPolicy
 from connectors.http_sink.flow import PartitionFlow
-from connectors.http_sink.sink import BREAKER_STATES, Credentials, HttpSink
+from connectors.http_sink.metrics import BREAKER_STATES
+from connectors.http_sink.sink import Credentials, HttpSink
 from connectors.settings import SinkSettings
 from streams.audit.chain import AuditChain
 from streams.contract import topics

@@ -2,14 +2,18 @@
 
 One consumer group per subscriber endpoint. Records of one key are delivered in order, keys
 in parallel (bounded). Timeouts, connection errors, 408/425/429 (``Retry-After`` honoured) and
-5xx are retried with exponential backoff and jitter; other 4xx, and records whose attempts are
-spent, go to ``esb.dlq.<subscriber>`` with the error. Offsets are committed only after every
-record of a batch was delivered or dead-lettered. A circuit breaker per endpoint pauses
-consumption while the endpoint is down instead of spending attempts: once open, nothing is sent
-until its cooldown has passed, then a single trial request (half-open) closes it again or
-reopens it; attempts made while the breaker is not closed are not counted against a record.
-An Avro delivery whose schema is not cached waits (that key only) while the schema registry
-is unavailable.
+5xx are retried with exponential backoff and jitter; other 4xx, 3xx (no redirect is followed,
+see :mod:`connectors.http_sink.transport`), and records whose attempts are spent, go to
+``esb.dlq.<subscriber>`` with the error. A partition's offset is committed only after every
+record fetched from it was delivered or dead-lettered; while its records wait, the partition
+is paused and the consumer keeps polling (:mod:`connectors.http_sink.flow`). A circuit
+breaker per endpoint pauses consumption while the endpoint is down instead of spending
+attempts: once open, nothing is sent until its cooldown has passed, then a single trial
+request (half-open) closes it again or reopens it; attempts made while the breaker is not
+closed are not counted against a record. An OAuth2 token endpoint that is unreachable or
+answers 408/425/429/5xx counts as the endpoint failing (the breaker hears of it; the record's
+attempts do not): records wait for a token rather than being dead-lettered. An Avro delivery
+whose schema is not cached waits (that key only) while the schema registry is unavailable.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from connectors.http_sink.delivery import (
     CircuitBreaker,
@@ -41,6 +44,7 @@ from connectors.http_sink.delivery import (
     sign_body,
     verdict,
 )
+from connectors.http_sink.metrics import BREAKER_STATES, SinkMetrics
 from connectors.http_sink.transport import (
     TokenUnavailableError,
     excerpt,
@@ -58,67 +62,7 @@ from streams.registry.model import Endpoint
 from streams.retrying import until_available
 
 log = logging.getLogger(__name__)
-BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 DELIVERY_CONTENT_TYPES = (JSON_CONTENT_TYPE, CONTENT_TYPE)
-
-
-class SinkMetrics:
-    """Metrics of one sink process; names start with ``govesb_sink_``."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.deliveries = Counter(
-            "govesb_sink_deliveries",
-            "Records finished, by outcome (delivered, dead-lettered) and last HTTP status.",
-            ["subscriber", "outcome", "status"],
-            registry=self.registry,
-        )
-        self.attempts = Counter(
-            "govesb_sink_attempts",
-            "HTTP requests sent, by status ('error' for connection errors and timeouts).",
-            ["subscriber", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "govesb_sink_request_seconds",
-            "Duration of one HTTP request to the endpoint.",
-            ["subscriber"],
-            registry=self.registry,
-        )
-        self.breaker = Gauge(
-            "govesb_sink_breaker_state",
-            "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
-            ["subscriber"],
-            registry=self.registry,
-        )
-        self.dlq = Counter(
-            "govesb_sink_dlq",
-            "Records written to esb.dlq.<subscriber>.",
-            ["subscriber"],
-            registry=self.registry,
-        )
-        self.end_to_end = Histogram(
-            "govesb_delivery_end_to_end_seconds",
-            "From the event's ce_time (set by the publisher) to the endpoint's 2xx answer.",
-            ["subscriber"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-            registry=self.registry,
-        )
-        self.lag = Gauge(
-            "govesb_consumer_lag",
-            "Delivery records not yet delivered or dead-lettered, per topic partition.",
-            ["group", "topic", "partition"],
-            registry=self.registry,
-        )
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once (it is on every delivery's path)."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
 
 @dataclass
