@@ -67,8 +67,34 @@ class SinkSettings(BaseSettings):
     concurrency: int = Field(default=16, description="keys delivered in parallel")
     batch_max_records: int = Field(
         default=500,
-        description="most records fetched per poll; offsets are committed once every record of "
-        "the batch is delivered or dead-lettered",
+        description="most records fetched per poll; a partition's offset is committed once "
+        "every record fetched from it is delivered or dead-lettered",
+    )
+    max_poll_interval_ms: int = Field(
+        default=300_000,
+        description="longest the consumer may go without polling before it leaves its group; "
+        "the sink keeps polling while deliveries wait (their partitions are paused), so an "
+        "endpoint outage does not reach it",
+    )
+    session_timeout_ms: int = Field(
+        default=10_000,
+        description="how long the group coordinator waits for a heartbeat before it removes "
+        "the sink from its group",
+    )
+    heartbeat_interval_ms: int = Field(
+        default=3_000, description="how often the consumer sends heartbeats to its group"
+    )
+    flush_wait_s: float = Field(
+        default=10.0,
+        description="how long a stop or a rebalance waits for deliveries in flight; what is "
+        "not done by then is not committed, and is delivered again (same `Idempotency-Key`) "
+        "by the partition's next consumer",
+    )
+    max_response_bytes: int = Field(
+        default=65_536,
+        description="most bytes of a response body (endpoint or token endpoint) the sink reads; "
+        "the rest is not read and the connection is closed; a dead letter keeps the first 200 "
+        "characters",
     )
     breaker_threshold: int = Field(
         default=5,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from connectors.gateway.app import GatewayMetrics
-from connectors.http_sink.sink import SinkMetrics
+from connectors.http_sink.metrics import SinkMetrics
 from streams.pipeline.metrics import PipelineMetrics
 
 SUFFIXES = {

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import signal
 import ssl
 
 import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.http_sink.delivery import CircuitBreaker, RetryPolicy
-from connectors.http_sink.sink import BREAKER_STATES, Credentials, HttpSink
+from connectors.http_sink.flow import PartitionFlow
+from connectors.http_sink.metrics import BREAKER_STATES
+from connectors.http_sink.sink import Credentials, HttpSink
+from connectors.serving import serve, stop_requested
 from connectors.settings import SinkSettings
 from streams.audit.chain import new_chain
 from streams.contract import topics
 from streams.contract.codec import SchemaStore
 from streams.contract.signing import load_private_key
+from streams.health import metrics_text, registry_view_check, report
 from streams.registry.sync import RegistryView
 from streams.settings import PRODUCE_BATCH_BYTES
 
@@ -76,6 +77,7 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
         ),
         breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
         concurrency=settings.concurrency,
+        max_response_bytes=settings.max_response_bytes,
         ssl_context=tls_context(settings, endpoint.verify_tls),
     )
 
@@ -94,35 +96,40 @@ def tls_context(settings: SinkSettings, verify: bool) -> ssl.SSLContext | None:
 
 
 async def serve_web(
-    sink: HttpSink, settings: SinkSettings, consumer: AIOKafkaConsumer
+    sink: HttpSink,
+    settings: SinkSettings,
+    consumer: AIOKafkaConsumer,
+    flow: PartitionFlow,
+    view: RegistryView,
 ) -> web.AppRunner:
     """/health and /metrics."""
 
     async def health(_: web.Request) -> web.Response:
         state = sink.breaker.state
         assigned = len(consumer.assignment())
-        checks: dict[str, dict[str, object]] = {
-            "endpoint": {"ok": state != "open", "breaker": state},
-            "consumer": {"ok": assigned > 0, "partitions": assigned},
-        }
-        ok = all(bool(c["ok"]) for c in checks.values())
-        body = {"status": "ok" if ok else "degraded", "checks": checks}
-        return web.json_response(body, status=200 if ok else 503, dumps=json.dumps)
+        status, body = report(
+            {
+                "endpoint": {"ok": state != "open", "breaker": state},
+                # "waiting": partitions paused while their records are being delivered.
+                "consumer": {
+                    "ok": assigned > 0,
+                    "partitions": assigned,
+                    "waiting": len(flow.waiting),
+                },
+                "registry_view": registry_view_check(view),
+            }
+        )
+        return web.json_response(body, status=status, dumps=json.dumps)
 
     async def metrics(_: web.Request) -> web.Response:
         sink.metrics.breaker.labels(sink.subscriber).set(BREAKER_STATES[sink.breaker.state])
-        return web.Response(
-            body=generate_latest(sink.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        text, content_type = metrics_text(sink.metrics.registry)
+        return web.Response(body=text, headers={"Content-Type": content_type})
 
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
-    return runner
+    return await serve(app, settings.web_host, settings.web_port)
 
 
 async def record_lag(sink: HttpSink, consumer: AIOKafkaConsumer) -> None:
@@ -137,38 +144,42 @@ async def record_lag(sink: HttpSink, consumer: AIOKafkaConsumer) -> None:
 
 
 async def run_sink(settings: SinkSettings) -> None:
-    """Consume, deliver, commit; until SIGTERM/SIGINT, then finish the batch in hand."""
+    """Consume, deliver, commit; until SIGTERM/SIGINT, then finish (bounded) what is in hand."""
     view = RegistryView(settings.kafka)
     await view.start()
     sink = await build_sink(settings, view)
     consumer = AIOKafkaConsumer(
-        topics.deliver(settings.subscriber),
         **settings.kafka.aiokafka_options(),
         group_id=topics.sink_group(settings.subscriber),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
     )
+
+    def follow_registry() -> None:
+        institution = view.institutions.get(settings.subscriber)
+        if institution is not None and institution.endpoint is not None:
+            # Registry changes apply to the next requests, those of waiting records included
+            # (a corrected URL reaches a sink whose endpoint is down).
+            sink.endpoint = institution.endpoint
+
+    flow = PartitionFlow(
+        consumer,
+        sink,
+        max_records=settings.batch_max_records,
+        wait_s=settings.flush_wait_s,
+        every_poll=follow_registry,
+        after_commit=lambda: record_lag(sink, consumer),
+    )
+    consumer.subscribe([topics.deliver(settings.subscriber)], listener=flow)
     await consumer.start()
-    runner = await serve_web(sink, settings, consumer)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = stop_requested()
+    runner = await serve_web(sink, settings, consumer, flow, view)
     log.info("delivering %s to %s", topics.deliver(settings.subscriber), sink.endpoint.url)
     try:
-        while not stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=settings.batch_max_records)
-            if not batches:
-                continue
-            endpoint = view.institutions.get(settings.subscriber)
-            if endpoint is not None and endpoint.endpoint is not None:
-                sink.endpoint = endpoint.endpoint  # registry changes apply to the next batch
-            for records in batches.values():
-                for record in records:
-                    sink.add(record)
-            await sink.flush()
-            await consumer.commit()  # every fetched record is now delivered or dead-lettered
-            await record_lag(sink, consumer)
+        await flow.run(stopping)
     finally:
         await consumer.stop()
         await sink.close()

@@ -2,14 +2,18 @@
 
 One consumer group per subscriber endpoint. Records of one key are delivered in order, keys
 in parallel (bounded). Timeouts, connection errors, 408/425/429 (``Retry-After`` honoured) and
-5xx are retried with exponential backoff and jitter; other 4xx, and records whose attempts are
-spent, go to ``esb.dlq.<subscriber>`` with the error. Offsets are committed only after every
-record of a batch was delivered or dead-lettered. A circuit breaker per endpoint pauses
-consumption while the endpoint is down instead of spending attempts: once open, nothing is sent
-until its cooldown has passed, then a single trial request (half-open) closes it again or
-reopens it; attempts made while the breaker is not closed are not counted against a record.
-An Avro delivery whose schema is not cached waits (that key only) while the schema registry
-is unavailable.
+5xx are retried with exponential backoff and jitter; other 4xx, 3xx (no redirect is followed,
+see :mod:`connectors.http_sink.transport`), and records whose attempts are spent, go to
+``esb.dlq.<subscriber>`` with the error. A partition's offset is committed only after every
+record fetched from it was delivered or dead-lettered; while its records wait, the partition
+is paused and the consumer keeps polling (:mod:`connectors.http_sink.flow`). A circuit
+breaker per endpoint pauses consumption while the endpoint is down instead of spending
+attempts: once open, nothing is sent until its cooldown has passed, then a single trial
+request (half-open) closes it again or reopens it; attempts made while the breaker is not
+closed are not counted against a record. An OAuth2 token endpoint that is unreachable or
+answers 408/425/429/5xx counts as the endpoint failing (the breaker hears of it; the record's
+attempts do not): records wait for a token rather than being dead-lettered. An Avro delivery
+whose schema is not cached waits (that key only) while the schema registry is unavailable.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from connectors.http_sink.delivery import (
     CircuitBreaker,
     HttpRequest,
     RetryPolicy,
+    Verdict,
     basic_auth,
     cloudevents_request,
     govesb_request,
@@ -39,6 +43,13 @@ from connectors.http_sink.delivery import (
     retry_after_s,
     sign_body,
     verdict,
+)
+from connectors.http_sink.metrics import BREAKER_STATES, SinkMetrics
+from connectors.http_sink.transport import (
+    TokenUnavailableError,
+    excerpt,
+    fetch_token,
+    read_capped,
 )
 from streams.audit.chain import AuditChain
 from streams.contract import topics
@@ -51,67 +62,7 @@ from streams.registry.model import Endpoint
 from streams.retrying import until_available
 
 log = logging.getLogger(__name__)
-BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 DELIVERY_CONTENT_TYPES = (JSON_CONTENT_TYPE, CONTENT_TYPE)
-
-
-class SinkMetrics:
-    """Metrics of one sink process; names start with ``govesb_sink_``."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.deliveries = Counter(
-            "govesb_sink_deliveries",
-            "Records finished, by outcome (delivered, dead-lettered) and last HTTP status.",
-            ["subscriber", "outcome", "status"],
-            registry=self.registry,
-        )
-        self.attempts = Counter(
-            "govesb_sink_attempts",
-            "HTTP requests sent, by status ('error' for connection errors and timeouts).",
-            ["subscriber", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "govesb_sink_request_seconds",
-            "Duration of one HTTP request to the endpoint.",
-            ["subscriber"],
-            registry=self.registry,
-        )
-        self.breaker = Gauge(
-            "govesb_sink_breaker_state",
-            "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
-            ["subscriber"],
-            registry=self.registry,
-        )
-        self.dlq = Counter(
-            "govesb_sink_dlq",
-            "Records written to esb.dlq.<subscriber>.",
-            ["subscriber"],
-            registry=self.registry,
-        )
-        self.end_to_end = Histogram(
-            "govesb_delivery_end_to_end_seconds",
-            "From the event's ce_time (set by the publisher) to the endpoint's 2xx answer.",
-            ["subscriber"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-            registry=self.registry,
-        )
-        self.lag = Gauge(
-            "govesb_consumer_lag",
-            "Delivery records not yet delivered or dead-lettered, per topic partition.",
-            ["group", "topic", "partition"],
-            registry=self.registry,
-        )
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once (it is on every delivery's path)."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
 
 @dataclass
@@ -123,8 +74,33 @@ class Credentials:
 
 
 @dataclass
+class _Flush:
+    """What one flush waits for before its offsets may move on: dead letters and receipts."""
+
+    acks: list[asyncio.Future[Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One attempt's result. ``breaker``: what it tells the circuit breaker (``None``:
+    nothing); ``counts``: whether it is spent against the record's attempts."""
+
+    outcome: Verdict
+    status: int | None
+    error: str
+    retry_after: float | None = None
+    breaker: bool | None = True
+    counts: bool = True
+
+
+@dataclass
 class HttpSink:
-    """Delivers deliver-topic records to one endpoint: ``add`` then ``flush``, ``close``."""
+    """Delivers deliver-topic records to one endpoint: ``add`` then ``flush``, ``close``.
+
+    Records are queued per topic partition: ``flush(partition)`` delivers one partition's
+    records while others are flushed concurrently (the consumer loop pauses a partition
+    whose flush waits, see :mod:`connectors.http_sink.flow`).
+    """
 
     subscriber: str
     endpoint: Endpoint
@@ -138,13 +114,16 @@ class HttpSink:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     concurrency: int = 16
+    max_response_bytes: int = 65_536
     metrics: SinkMetrics = field(default_factory=SinkMetrics)
-    _pending: OrderedDict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = field(
-        default_factory=OrderedDict
-    )
-    _acks: list[asyncio.Future[Any]] = field(default_factory=list)
     ssl_context: ssl.SSLContext | None = None
+    _pending: dict[
+        TopicPartition, OrderedDict[bytes | None, list[ConsumerRecord[bytes, bytes]]]
+    ] = field(default_factory=dict)
+    _limit: asyncio.Semaphore | None = None
     _receipts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    _receipt_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _receipt_acks: list[asyncio.Future[Any]] = field(default_factory=list)
     _token: tuple[str, float] | None = None
     _token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
@@ -160,23 +139,33 @@ class HttpSink:
 
     def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Queue a record; records of one key keep their order."""
-        self._pending.setdefault(record.key, []).append(record)
+        partition = TopicPartition(record.topic, record.partition)
+        self._pending.setdefault(partition, OrderedDict()).setdefault(record.key, []).append(record)
 
-    async def flush(self) -> None:
-        """Deliver or dead-letter everything queued; return when all are done."""
-        pending, self._pending = self._pending, OrderedDict()
-        limit = asyncio.Semaphore(self.concurrency)
+    async def flush(self, partition: TopicPartition | None = None) -> None:
+        """Deliver or dead-letter what is queued (of ``partition`` only, when given); return
+        when all of it is done and its dead letters and receipts are acknowledged."""
+        if partition is None:
+            pending, self._pending = list(self._pending.values()), {}
+        else:
+            found = self._pending.pop(partition, None)
+            pending = [found] if found is not None else []
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.concurrency)
+        limit = self._limit
+        batch = _Flush()
 
         async def one_key(records: list[ConsumerRecord[bytes, bytes]]) -> None:
             async with limit:
                 for record in records:
-                    await self._deliver(record)
+                    await self._deliver(record, batch)
 
-        await asyncio.gather(*(one_key(records) for records in pending.values()))
-        await self._send_receipts()
+        await asyncio.gather(*(one_key(rs) for keys in pending for rs in keys.values()))
+        # Shielded: receipts taken off the queue are sent even if this flush is cancelled (a
+        # stop or a rebalance), or the audit chain would miss links.
+        batch.acks.extend(await asyncio.shield(self._send_receipts()))
         # Dead letters and receipts must be acknowledged before the offsets move on.
-        acks, self._acks = self._acks, []
-        await asyncio.gather(*acks)
+        await asyncio.gather(*batch.acks)
 
     async def close(self) -> None:
         """Nothing buffered is dropped: flush, then release the HTTP session."""
@@ -184,7 +173,8 @@ class HttpSink:
         await self.session.close()
 
     def request_for(self, envelope: Envelope, body: bytes, agreement: str) -> HttpRequest:
-        """The request for one delivery, auth headers included.
+        """The request for one delivery, with the auth headers that do not change between
+        attempts (bearer, basic); HMAC and OAuth2 headers are made per attempt.
 
         ``envelope`` carries the bus's signature over ``body`` (the CloudEvents form uses it;
         the GovESB form is signed over its ``data`` bytes here).
@@ -199,11 +189,23 @@ class HttpSink:
             request.headers["Authorization"] = f"Bearer {secret}"
         elif auth.type == "basic":
             request.headers["Authorization"] = basic_auth(auth.username or "", secret)
-        elif auth.type == "hmac":
-            request.headers["X-GovESB-Signature"] = hmac_signature(
-                secret.encode(), request.body, int(time.time())
-            )
         return request
+
+    async def attempt_headers(self, request: HttpRequest) -> dict[str, str]:
+        """The headers of one attempt: an HMAC signature with this attempt's timestamp (a
+        receiver refusing stale timestamps accepts a late retry), the current OAuth2 token.
+
+        Raises:
+            TokenUnavailableError: OAuth2 and no token could be had.
+        """
+        auth = self.endpoint.auth
+        if auth.type == "hmac":
+            secret = (self.credentials.secret or "").encode()
+            signature = hmac_signature(secret, request.body, int(time.time()))
+            return {**request.headers, "X-GovESB-Signature": signature}
+        if auth.type == "oauth2":
+            return {**request.headers, "Authorization": f"Bearer {await self._oauth_token()}"}
+        return request.headers
 
     async def _body(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Envelope, bytes]:
         """The envelope signed over the JSON body to send.
@@ -217,7 +219,7 @@ class HttpSink:
         body = to_json_bytes((await self.schemas.decode(record.value or b"")).record)
         return sign_body(envelope, body, self.bus_key, self.bus_key_id), body
 
-    async def _deliver(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _deliver(self, record: ConsumerRecord[bytes, bytes], batch: _Flush) -> None:
         try:
             # An Avro delivery whose schema this process has not cached yet waits for the
             # registry (this key only; other keys go on), and is never given up.
@@ -225,86 +227,104 @@ class HttpSink:
                 lambda: self._body(record), RegistryUnavailableError, "schema registry", log
             )
         except EventError as error:
-            await self._dead_letter(record, None, 0, f"{error.reason}: {error.detail}")
+            await self._dead_letter(batch, record, None, 0, f"{error.reason}: {error.detail}")
             return
         agreement = next((v for k, v in record.headers if k == "esb_subscription"), b"").decode()
         request = self.request_for(envelope, body, agreement)
-        attempts = 0
+        attempts = token_failures = 0
         renewed = False
         started = time.monotonic()
+        while True:
+            trial = await self._admit()
+            try:
+                attempt = await self._attempt(request)
+                if attempt.status == 401 and self.endpoint.auth.type == "oauth2" and not renewed:
+                    # Expired or revoked: renew and send again (once; a 401 after a fresh
+                    # token is the endpoint's answer).
+                    attempts += 1 if trial is None else 0
+                    self._token, renewed = None, True
+                    continue
+                if attempt.breaker is not None:
+                    self.breaker.record(attempt.breaker, time.monotonic())
+                    self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
+            finally:
+                if trial is not None:
+                    self._trial = None
+                    trial.set_result(None)
+            # Attempts while the breaker is not closed (the trial) are not counted, nor are
+            # those the token endpoint failed (the record is not at fault).
+            attempts += 1 if trial is None and attempt.counts else 0
+            token_failures += 0 if attempt.counts else 1
+            if attempt.outcome == "delivered":
+                self._metric(self.metrics.deliveries, "delivered", str(attempt.status)).inc()
+                self._metric(self.metrics.end_to_end).observe(
+                    max(0.0, time.time() - parse_time(envelope.time).timestamp())
+                )
+                await self._receipt("delivered", envelope, attempt.status, attempts, started)
+                return
+            if attempt.outcome == "dead-letter" or attempts >= self.policy.max_attempts:
+                await self._dead_letter(
+                    batch, record, attempt.status, attempts, attempt.error, envelope, started
+                )
+                return
+            # One receipt per failed attempt, with its status: the event's trace shows it.
+            await self._receipt("retrying", envelope, attempt.status, attempts, started)
+            await asyncio.sleep(
+                self.policy.delay(max(attempts, token_failures, 1), attempt.retry_after)
+            )
+
+    async def _admit(self) -> asyncio.Future[None] | None:
+        """Wait until the breaker lets a request through; the trial's future when this
+        request is the half-open trial (one at a time; the others wait for its result)."""
         while True:
             now = time.monotonic()
             wait = self.breaker.wait_s(now)
             if wait:
                 await asyncio.sleep(wait)
                 continue
-            trial: asyncio.Future[None] | None = None
-            if self.breaker.state != "closed":
-                if self._trial is not None:  # one trial request at a time; the others wait
-                    await asyncio.wait([self._trial])
-                    continue
-                self.breaker.allow(now)  # open -> half-open: this request is the trial
-                self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
-                trial = self._trial = asyncio.get_running_loop().create_future()
-            try:
-                if self.endpoint.auth.type == "oauth2":
-                    request.headers["Authorization"] = f"Bearer {await self._oauth_token()}"
-                status, retry_after, excerpt = await self._send(request)
-                # Attempts while the breaker is not closed (the trial) are not counted.
-                attempts += 1 if trial is None else 0
-                if status == 401 and self.endpoint.auth.type == "oauth2" and not renewed:
-                    self._token, renewed = None, True  # expired or revoked: renew, send again
-                    continue
-                outcome = verdict(status)
-                self.breaker.record(outcome != "retry", time.monotonic())
-                self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
-            finally:
-                if trial is not None:
-                    self._trial = None
-                    trial.set_result(None)
-            if outcome == "delivered":
-                self._metric(self.metrics.deliveries, "delivered", str(status)).inc()
-                self._metric(self.metrics.end_to_end).observe(
-                    max(0.0, time.time() - parse_time(envelope.time).timestamp())
-                )
-                await self._receipt("delivered", envelope, status, attempts, started)
-                return
-            if outcome == "dead-letter" or attempts >= self.policy.max_attempts:
-                await self._dead_letter(
-                    record, status, attempts, excerpt or "no response", envelope, started
-                )
-                return
-            await self._receipt("retrying", envelope, status, attempts, started)  # the trace
-            await asyncio.sleep(self.policy.delay(max(attempts, 1), retry_after))
+            if self.breaker.state == "closed":
+                return None
+            if self._trial is not None:
+                await asyncio.wait([self._trial])
+                continue
+            self.breaker.allow(now)  # open -> half-open: this request is the trial
+            self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
+            self._trial = asyncio.get_running_loop().create_future()
+            return self._trial
+
+    async def _attempt(self, request: HttpRequest) -> _Attempt:
+        try:
+            headers = await self.attempt_headers(request)
+        except TokenUnavailableError as error:
+            if error.retryable:  # a failure of the endpoint's side, not of this record
+                log.warning("no OAuth2 token for %s: %s", self.subscriber, error)
+                return _Attempt("retry", None, str(error), breaker=False, counts=False)
+            return _Attempt("dead-letter", None, str(error), breaker=None)
+        status, retry_after, detail = await self._send(request, headers)
+        outcome = verdict(status)
+        return _Attempt(outcome, status, detail, retry_after, breaker=outcome != "retry")
 
     async def _oauth_token(self) -> str:
-        """A cached OAuth2 client-credentials token, renewed a little before it expires."""
+        """A cached OAuth2 client-credentials token, renewed a little before it expires.
+
+        Raises:
+            TokenUnavailableError: the token endpoint gave none.
+        """
         async with self._token_lock:
             if self._token is not None and time.monotonic() < self._token[1]:
                 return self._token[0]
             auth = self.endpoint.auth
-            try:
-                async with self.session.post(
-                    auth.token_url or "",
-                    data={"grant_type": "client_credentials"},
-                    headers={
-                        "Authorization": basic_auth(
-                            auth.username or "", self.credentials.secret or ""
-                        )
-                    },
-                    timeout=self._timeout(),
-                    ssl=self.ssl_context or self.endpoint.verify_tls,
-                ) as response:
-                    body = await response.json(content_type=None)
-                    if response.status != 200 or "access_token" not in body:
-                        log.warning("token endpoint answered %d", response.status)
-                        return ""
-            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-                log.warning("token endpoint unreachable: %s", type(error).__name__)
-                return ""
-            lifetime = float(body.get("expires_in", 300))
-            self._token = (str(body["access_token"]), time.monotonic() + max(1.0, lifetime * 0.9))
-            return self._token[0]
+            token, lifetime = await fetch_token(
+                self.session,
+                auth.token_url or "",
+                auth.username or "",
+                self.credentials.secret or "",
+                client_timeout=self._timeout(),
+                ssl_option=self.ssl_context or self.endpoint.verify_tls,
+                max_body_bytes=self.max_response_bytes,
+            )
+            self._token = (token, time.monotonic() + max(1.0, lifetime * 0.9))
+            return token
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         """The endpoint's request timeout (the endpoint may change with the registry)."""
@@ -312,21 +332,22 @@ class HttpSink:
             self._client_timeout = aiohttp.ClientTimeout(total=self.endpoint.timeout_s)
         return self._client_timeout
 
-    async def _send(self, request: HttpRequest) -> tuple[int | None, float | None, str]:
+    async def _send(
+        self, request: HttpRequest, headers: dict[str, str]
+    ) -> tuple[int | None, float | None, str]:
         started = time.monotonic()
         try:
             async with self.session.post(
                 self.endpoint.url,
                 data=request.body,
-                headers=request.headers,
+                headers=headers,
                 timeout=self._timeout(),
                 ssl=self.ssl_context or self.endpoint.verify_tls,  # True: default CA checks
-                allow_redirects=False,
+                allow_redirects=False,  # see connectors.http_sink.transport
             ) as response:
                 status = response.status
-                text = "" if 200 <= status < 300 else await response.text(errors="replace")
-                if 200 <= status < 300:
-                    await response.read()
+                # Read (up to the cap) even a 2xx's body, so the connection can be reused.
+                content = await read_capped(response, self.max_response_bytes)
                 retry_after = (
                     retry_after_s(response.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
                     if status in (408, 425, 429, 503)
@@ -338,10 +359,11 @@ class HttpSink:
         finally:
             self._metric(self.metrics.latency).observe(time.monotonic() - started)
         self._metric(self.metrics.attempts, str(status)).inc()
-        return status, retry_after, f"HTTP {status}: {text[:200]}"
+        return status, retry_after, "" if 200 <= status < 300 else excerpt(status, content)
 
     async def _dead_letter(
         self,
+        batch: _Flush,
         record: ConsumerRecord[bytes, bytes],
         status: int | None,
         attempts: int,
@@ -356,7 +378,7 @@ class HttpSink:
             ("esb_attempts", str(attempts).encode()),
             ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
         ]
-        self._acks.append(
+        batch.acks.append(
             await self.producer.send(
                 topics.dlq(self.subscriber), record.value, key=record.key, headers=headers
             )
@@ -386,19 +408,26 @@ class HttpSink:
         )
         self._receipts.append((key, value))
 
-    async def _send_receipts(self) -> None:
-        """This flush's receipts in one batch per partition (a chain lives in one partition)."""
-        receipts, self._receipts = self._receipts, []
-        if not receipts:
-            return
-        partitions = sorted(await self.producer.partitions_for(topics.AUDIT))
-        partition = DefaultPartitioner()(receipts[0][0], partitions, partitions)
-        batch = self.producer.create_batch()
-        for key, value in receipts:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                self._acks.append(
+    async def _send_receipts(self) -> list[asyncio.Future[Any]]:
+        """The receipts queued so far, in one batch per partition (a chain lives in one
+        partition), in the order they were chained: concurrent flushes send them one after
+        the other. Returns every receipt batch not yet acknowledged, a flush's own among them.
+        """
+        async with self._receipt_lock:
+            receipts, self._receipts = self._receipts, []
+            self._receipt_acks = [ack for ack in self._receipt_acks if not ack.done()]
+            if receipts:
+                partitions = sorted(await self.producer.partitions_for(topics.AUDIT))
+                partition = DefaultPartitioner()(receipts[0][0], partitions, partitions)
+                batch = self.producer.create_batch()
+                for key, value in receipts:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        self._receipt_acks.append(
+                            await self.producer.send_batch(batch, topics.AUDIT, partition=partition)
+                        )
+                        batch = self.producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)
+                self._receipt_acks.append(
                     await self.producer.send_batch(batch, topics.AUDIT, partition=partition)
                 )
-                batch = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        self._acks.append(await self.producer.send_batch(batch, topics.AUDIT, partition=partition))
+            return list(self._receipt_acks)

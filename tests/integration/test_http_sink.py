@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class LegacyEndpoint:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.mode = "ok"  # ok | flaky | down | reject
         self.calls = 0
+        self.attempts: Counter[str] = Counter()  # requests per event id
         self.oauth_tokens: dict[str, float] = {}  # token -> expiry
         self.tokens_issued = 0
         self.unauthorized = 0
@@ -78,7 +79,11 @@ class LegacyEndpoint:
         body = await request.read()
         if self.mode == "down":
             return web.Response(status=503, text="maintenance", headers={"Retry-After": "1"})
-        if self.mode == "flaky" and self.calls % 2:
+        self.attempts[request.headers.get("ce-id", "")] += 1
+        # Flaky per event: every other request of an event fails, its first included. (Not
+        # every other request overall: a record's retries could then keep meeting the odd
+        # turns, while other records' requests take the even ones.)
+        if self.mode == "flaky" and self.attempts[request.headers.get("ce-id", "")] % 2:
             return web.Response(status=500, text="internal error")
         if self.mode == "reject":
             return web.Response(status=422, text='{"error": "unknown deceased"}')
