@@ -157,6 +157,10 @@ def bus_acls(
         _write(topics.AUDIT),
         _read(topics.DUPLICATES),
         _write(topics.DUPLICATES),
+        # max.message.bytes of its output topics: a record the broker refused only as part of
+        # a too-large batch is sent again alone when it fits (streams.pipeline.writer).
+        AclRule("topic", "esb.deliver.", ("DescribeConfigs",), prefix=True),
+        AclRule("topic", "esb.rejected.", ("DescribeConfigs",), prefix=True),
     ]
     users[GATEWAY_USER] = [*(_write(topics.ingress(i)) for i in ids), _read(topics.REGISTRY)]
     for subscriber in http_subscribers(registry):

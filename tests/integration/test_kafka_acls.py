@@ -321,7 +321,10 @@ def test_apply_as_a_principal_that_may_not_manage_acls_leaves_them_alone(
     assert asyncio.run(acls.cluster_acls(secure.settings(*secure.admin))) == before
 
 
-def test_a_cluster_without_an_authorizer_is_applied_without_acls(cli_options: list[str]) -> None:
+def test_a_cluster_without_an_authorizer_is_applied_without_acls(
+    cli_options: list[str], applied_registry: Path
+) -> None:
+    # applied_registry: the catalogue's schemas are registered, as apply now requires.
     result = runner.invoke(app, [*cli_options, "registry", "apply", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
     assert "ACLs: not enforced by this cluster (no authorizer), skipped" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def test_the_bindings_are_the_strimzi_users_acls(registry: BusRegistry) -> None:
             acl["resource"]["type"].upper(),
             acl["resource"]["name"],
             "PREFIXED" if acl["resource"]["patternType"] == "prefix" else "LITERAL",
-            operation.upper(),
+            re.sub(r"(?<=[a-z])(?=[A-Z])", "_", operation).upper(),  # DescribeConfigs
         )
         for user in kafka_users(registry, cluster="govesb")
         for acl in user["spec"]["authorization"]["acls"]
