@@ -55,6 +55,7 @@ from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode
 from streams.contract.envelope import new_envelope, parse_source, source_for
 from streams.contract.jsonavro import JsonAvroError, from_json
 from streams.contract.signing import PrivateKey, sign_event
+from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
 from streams.registry.sync import RegistryView
 
 CLOUDEVENT_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "correlationid")
@@ -181,7 +182,7 @@ class Gateway:
                     topics.ingress(institution),
                     value,
                     key=envelope.subject.encode(),
-                    headers=[*envelope.to_headers(), ("esb_via", b"gateway")],
+                    headers=[*envelope.to_headers(), (VIA_HEADER, VIA_GATEWAY)],
                 ),
                 self.produce_timeout_s,
             )

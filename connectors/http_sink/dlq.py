@@ -17,7 +17,9 @@ from streams.client.records import BusRecord, RecordFilter, read_records, resend
 from streams.contract import topics
 from streams.settings import KafkaSettings
 
-SINK_HEADERS = frozenset({"esb_error", "esb_status", "esb_attempts", "esb_source"})
+SINK_HEADERS = frozenset(
+    {"esb_error", "esb_status", "esb_attempts", "esb_source", "esb_replayed_from"}
+)  # resent_headers adds esb_replayed_from anew: one, naming the last dead letter
 
 DeadLetter = BusRecord
 """One record of ``esb.dlq.<subscriber>``."""

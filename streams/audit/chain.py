@@ -21,10 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.contract.reasons import MAX_DETAIL
+
 GENESIS = "0" * 64
 SUBJECT_KEY_PURPOSE = b"govesb audit subject v1"
 """HKDF ``info`` of the key that hashes business keys in audit records (from the bus key)."""
-DETAIL_CHARS = 300
 
 
 def subject_digest(key: bytes, subject: str) -> str:
@@ -111,7 +112,7 @@ class AuditChain:
         if agreements:
             body["agreements"] = sorted(agreements)
         if detail:
-            body["detail"] = detail[:DETAIL_CHARS]
+            body["detail"] = detail[:MAX_DETAIL]
         # Serialised once: the record is its canonical form with the hash field appended;
         # verify() parses it, drops "hash" and recomputes over the canonical form.
         canonical = canonical_json(body)

@@ -20,6 +20,7 @@ from streams.cli.common import out, read_set_aside, record_filter, settings_of
 from streams.client.records import BusRecord, read_records, resend, resent_headers
 from streams.contract import topics
 from streams.pipeline.replay import REPLAY_HEADERS
+from streams.pipeline.validation import VIA_HEADER
 
 rejected_app = typer.Typer(
     help="Events the pipeline rejected or could not deliver to an agreement.",
@@ -38,8 +39,10 @@ Subscriptions = Annotated[
 
 
 def dropped_on_replay(name: str) -> bool:
-    """The bus's headers of a rejection, but not its replay claim, are left out of a replay."""
-    return name.startswith("esb_") and name not in REPLAY_HEADERS
+    """The bus's headers of a rejection are left out of a replay, but not its replay claim nor
+    ``esb_via`` (an event the gateway published and signed with its key is valid only with
+    it)."""
+    return name.startswith("esb_") and name not in (*REPLAY_HEADERS, VIA_HEADER)
 
 
 def replayed_headers(record: BusRecord) -> list[tuple[str, bytes]]:

@@ -1,8 +1,10 @@
-"""Reading whole topics without a consumer group (registry view, tail, audit checks)."""
+"""Reading whole topics without a consumer group (registry view, tail, audit, trace, replays)."""
 
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.client import fetch_guard
 
 
 async def assign_whole_topic(
@@ -19,7 +21,12 @@ async def assign_whole_topic(
 async def assign_topics(
     consumer: AIOKafkaConsumer, topics: list[str], *, from_beginning: bool = True
 ) -> list[TopicPartition]:
-    """Assign every partition of every topic in ``topics`` and seek; see assign_whole_topic."""
+    """Assign every partition of every topic in ``topics`` and seek; see assign_whole_topic.
+
+    Installs the fetch guard first: a record whose header names are not UTF-8 is handed over
+    (marked) instead of stopping the reader.
+    """
+    fetch_guard.install()
     assigned: list[TopicPartition] = []
     for topic in topics:
         partitions = consumer.partitions_for_topic(topic)

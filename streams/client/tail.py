@@ -11,12 +11,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
+from streams.client import fetch_guard
 from streams.client.consuming import assign_whole_topic
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
 from streams.contract.envelope import JSON_CONTENT_TYPE
 from streams.contract.jsonavro import to_json
 from streams.contract.reasons import EventError
-from streams.pipeline import fetch_guard
 from streams.settings import KafkaSettings, SchemaRegistrySettings
 
 

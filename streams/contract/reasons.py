@@ -43,6 +43,9 @@ class Reason(StrEnum):
     UNDELIVERABLE = "undeliverable"
 
 
+MAX_DETAIL = 300
+"""Longest ``esb_detail`` (and audit ``detail``), in characters: a reason, not a dump."""
+
 # Reasons given after validation (delivery, output path): no ingress record alone causes
 # them, so the malformed corpus cannot hold a case for them.
 OUTPUT_REASONS = frozenset({Reason.INTERNAL, Reason.UNDELIVERABLE})

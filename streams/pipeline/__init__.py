@@ -1,1 +1,1 @@
-"""The Faust pipeline: the app and its pure stages (validate, route, transform), fetch guard."""
+"""The Faust pipeline: the app, its pure stages (validate, route, transform), outputs, acks."""

@@ -33,11 +33,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import health
 from streams.audit.chain import new_chain, process_instance
+from streams.client import fetch_guard
 from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
 from streams.contract.reasons import Reason
 from streams.contract.signing import load_private_key
-from streams.pipeline import fetch_guard
 from streams.pipeline.acking import InFlightBudget, Lanes
 from streams.pipeline.duplicate_log import DuplicateLog
 from streams.pipeline.duplicates import DuplicateWindow

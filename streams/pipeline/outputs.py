@@ -47,7 +47,7 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.contract import topics
-from streams.contract.reasons import Reason
+from streams.contract.reasons import MAX_DETAIL, Reason
 from streams.pipeline.process import Output
 from streams.pipeline.validation import IngressRecord, publisher_of
 
@@ -175,7 +175,7 @@ def undeliverable(
     is cut (:func:`cut`) when it would not fit ``limit``.
     """
     size = record_size(refused)
-    detail = f"{refused.topic} refused the {size}-byte record: {describe(error)}"
+    detail = f"{refused.topic} refused the {size}-byte record: {describe(error)}"[:MAX_DETAIL]
     headers = (
         *record.headers,
         ("esb_reason", str(Reason.UNDELIVERABLE).encode()),

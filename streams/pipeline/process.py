@@ -29,7 +29,7 @@ from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode, schema_id_of
 from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
 from streams.contract.jsonavro import to_json_bytes
-from streams.contract.reasons import EventError, Reason
+from streams.contract.reasons import MAX_DETAIL, EventError, Reason
 from streams.contract.signing import PrivateKey, sign_event
 from streams.pipeline.duplicates import DuplicateWindow, SeenEvents
 from streams.pipeline.replay import replay_claim, replay_headers
@@ -48,7 +48,6 @@ from streams.registry.sync import RegistryView
 
 log = logging.getLogger(__name__)
 # Enough of an error's text to act on; no more (it goes back to the publisher's topic).
-MAX_DETAIL = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +258,7 @@ class Pipeline:
         headers = (
             *record.headers,
             ("esb_reason", str(error.reason).encode()),
-            ("esb_detail", error.detail.encode()),
+            ("esb_detail", error.detail[:MAX_DETAIL].encode()),
             ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
         )
         rejected = Output(topics.rejected(publisher), record.key, record.value, headers)

@@ -26,10 +26,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streams.client import fetch_guard
 from streams.client.consuming import assign_whole_topic
 from streams.contract import topics
 from streams.contract.signing import KeyFormatError, KeyRing, PublicKey, load_public_key
-from streams.pipeline import fetch_guard
 from streams.registry.model import Institution, Subscription
 from streams.settings import KafkaSettings
 

@@ -10,8 +10,8 @@ from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.structs import TopicPartition
 
+from streams.client.fetch_guard import GuardedPartitionRecords, _KeptRecords
 from streams.contract.envelope import UNREADABLE_HEADER
-from streams.pipeline.fetch_guard import GuardedPartitionRecords, _KeptRecords
 from tests.corpus.malformed import RawName
 
 TP = TopicPartition("esb.ingress.nida", 0)
