@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from typer.testing import CliRunner
 
@@ -42,7 +42,9 @@ from deploy.worker import (
 )
 from streams.client.consuming import assign_topics
 from streams.client.publisher import Publisher
+from streams.contract import topics
 from streams.contract.signing import load_private_key
+from streams.registry.view import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
 from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, SAMPLES, sample
 
@@ -299,6 +301,27 @@ async def apply_registry(bootstrap: str, registry_url: str, document: dict[str, 
     path = tmp_path / f"registry-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     await asyncio.to_thread(cli, bootstrap, registry_url, "registry", "apply", str(path))
+
+
+async def repin(kafka: str, subscription: str, version: int) -> None:
+    """Rewrite ``subscription/<id>`` on esb.registry with another pinned schema version, as an
+    older tool or a hand-written record would (``registry apply`` refuses a version the schema
+    registry lacks)."""
+    view = RegistryView(KafkaSettings(bootstrap_servers=kafka))
+    await view.start(follow=False)
+    await view.stop()
+    record = json.loads(view.raw[f"subscription/{subscription}"])
+    record["schema_version"] = version
+    producer = AIOKafkaProducer(**KafkaSettings(bootstrap_servers=kafka).durable_producer_options())
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.REGISTRY,
+            json.dumps(record).encode(),
+            key=f"subscription/{subscription}".encode(),
+        )
+    finally:
+        await producer.stop()
 
 
 async def restore_registry(bootstrap: str, registry_url: str) -> None:

@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from streams.audit.verify import read_audit
-from streams.contract import topics
 from streams.contract.codec import SchemaStore
 from streams.contract.jsonavro import to_json
-from streams.registry.view import RegistryView
 from streams.settings import KafkaSettings
 from tests.integration.chaos import (
     apply_registry,
@@ -34,6 +31,7 @@ from tests.integration.chaos import (
     new_system,
     read_topic,
     registry_document,
+    repin,
     restore_registry,
     rita_publisher,
     wait_until,
@@ -61,25 +59,6 @@ async def _audit_of(kafka: str, app_id: str, event_id: str, count: int) -> list[
             if len(mine) >= count:
                 return mine
             await asyncio.sleep(0.5)
-
-
-async def repin(kafka: str, subscription: str, version: int) -> None:
-    """Rewrite ``subscription/<id>`` on esb.registry with another pinned schema version."""
-    view = RegistryView(KafkaSettings(bootstrap_servers=kafka))
-    await view.start(follow=False)
-    await view.stop()
-    record = json.loads(view.raw[f"subscription/{subscription}"])
-    record["schema_version"] = version
-    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            topics.REGISTRY,
-            json.dumps(record).encode(),
-            key=f"subscription/{subscription}".encode(),
-        )
-    finally:
-        await producer.stop()
 
 
 @pytest.mark.timeout(300)

@@ -28,6 +28,7 @@ from tests.integration.chaos import (
     new_system,
     read_topic,
     registry_document,
+    repin,
     restore_registry,
     rita_publisher,
 )
@@ -49,9 +50,10 @@ async def test_a_poison_record_is_rejected_with_its_reason_and_its_partition_kee
         "event_types": ["tz.go.rita.DeathRegistered"],
         "fields": ["entryNumber", "firstName"],
         "filter": [{"field": "firstName", "op": "eq", "value": marker}],
-        "schema_version": 99,
+        "schema_version": 1,
     }
     await apply_registry(kafka, registry, registry_document(None, [broken]), tmp_path)
+    await repin(kafka, broken["id"], 99)  # as an older tool would: apply now refuses it
     try:
         worker = start_worker()
         started = time.monotonic()
