@@ -153,6 +153,7 @@ class PipelineWorker:
                 ),
                 self.duplicates.window,
             )
+            self.writer.replay_claim = self.pipeline.replay_claim
             self.metrics.acker_up.set(1)
             log.info("pipeline ready: %d subscriptions", len(self.view.subscriptions))
 

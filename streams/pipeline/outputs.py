@@ -20,7 +20,9 @@ An error is one of three kinds (:func:`classify`), as aiokafka and the broker sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
+from typing import TypeAlias
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -165,15 +167,33 @@ def is_rejection(output: Output) -> bool:
     return output.topic.startswith(topics.rejected(""))
 
 
+ReplayClaim: TypeAlias = Callable[[IngressRecord, str], tuple[tuple[str, bytes], ...]]
+"""The bus-signed headers that let one agreement alone receive a record's event again."""
+
+
 def undeliverable(
-    record: IngressRecord, refused: Output, error: BaseException, *, limit: int
+    record: IngressRecord,
+    refused: Output,
+    error: BaseException,
+    *,
+    limit: int,
+    claim: ReplayClaim | None = None,
 ) -> Output:
     """The ingress record, as it came, to ``esb.rejected.<publisher>`` with reason
     ``undeliverable``: which topic refused which record (its size) and why.
 
-    Headers ``esb_refused_topic`` and ``esb_refused_bytes`` say it for programs; the copy
-    is cut (:func:`cut`) when it would not fit ``limit``.
+    Headers ``esb_refused_topic`` and ``esb_refused_bytes`` say it for programs; the
+    agreement of the refused delivery is in ``esb_subscription`` and, with ``claim``, the
+    copy carries the bus's replay claim for it, so ``govesb rejected replay`` sends it to that
+    agreement alone once the cause is fixed (as for ``internal``). The copy is cut
+    (:func:`cut`) when it would not fit ``limit``.
     """
+    agreement = next((v.decode() for k, v in refused.headers if k == "esb_subscription"), "")
+    replay = (
+        (("esb_subscription", agreement.encode()), *claim(record, agreement))
+        if (agreement and claim is not None)
+        else ()
+    )
     size = record_size(refused)
     detail = f"{refused.topic} refused the {size}-byte record: {describe(error)}"[:MAX_DETAIL]
     headers = (
@@ -183,6 +203,7 @@ def undeliverable(
         ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
         ("esb_refused_topic", refused.topic.encode()),
         ("esb_refused_bytes", str(size).encode()),
+        *replay,
     )
     rejection = Output(topics.rejected(publisher_of(record.topic)), record.key, record.value,
                        headers)  # fmt: skip
@@ -228,7 +249,11 @@ def is_bare(output: Output) -> bool:
 
 
 def instead(
-    record: IngressRecord, refused: Output, error: BaseException, limit: int
+    record: IngressRecord,
+    refused: Output,
+    error: BaseException,
+    limit: int,
+    claim: ReplayClaim | None = None,
 ) -> Output | None:
     """What to send in place of ``refused`` (of ``record``), which the broker refused for good;
     None when nothing can be: the worker must then hold the partition and fail loudly.
@@ -241,4 +266,4 @@ def instead(
     if is_rejection(refused):
         why = f"{refused.topic} refused the {record_size(refused)}-byte copy: {describe(error)}"
         return cut(refused, limit, why, bare=was_cut(refused))
-    return undeliverable(record, refused, error, limit=limit)
+    return undeliverable(record, refused, error, limit=limit, claim=claim)

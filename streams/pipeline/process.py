@@ -195,6 +195,19 @@ class Pipeline:
             tuple(DeliveryFailure(s.id, s.subscriber) for s, _ in failed),
         )
 
+    def replay_claim(self, record: IngressRecord, agreement: str) -> tuple[tuple[str, bytes], ...]:
+        """The bus-signed headers that let ``agreement`` alone receive ``record``'s event again
+        (on a copy of ``record`` set aside for an operator to replay)."""
+        event_id = next((v.decode() for k, v in record.headers if k == "ce_id" and v), "")
+        return replay_headers(
+            self.bus_key.key_id,
+            self.bus_key.key,
+            publisher_of(record.topic),
+            event_id,
+            agreement,
+            record.value or b"",
+        )
+
     def fail(
         self,
         record: IngressRecord,

@@ -28,6 +28,7 @@ from streams.pipeline.metrics import PipelineMetrics
 from streams.pipeline.outputs import (
     BATCH_SIZE_ERRORS,
     Failure,
+    ReplayClaim,
     TransientSendError,
     absent_topic_error,
     classify,
@@ -84,6 +85,8 @@ class OutputWriter:
         self._renewing = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._topic_limits: TTLCache[str, int | None] = TTLCache(maxsize=1024, ttl=60)
+        self.replay_claim: ReplayClaim | None = None
+        """Signs the replay claim of an undeliverable delivery (set once the bus key is)."""
 
     async def start(self) -> None:
         """Connect the producer."""
@@ -255,7 +258,7 @@ class OutputWriter:
                             refused.topic, describe(error), *record.position)  # fmt: skip
                 continue
             replacement = (
-                instead(record, refused, error, MAX_REQUEST_BYTES)
+                instead(record, refused, error, MAX_REQUEST_BYTES, self.replay_claim)
                 if failure is Failure.REFUSED
                 else None
             )

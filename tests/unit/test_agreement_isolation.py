@@ -269,3 +269,27 @@ def test_the_record_filter_takes_time_ids_and_header_values() -> None:
     by_reason = RecordFilter(headers={"esb_reason": frozenset({"internal"})})
     assert [r.event_id for r in (old, new, other) if by_reason(r)] == ["a", "b"]
     assert not RecordFilter(headers={"esb_subscription": frozenset({"s"})})(old)
+
+
+def test_an_undeliverable_copy_names_its_agreement_and_can_be_replayed_to_it_alone() -> None:
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from streams.pipeline.outputs import undeliverable
+
+    pipeline = _pipeline()
+    record = IngressRecord(
+        "esb.ingress.rita", 0, 7, b"key", b"\x00\x00\x00\x00\x01payload", (("ce_id", b"id-7"),)
+    )
+    refused = Output("esb.deliver.utumishi", b"key", b"x" * 10, (("esb_subscription", b"u-d"),))
+    copy = undeliverable(
+        record, refused, MessageSizeTooLargeError(), limit=1_000_000, claim=pipeline.replay_claim
+    )
+    headers = _headers(copy)
+    assert headers["esb_reason"] == "undeliverable"
+    assert headers["esb_subscription"] == "u-d"
+    view = pipeline.view
+    value = record.value or b""
+    agreement = replay_claim(
+        copy.headers, "rita", "id-7", value, view.keyring, view.key_owners, OPERATOR
+    )
+    assert agreement == "u-d"
