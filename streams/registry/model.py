@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from streams.contract.catalog import Catalog, CatalogError, EventType, Problem
 from streams.contract.signing import KeyFormatError, load_public_key
@@ -32,6 +33,13 @@ class InstitutionKey(_Model):
     revoked: bool = False
 
 
+def _no_credentials(url: str | None) -> str | None:
+    """A URL in the registry names a place, never a secret: no ``user:password@``."""
+    if url is not None and urlsplit(url).password is not None:
+        raise ValueError("the URL carries a password: give it through secret_ref instead")
+    return url
+
+
 class EndpointAuth(_Model):
     """How the HTTP sink authenticates; secrets are named, never written in the YAML."""
 
@@ -40,13 +48,13 @@ class EndpointAuth(_Model):
         default=None, description="name of the environment variable holding the secret"
     )
     username: str | None = None
-    token_url: str | None = None
+    token_url: Annotated[str | None, AfterValidator(_no_credentials)] = None
 
 
 class Endpoint(_Model):
     """An institution's HTTP endpoint for deliveries."""
 
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: Annotated[str, Field(pattern=r"^https?://"), AfterValidator(_no_credentials)]
     format: Literal["cloudevents", "govesb"] = "cloudevents"
     auth: EndpointAuth = EndpointAuth()
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0

@@ -139,3 +139,17 @@ def test_the_view_applies_records_tombstones_and_skips_malformed_ones() -> None:
     assert "broken" not in view.subscriptions
     assert "x" not in view.institutions
     assert seen[-1] == "subscription/nida-births"
+
+
+def test_an_endpoint_url_with_a_password_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from streams.registry.model import Endpoint
+
+    with pytest.raises(ValidationError, match="carries a password"):
+        Endpoint(url="https://payroll:s3cret@hr.utumishi.go.tz/events")
+    with pytest.raises(ValidationError, match="carries a password"):
+        Endpoint(
+            url="https://hr.utumishi.go.tz/events",
+            auth={"type": "oauth2", "token_url": "https://id:s3cret@idp.utumishi.go.tz/token"},
+        )
