@@ -260,7 +260,9 @@ class HttpSink:
                 self._metric(self.metrics.end_to_end).observe(
                     max(0.0, time.time() - parse_time(envelope.time).timestamp())
                 )
-                await self._receipt("delivered", envelope, attempt.status, attempts, started)
+                await self._receipt(
+                    "delivered", envelope, attempt.status, attempts, started, agreement
+                )
                 return
             if attempt.outcome == "dead-letter" or attempts >= self.policy.max_attempts:
                 await self._dead_letter(
@@ -268,7 +270,7 @@ class HttpSink:
                 )
                 return
             # One receipt per failed attempt, with its status: the event's trace shows it.
-            await self._receipt("retrying", envelope, attempt.status, attempts, started)
+            await self._receipt("retrying", envelope, attempt.status, attempts, started, agreement)
             await asyncio.sleep(
                 self.policy.delay(max(attempts, token_failures, 1), attempt.retry_after)
             )
@@ -386,7 +388,10 @@ class HttpSink:
         self._metric(self.metrics.dlq).inc()
         self._metric(self.metrics.deliveries, "dead-lettered", str(status or 0)).inc()
         if envelope is not None:
-            await self._receipt("dead-lettered", envelope, status, attempts, started)
+            agreement = next((v for k, v in record.headers if k == "esb_subscription"), b"")
+            await self._receipt(
+                "dead-lettered", envelope, status, attempts, started, agreement.decode()
+            )
 
     async def _receipt(
         self,
@@ -395,6 +400,7 @@ class HttpSink:
         status: int | None,
         attempts: int,
         started: float | None,
+        agreement: str = "",
     ) -> None:
         latency_ms = int((time.monotonic() - (started or time.monotonic())) * 1000)
         key, value = self.chain.append(
@@ -405,6 +411,7 @@ class HttpSink:
             payload_sha256=None,
             subscribers=[self.subscriber],
             reason=f"status={status or 0} attempts={attempts} latency_ms={latency_ms}",
+            subscription=agreement or None,  # the agreement it was delivered under
         )
         self._receipts.append((key, value))
 

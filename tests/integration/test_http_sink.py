@@ -249,12 +249,15 @@ async def sink(
     assert restored.exit_code == 0, restored.output
 
 
-async def _publish_deaths(kafka: str, registry: str, n: int, keys: int) -> list[tuple[str, str]]:
-    """Publish ``n`` deaths over ``keys`` entry numbers; return (event id, key) in order."""
+async def _publish_deaths(
+    kafka: str, registry: str, n: int, keys: int, system: str = SYSTEM
+) -> list[tuple[str, str]]:
+    """Publish ``n`` deaths over ``keys`` entry numbers from rita's ``system``; return (event
+    id, key) in order."""
     key = load_private_key((REPO_ROOT / "deploy/demo-keys/rita.key.pem").read_text())
     published = []
     async with Publisher.connect(
-        institution="rita", system=SYSTEM, key_id=KEY_IDS["rita"], key=key,
+        institution="rita", system=system, key_id=KEY_IDS["rita"], key=key,
         kafka=KafkaSettings(bootstrap_servers=kafka),
         schema_registry=SchemaRegistrySettings(url=registry), catalog=CATALOG,
     ) as publisher:  # fmt: skip

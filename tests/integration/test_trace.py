@@ -27,9 +27,14 @@ from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID
 from streams.audit.chain import SUBJECT_KEY_PURPOSE, subject_digest
 from streams.contract.signing import load_private_key
 from streams.settings import REPO_ROOT
-from tests.integration.test_http_sink import SOURCE, _publish_deaths
+from tests.integration.test_http_sink import _publish_deaths
 from tests.integration.test_pipeline import _publisher
 from tests.unit.pipeline_fixtures import CATALOG, sample
+
+# Its own system: its events must not pass for another module's (test_http_sink's endpoint
+# counts the events of its own source).
+SYSTEM = f"crvs-trace-{uuid.uuid4().hex[:8]}"
+SOURCE = f"/institutions/rita/systems/{SYSTEM}"
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow]
 CITIZEN = "tz.go.nida.CitizenRegistered"
@@ -161,7 +166,7 @@ async def test_a_delivered_event_is_traced_through_worker_agreements_and_http_at
 ) -> None:
     name, apply = subscriber
     for _ in range(3):  # another test's `registry apply` on the shared bus may drop our agreement
-        [(event_id, _)] = await _publish_deaths(kafka, registry, 1, keys=1)
+        [(event_id, _)] = await _publish_deaths(kafka, registry, 1, keys=1, system=SYSTEM)
         found = await _trace_until(cli, event_id, "routed")
         if (name, f"{name}-deaths") in {
             (d["subscriber"], d["agreement"]) for d in found["deliveries"]
@@ -211,7 +216,7 @@ async def _publish_routed(kafka: str, registry: str, cli: Any, subscriber: Any) 
     """A death published and routed under the test's own agreement; its event id."""
     name, apply = subscriber
     for _ in range(3):  # another test's `registry apply` on the shared bus may drop our agreement
-        [(event_id, _)] = await _publish_deaths(kafka, registry, 1, keys=1)
+        [(event_id, _)] = await _publish_deaths(kafka, registry, 1, keys=1, system=SYSTEM)
         found = await _trace_until(cli, event_id, "routed")
         if (name, f"{name}-deaths") in {
             (d["subscriber"], d["agreement"]) for d in found["deliveries"]
