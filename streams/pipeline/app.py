@@ -39,6 +39,7 @@ from streams.contract.reasons import Reason
 from streams.contract.signing import load_private_key
 from streams.pipeline import fetch_guard
 from streams.pipeline.acking import InFlightBudget, Lanes
+from streams.pipeline.consumer import App, QuietMonitor
 from streams.pipeline.duplicate_log import DuplicateLog
 from streams.pipeline.duplicates import DuplicateWindow
 from streams.pipeline.metrics import PipelineMetrics
@@ -352,8 +353,12 @@ def create_app(
     # the pipeline keeps no Faust tables; without this Faust makes <app_id>-data in cwd
     datadir = Path(tempfile.gettempdir()) / "govesb-faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    # Faust's consumer without its per-message task race, and a Monitor without per-event
+    # sensors (streams.pipeline.consumer says what and why).
+    app = App(
         settings.app_id,
+        Monitor=QuietMonitor,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
         datadir=datadir,
         broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings.kafka),
