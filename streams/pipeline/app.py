@@ -6,7 +6,9 @@ and an ingress event is acked — so its offset may be committed — only after 
 it was acknowledged by the broker or replaced by a rejection that was; acks keep the order of
 each partition and only of each partition (``streams.pipeline.acking``). A partition whose
 output cannot be written at all is held, and ``/health`` says so. ``processing_guarantee``
-stays at-least-once with stable event ids.
+stays at-least-once with stable event ids. The app's consumer is Faust's with the message
+hand-over and idle wait of ``streams.pipeline.consumer``, and its Monitor keeps no per-event
+statistics (the bus's are ``streams.pipeline.metrics``).
 """
 
 from __future__ import annotations
