@@ -333,6 +333,13 @@ class WorkerSettings(DemoKeyPolicy):
         return None
 
     max_in_flight: int = Field(default=2000, description="events processed but not yet acked")
+    stream_buffer_maxsize: int = Field(
+        default=4096,
+        ge=1,
+        description="records fetched and waiting for the pipeline (Faust's "
+        "`stream_buffer_maxsize`); a partition is fetched again once the pipeline has emptied "
+        "the buffer. Each waiting record holds its bytes, up to `GOVESB_MAX_VALUE_BYTES`",
+    )
     max_in_flight_bytes: int = Field(
         default=256 * 1024 * 1024,
         description="bytes of the events processed but not yet acked (each ingress record plus "

@@ -159,14 +159,14 @@ def start_worker(
     """Start real ``govesb worker`` processes; each is ready (partitions assigned) on return."""
     workers: list[WorkerProcess] = []
 
-    def start(app_id: str | None = None) -> WorkerProcess:
+    def start(app_id: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
         try:
             worker = start_worker_process(
                 kafka,
                 registry,
                 tmp_path / f"worker-{len(workers)}.log",
                 app_id=app_id or f"test-pipeline-{uuid.uuid4().hex[:8]}",
-                extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5"},
+                extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5", **(env or {})},
             )
         except LauncherError as error:
             pytest.fail(str(error))

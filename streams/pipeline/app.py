@@ -6,7 +6,9 @@ and an ingress event is acked — so its offset may be committed — only after 
 it was acknowledged by the broker or replaced by a rejection that was; acks keep the order of
 each partition and only of each partition (``streams.pipeline.acking``). A partition whose
 output cannot be written at all is held, and ``/health`` says so. ``processing_guarantee``
-stays at-least-once with stable event ids.
+stays at-least-once with stable event ids. The app's consumer is Faust's with the message
+hand-over and idle wait of ``streams.pipeline.consumer``, and its Monitor keeps no per-event
+statistics (the bus's are ``streams.pipeline.metrics``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from streams.contract.codec import RegistryUnavailableError, SchemaStore
 from streams.contract.reasons import Reason
 from streams.contract.signing import load_private_key
 from streams.pipeline.acking import InFlightBudget, Lanes
+from streams.pipeline.consumer import App, QuietMonitor
 from streams.pipeline.duplicate_log import DuplicateLog
 from streams.pipeline.duplicates import DuplicateWindow
 from streams.pipeline.metrics import PipelineMetrics
@@ -353,8 +356,12 @@ def create_app(
     # the pipeline keeps no Faust tables; without this Faust makes <app_id>-data in cwd
     datadir = Path(tempfile.gettempdir()) / "govesb-faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    # Faust's consumer without its per-message task race, and a Monitor without per-event
+    # sensors (streams.pipeline.consumer says what and why).
+    app = App(
         settings.app_id,
+        Monitor=QuietMonitor,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
         datadir=datadir,
         broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings.kafka),

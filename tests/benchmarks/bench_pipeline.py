@@ -96,6 +96,7 @@ from tests.benchmarks.pipeline_parts import (
     child_loop,
     end_offsets,
     events_handled,
+    forget_duplicates,
     per_op_us,
     profile_location,
     read_range,
@@ -235,6 +236,7 @@ class PipelineBench:
         share of the partitions.
         """
         began = time.monotonic()
+        await forget_duplicates(self.bootstrap)
         group = await self.new_group(f"worker{workers}", at_batch=not replay)
         subscribers = {s.subscriber for b in self.batches for s in b.subscriptions}
         deliver = sorted(topics.deliver(s) for s in subscribers)

@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess
 from streams.client.consuming import assign_topics
+from streams.contract import topics
 from streams.contract.codec import HEADER, MAGIC, schema_id_of
 from streams.contract.signing import (
     KeyRing,
@@ -108,6 +109,17 @@ def set_group_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, 
     admin_call(
         bootstrap, "alter_consumer_group_offsets", [ConsumerGroupTopicPartitions(group, partitions)]
     )
+
+
+async def forget_duplicates(bootstrap: str) -> None:
+    """Empty ``esb.duplicates`` (if it exists): every repetition sends the same events again,
+    which the workers' shared duplicate window would reject as ``duplicate``."""
+    try:
+        ends = await end_offsets(bootstrap, [topics.DUPLICATES])
+    except LookupError:  # no worker has run yet
+        return
+    partitions = [KafkaPartition(tp.topic, tp.partition, end) for tp, end in ends.items()]
+    await asyncio.to_thread(admin_call, bootstrap, "delete_records", partitions)
 
 
 class DeliveryCounter:

@@ -362,3 +362,54 @@ async def test_a_worker_stops_within_its_bound_and_a_restart_delivers_the_rest(
     start_worker(group)
     records = await _collect(kafka, ["esb.deliver.nida"], ids, wait_s=90)
     assert {dict(r.headers)["ce_id"].decode() for r in records} == ids
+
+
+async def test_a_third_worker_joining_a_group_under_load_loses_nothing(
+    kafka: str, registry: str, start_worker
+) -> None:
+    """Two workers of one group are working through a stream when a third joins: the group
+    rebalances while events are being fetched, buffered and handed to the agents. Small stream
+    buffers (16 records) put full and draining buffers inside the rebalance too."""
+    group = f"test-pipeline-{uuid.uuid4().hex[:8]}"
+    env = {"GOVESB_STREAM_BUFFER_MAXSIZE": "16"}
+    first = start_worker(group, env)
+    second = start_worker(group, env)
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:  # the group rebalances until both hold partitions
+        a = first.health()["checks"]["partitions"]["assigned"]
+        b = second.health()["checks"]["partitions"]["assigned"]
+        if a and b:
+            break
+        assert asyncio.get_running_loop().time() < deadline, (a, b)
+        await asyncio.sleep(0.5)
+    ids: set[str] = set()
+    joined = asyncio.Event()
+
+    async def publish(nida: Publisher, count: int) -> None:
+        for start in range(len(ids), len(ids) + count, 20):
+            citizens = [
+                sample("tz.go.nida.CitizenRegistered", nin=f"2000010100000{n:07d}")
+                for n in range(start, start + 20)
+            ]
+            ids.update(
+                await asyncio.gather(
+                    *(nida.publish("tz.go.nida.CitizenRegistered", c) for c in citizens)
+                )
+            )
+
+    async with _publisher(kafka, registry, "nida") as nida:
+        await publish(nida, 400)  # a backlog for the two
+
+        async def stream_until_joined() -> None:
+            while not joined.is_set() and len(ids) < 20_000:
+                await publish(nida, 100)
+
+        streaming = asyncio.create_task(stream_until_joined())
+        third = await asyncio.to_thread(start_worker, group, env)  # returns holding partitions
+        joined.set()
+        await streaming
+        await publish(nida, 400)  # and more once the three share the partitions
+    records = await _collect(kafka, ["esb.deliver.tra"], ids, wait_s=120)
+    assert {dict(r.headers)["ce_id"].decode() for r in records} == ids
+    assigned = [w.health()["checks"]["partitions"]["assigned"] for w in (first, second, third)]
+    assert all(assigned), assigned
