@@ -251,9 +251,11 @@ class HttpSink:
                 if trial is not None:
                     self._trial = None
                     trial.set_result(None)
-            # Attempts while the breaker is not closed (the trial) are not counted, nor are
-            # those the token endpoint failed (the record is not at fault).
-            attempts += 1 if trial is None and attempt.counts else 0
+            # A trial (the breaker half-open) that fails like the outage before it is not
+            # counted, nor is an attempt the token endpoint failed (the record is not at fault);
+            # a trial the endpoint answered for good (delivered, or refused) is an attempt.
+            counted = trial is None or attempt.outcome != "retry"
+            attempts += 1 if counted and attempt.counts else 0
             token_failures += 0 if attempt.counts else 1
             if attempt.outcome == "delivered":
                 self._metric(self.metrics.deliveries, "delivered", str(attempt.status)).inc()
