@@ -56,7 +56,7 @@ from streams.contract.envelope import new_envelope, parse_source, source_for
 from streams.contract.jsonavro import JsonAvroError, from_json
 from streams.contract.signing import PrivateKey, sign_event
 from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 
 CLOUDEVENT_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "correlationid")
 

@@ -16,7 +16,7 @@ from connectors.gateway.auth import Authenticator
 from connectors.serving import serve, stop_requested
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 
 
 class AccessLog(AbstractAccessLogger):

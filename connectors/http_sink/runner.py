@@ -23,7 +23,7 @@ from streams.contract import topics
 from streams.contract.codec import SchemaStore
 from streams.contract.signing import load_private_key
 from streams.health import metrics_text, registry_view_check, report
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import PRODUCE_BATCH_BYTES
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,6 @@ from aiokafka.errors import KafkaError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import health
 from streams.audit.chain import new_chain, process_instance
@@ -54,7 +53,7 @@ from streams.pipeline.outputs import (
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
 from streams.pipeline.validation import IngressRecord, Limits
 from streams.pipeline.writer import OutputWriter, Unwritable, event_id
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.retrying import until_available
 from streams.settings import KafkaSettings, WorkerSettings
 
@@ -393,10 +392,8 @@ def create_app(
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         worker.update_lag()
-        return web.bytes(
-            generate_latest(worker.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        text, content_type = health.metrics_text(worker.metrics.registry)
+        return web.bytes(text, headers={"Content-Type": content_type})
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

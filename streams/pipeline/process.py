@@ -44,7 +44,7 @@ from streams.pipeline.validation import (
     validate,
 )
 from streams.registry.model import Subscription
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 
 log = logging.getLogger(__name__)
 # Enough of an error's text to act on; no more (it goes back to the publisher's topic).

@@ -18,7 +18,7 @@ from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_GATEWAY_KEY, DEMO_GATEWAY_KEY_ID
 from streams.contract.codec import SchemaStore
 from streams.contract.signing import load_private_key
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import KafkaSettings
 from tests.unit.pipeline_fixtures import CATALOG
 

@@ -30,7 +30,7 @@ from streams.contract.codec import SchemaStore
 from streams.contract.envelope import Envelope
 from streams.contract.jsonavro import from_json
 from streams.contract.signing import load_private_key, verify_event
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry]

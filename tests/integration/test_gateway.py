@@ -17,7 +17,7 @@ from deploy.worker import DEMO_GATEWAY_KEY_ID
 from streams.contract.envelope import Envelope
 from streams.contract.jsonavro import to_json
 from streams.contract.signing import load_private_key
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings
 from tests.integration.gateways import served_gateway
 from tests.integration.test_pipeline import _collect

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from connectors.gateway.app import Gateway
 from connectors.http_sink.delivery import basic_auth
 from streams.client.consuming import assign_topics
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import KafkaSettings
 from tests.corpus.malformed import citizen_json, push_data, push_text, signed, structured
 from tests.integration.gateways import served_gateway

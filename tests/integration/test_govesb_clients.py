@@ -26,7 +26,7 @@ from connectors.http_sink.delivery import basic_auth
 from deploy.worker import DEMO_GATEWAY_KEY
 from streams.client.consuming import assign_topics
 from streams.contract.signing import load_private_key
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import KafkaSettings
 from tests import govesb_clients, npm
 from tests.corpus.govesb_clients import (

@@ -25,7 +25,7 @@ from connectors.http_sink.delivery import basic_auth
 from deploy.worker import WorkerProcess
 from streams.client.consuming import assign_topics
 from streams.contract.codec import SchemaStore
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import KafkaSettings
 from tests.corpus import raw_http
 from tests.corpus.malformed import (

@@ -26,7 +26,7 @@ from streams.contract.jsonavro import to_json
 from streams.contract.signing import load_private_key, verify_event
 from streams.pipeline.routing import minimise
 from streams.registry.model import load_registry
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
 from tests.unit.pipeline_fixtures import KEY_IDS, sample
 

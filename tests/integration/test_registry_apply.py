@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from typer.testing import CliRunner
 
 from connectors.cli import app
-from streams.registry.sync import RegistryView
+from streams.registry.view import RegistryView
 from streams.settings import REPO_ROOT, KafkaSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry]
