@@ -39,6 +39,7 @@ from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
 from streams.contract.reasons import Reason
 from streams.contract.signing import load_private_key
+from streams.health import metrics_text
 from streams.pipeline.acking import InFlightBudget, Lanes
 from streams.pipeline.consumer import App, QuietMonitor
 from streams.pipeline.duplicate_log import DuplicateLog
@@ -392,7 +393,7 @@ def create_app(
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         worker.update_lag()
-        text, content_type = health.metrics_text(worker.metrics.registry)
+        text, content_type = metrics_text(worker.metrics.registry)
         return web.bytes(text, headers={"Content-Type": content_type})
 
     @app.page("/health")
