@@ -42,12 +42,12 @@ from connectors.http_sink.delivery import (
 from connectors.http_sink.transport import TokenUnavailableError, excerpt, fetch_token, read_capped
 from connectors.provider.exchange import (
     ProviderAnswer,
-    answer_event,
     failure,
     provider_request,
     read_answer,
 )
 from connectors.provider.metrics import ProviderMetrics
+from streams.client.answering import answer_event
 from streams.contract.catalog import Catalog
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode
 from streams.contract.envelope import Envelope

@@ -5,13 +5,13 @@ The bus calls a legacy API with ``{"data":{"esbBody":{…},"requestId":"<dashles
 ``data`` text (:func:`connectors.gateway.govesb.reply_text`, which every GovESB library
 re-serializes to itself, so a provider verifies it whichever library it uses). The provider
 answers ``{"data":{"success":…,"esbBody":{…},"message":"…"},"signature":"…"}`` signed with its
-own key over the exact ``data`` bytes it sent. No I/O here: the connector
+own key over the exact ``data`` bytes it sent. The answer event itself is
+:func:`streams.client.answering.answer_event`'s. No I/O here: the connector
 (:mod:`connectors.provider.connector`) does the sending and calls these.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,12 +20,10 @@ from typing import Any
 from connectors.gateway.errors import HttpError
 from connectors.gateway.govesb import read_request, signed_reply
 from connectors.http_sink.delivery import HttpRequest
-from streams.contract import requests, topics
-from streams.contract.envelope import Envelope, format_time, source_for
+from streams.contract import requests
 from streams.contract.reasons import Reason
 from streams.contract.requests import Status
-from streams.contract.signing import PrivateKey, PublicKey, sign_event
-from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
+from streams.contract.signing import PrivateKey, PublicKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,58 +89,3 @@ def read_answer(raw: bytes, charset: str | None, keys: Iterable[PublicKey]) -> P
     if not isinstance(body, dict):
         return failure(Reason.INVALID_ANSWER, "data.esbBody must be an object")
     return ProviderAnswer(Status.ANSWERED, body, None, message[: requests.MAX_MESSAGE])
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerEvent:
-    """The answer as a Kafka record for ``esb.ingress.<provider>``."""
-
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-def answer_event(
-    request: Envelope,
-    request_headers: Iterable[tuple[str, bytes | None]],
-    *,
-    provider: str,
-    system: str,
-    api_code: str,
-    response_type: str,
-    status: Status,
-    value: bytes,
-    reason: Reason | None,
-    message: str,
-    key_id: str,
-    key: PrivateKey,
-    via_gateway: bool,
-    now: dt.datetime,
-) -> AnswerEvent:
-    """The answer event of the wire contract (item 3): ``ce_id`` = ``answer_id(request id)``,
-    ``ce_correlationid`` and ``ce_subject`` and the key = the request id, the request's
-    ticket headers unchanged, ``esb_status`` (with ``esb_reason``/``esb_message`` when an
-    error), signed by ``key`` over ``canonical_bytes(id, source, type, time, value)``;
-    ``via_gateway``: an edge process of the bus signs it (``esb_via: gateway``)."""
-    request_id = request.id
-    envelope = Envelope(
-        id=requests.answer_id(request_id),
-        source=source_for(provider, system),
-        type=response_type,
-        time=format_time(now),
-        subject=request_id,
-        correlation_id=request_id,
-    )
-    signature = sign_event(key, envelope.id, envelope.source, envelope.type, envelope.time, value)
-    headers = envelope.signed(key_id, signature).to_headers()
-    given = list(request_headers)
-    headers += [(name, requests.header(given, name) or b"") for name in requests.TICKET_HEADERS]
-    headers += [(requests.API_HEADER, api_code.encode()), (requests.STATUS_HEADER, status.encode())]
-    if reason is not None:
-        headers.append(("esb_reason", reason.value.encode()))
-    if message:
-        headers.append((requests.MESSAGE_HEADER, message[: requests.MAX_MESSAGE].encode()))
-    if via_gateway:
-        headers.append((VIA_HEADER, VIA_GATEWAY))
-    return AnswerEvent(topics.ingress(provider), request_id.encode(), value, headers)

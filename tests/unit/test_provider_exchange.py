@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from connectors.gateway.govesb import exact_data
-from connectors.provider.exchange import answer_event, provider_request, read_answer
+from connectors.provider.exchange import provider_request, read_answer
+from streams.client.answering import answer_event
 from streams.contract import requests
 from streams.contract.envelope import new_envelope
 from streams.contract.reasons import Reason
