@@ -143,11 +143,23 @@ class Requester:
         )  # fmt: skip
 
     async def start(self) -> None:
-        """Load the registry view, connect, and start reading replies from the topic's end."""
+        """Load the registry view, connect, and start reading replies from the topic's end.
+
+        Raises:
+            RequestError: the institution has no reply topic (it is granted no API).
+        """
         await self._view.start()
         await self._producer.start()
         await self._consumer.start()
-        await assign_topics(self._consumer, [topics.reply(self.institution)], from_beginning=False)
+        try:
+            await assign_topics(
+                self._consumer, [topics.reply(self.institution)], from_beginning=False
+            )
+        except LookupError:
+            raise RequestError(
+                f"{topics.reply(self.institution)} does not exist: {self.institution} is "
+                "granted no API in the registry"
+            ) from None
         for partition in self._consumer.assignment():  # fix the start now, not at first fetch
             await self._consumer.position(partition)
         self._reader = asyncio.create_task(self._read_replies())
