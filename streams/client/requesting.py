@@ -220,6 +220,11 @@ class Requester:
             raise
         return request_id
 
+    def expect(self, request_id: str) -> None:
+        """Wait for the reply to ``request_id``, a request sent by other means (e.g. a raw
+        producer); then :meth:`wait` for it."""
+        self._waiting.setdefault(request_id, asyncio.get_running_loop().create_future())
+
     async def wait(self, request_id: str, timeout: float) -> Answer:  # noqa: ASYNC109 - the API
         """The answer to ``request_id``, or a ``timed-out`` one after ``timeout`` seconds."""
         future = self._waiting.get(request_id)
