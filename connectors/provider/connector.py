@@ -197,7 +197,10 @@ class ProviderConnector:
         schema_id = await until_available(
             lambda: self.schemas.id_for(response), RegistryUnavailableError, "schema registry", log
         )
-        value = encode(schema_id, response.parsed, record)
+        try:
+            value = encode(schema_id, response.parsed, record)
+        except (ValueError, TypeError, OverflowError) as error:  # validated, yet unencodable
+            return failure(Reason.INVALID_ANSWER, f"esbBody: {type(error).__name__}"), b""
         if len(value) > self.max_answer_bytes:
             return failure(Reason.INVALID_ANSWER, "the answer is over the size limit"), b""
         return outcome, value

@@ -101,6 +101,10 @@ class LegacyNida:
         if how == "unsigned":
             body = json.dumps({"data": {"success": True, "esbBody": {"nin": nin}}})
             return web.Response(text=body, content_type="application/json")
+        if how == "huge":  # over the connector's GOVESB_MAX_ANSWER_BYTES (20,000)
+            answer = {"success": True, "esbBody": {"nin": nin, "valid": True,
+                                                   "firstName": "N" * 30_000}}  # fmt: skip
+            return web.Response(body=signed(answer, NIDA_KEY), content_type="application/json")
         if how == "invalid":
             answer = {"success": True, "esbBody": {"nin": nin, "valid": "yes"}}
             return web.Response(body=signed(answer, NIDA_KEY), content_type="application/json")
@@ -176,6 +180,7 @@ async def start_connector(
             "GOVESB_BACKOFF_MAX_S": "0.2",
             "GOVESB_SESSION_TIMEOUT_MS": "6000",
             "GOVESB_HEARTBEAT_INTERVAL_MS": "1000",
+            "GOVESB_MAX_ANSWER_BYTES": "20000",
         }
         connector = await asyncio.to_thread(
             start_govesb,
@@ -273,6 +278,7 @@ async def test_answers_failures_and_retries_each_get_one_answer_with_its_reason(
         "20000000000000000004": "unsigned",
         "20000000000000000005": "wrong-key",
         "20000000000000000006": "invalid",
+        "20000000000000000007": "huge",
     }
     connector = await start_connector()
     nins = [KNOWN_NIN, "19000000000000000000", *nida.behaviour]
@@ -305,6 +311,9 @@ async def test_answers_failures_and_retries_each_get_one_answer_with_its_reason(
     status, reason, message = error("20000000000000000006")
     assert reason == "invalid-answer"
     assert "valid" in message
+    assert error("20000000000000000007")[1:] == (
+        "invalid-answer", "the answer is over the size limit"
+    )  # fmt: skip
 
     # What the provider received: the GovESB provider format, signed by the bus (it answers
     # 401 otherwise), the request id without dashes; retries as configured (3 attempts).
