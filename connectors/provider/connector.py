@@ -1,19 +1,18 @@
-"""The provider connector: ``esb.request.<provider>`` to the provider's legacy HTTP API, and
-its answers back to ``esb.ingress.<provider>``.
+"""The provider connector: ``esb.request.<provider>`` to the provider's legacy HTTP API, and its
+answers back to ``esb.ingress.<provider>``.
 
-For each request routed by the bus: the bus's signature and reply ticket are checked, the
-request is POSTed to the service's endpoint in GovESB provider format (signed by the bus's
-delivery key), the provider's signed answer is verified against its current registry keys,
-its ``esbBody`` validated against the service's response schema and encoded, and the answer
-event (signed by the gateway key, ``esb_via: gateway``) is produced. Requests are handled
-concurrently, so a slow provider call does not hold the others
-(:mod:`connectors.provider.flow`). Connection errors, timeouts, 408/425/429 and 5xx are
-retried with backoff within the deadline, up to the service's ``max_attempts``. Every request
-gets exactly one answer event: what cannot be answered is a ``provider-error`` answer with
-its reason. A partition's offset moves on only past requests whose answers were
-acknowledged; a request in flight when the connector dies is read again and answered once by
-the next one (the answer id is derived from the request id, and the pipeline refuses a
-second answer to one request).
+For each request routed by the bus: the bus's signature and reply ticket are checked, the request is
+POSTed to the service's endpoint in GovESB provider format (signed by the bus's delivery key), the
+provider's signed answer is verified against its current registry keys, its ``esbBody`` validated
+against the service's response schema and encoded, and the answer event (signed by the gateway key,
+``esb_via: gateway``) is produced. Requests are handled concurrently, so a slow provider call does
+not hold the others (:mod:`connectors.provider.flow`). Connection errors, timeouts, 408/425/429 and
+5xx are retried with backoff within the deadline, up to the service's ``max_attempts``. Every
+request gets exactly one answer event (but one read after its ticket expired: the bus would refuse
+any answer to it): what cannot be answered is a ``provider-error`` answer with its reason. A
+partition's offset moves on only past requests whose answers were acknowledged; a request in flight
+when the connector dies is read again and answered once by the next one (the answer id is derived
+from the request id, and the pipeline refuses a second answer to one request).
 """
 
 from __future__ import annotations
@@ -140,7 +139,8 @@ class ProviderConnector:
 
     async def answer(self, record: ConsumerRecord[bytes, bytes]) -> asyncio.Future[Any] | None:
         """Answer one request; the future of its answer event's acknowledgement (None for a
-        record the bus did not route: it has no ticket to answer with)."""
+        record the bus did not route, which has no ticket to answer with, and for a request
+        read after its ticket expired, whose answer the bus would refuse)."""
         try:
             envelope, ticket = self.routed(record)
         except NotFromTheBus as error:
@@ -148,15 +148,18 @@ class ProviderConnector:
                         record.topic, record.partition, record.offset, error)  # fmt: skip
             self.metrics.child(self.metrics.requests, self.provider, "", "not-from-bus").inc()
             return None
+        if time.time() * 1000 > ticket.until_ms:
+            # Nobody waits for it any more and the bus would refuse any answer (late-answer):
+            # a connector catching up after an outage does not call the provider for those.
+            self.metrics.child(self.metrics.requests, self.provider, ticket.api_code,
+                               "expired").inc()  # fmt: skip
+            return None
         started = time.monotonic()
         service = self.view.services.get(ticket.api_code)
         entry = self.catalog.services.get(ticket.api_code)
         value = b""
         if service is None or entry is None or service.endpoint is None:
             outcome = failure(Reason.PROVIDER_UNAVAILABLE, "the service has no HTTP endpoint")
-        elif time.time() * 1000 > ticket.until_ms:
-            outcome = failure(Reason.PROVIDER_UNAVAILABLE, "the request expired before it could "
-                              "be sent to the provider")  # fmt: skip
         else:
             outcome = await self._call(record, envelope, ticket, service, service.endpoint)
         if outcome.status is Status.ANSWERED and entry is not None:

@@ -15,7 +15,9 @@ class ProviderMetrics:
         self.requests = Counter(
             "govesb_provider_requests",
             "Requests answered, by api code and outcome (answered, or the reason of the "
-            "provider-error answer; not-from-bus: a record the bus did not route, ignored).",
+            "provider-error answer; not-from-bus: a record the bus did not route, ignored; "
+            "expired: read after its ticket's last moment, when the bus takes no answer, not "
+            "sent).",
             ["provider", "api", "outcome"],
             registry=self.registry,
         )

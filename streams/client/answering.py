@@ -1,20 +1,22 @@
 """Answering requests on the bus: the answer event of the wire contract, and the Kafka-native
 provider helper.
 
-    async def verify_nin(body: dict) -> dict:
-        return {"nin": body["nin"], "valid": True, ...}
+    async def tin_status(body: dict) -> dict:
+        return {"tin": body["tin"], "registered": True, ...}
 
     async with Provider.connect(institution="tra", system="itax", key_id=..., key=...,
-                                kafka=..., schema_registry=..., handlers={"TIN_STATUS": status}
+                                kafka=..., schema_registry=..., handlers={"TIN_STATUS": tin_status}
                                 ) as provider:
         await provider.run(stopping)
 
 ``Provider`` reads ``esb.request.<institution>`` in the group ``govesb-provider-<institution>``,
-checks each request's bus signature, calls the api code's handler with the request body (JSON
-form), validates what it returns against the service's response schema and answers on
-``esb.ingress.<institution>``, signed with the institution's own key, with the request's
-ticket. A handler that raises :class:`ProviderFailure` (or anything else) gives a
-``provider-error`` answer. Offsets are committed once the batch's answers are acknowledged.
+checks each request's bus signature, calls the api code's handler with the request body (JSON form),
+validates what it returns against the service's response schema and answers on
+``esb.ingress.<institution>``, signed with the institution's own key, with the request's ticket. A
+handler that raises :class:`ProviderFailure` (or anything else) gives a ``provider-error`` answer. A
+request read after its ticket's last moment (a provider catching up after an outage) is not
+answered: nobody waits for it and the bus would refuse the answer. Offsets are committed once the
+batch's answers are acknowledged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -37,7 +40,7 @@ from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode
 from streams.contract.envelope import Envelope, format_time, source_for
 from streams.contract.jsonavro import JsonAvroError, from_json, to_json
 from streams.contract.reasons import EventError, Reason
-from streams.contract.requests import Status
+from streams.contract.requests import Status, TicketError, read_ticket
 from streams.contract.signing import PrivateKey, SigningError, sign_event, verify_event
 from streams.pipeline.validation import OPERATOR, VIA_GATEWAY, VIA_HEADER
 from streams.registry.view import RegistryView
@@ -158,6 +161,7 @@ class Provider:
         self._consumer = consumer
         self._view = view
         self.answered = 0
+        self.expired = 0
 
     @classmethod
     def connect(
@@ -228,11 +232,17 @@ class Provider:
         """Answer one request; the future of its answer's acknowledgement (None: a record the
         bus did not route, which has nobody to answer)."""
         envelope = signed_by_bus(record, self._view)
-        api = requests.header(record.headers, requests.API_HEADER)
-        service = self._catalog.services.get(api.decode(errors="replace")) if api else None
+        try:
+            ticket = read_ticket(record.headers, self._view.keyring, bus_keys(self._view))
+        except TicketError:
+            envelope = None
+        service = self._catalog.services.get(ticket.api_code) if envelope else None
         if envelope is None or service is None:
             log.warning("request at %s[%d]@%d ignored: not routed by the bus",
                         record.topic, record.partition, record.offset)  # fmt: skip
+            return None
+        if time.time() * 1000 > ticket.until_ms:
+            self.expired += 1  # the bus takes no answer to it any more: not worth computing
             return None
         status, value, reason, message = Status.ANSWERED, b"", None, ""
         handler = self._handlers.get(service.api_code)

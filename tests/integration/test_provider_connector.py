@@ -9,6 +9,7 @@ connector's answers on ``esb.ingress.nida``, where the pipeline would check them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
@@ -35,6 +36,7 @@ from deploy.worker import (
     WorkerProcess,
     start_govesb,
 )
+from streams.client.consuming import assign_topics
 from streams.contract import requests, topics
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore, encode
@@ -42,7 +44,6 @@ from streams.contract.envelope import format_time, new_envelope
 from streams.contract.jsonavro import to_json
 from streams.contract.signing import KeyRing, load_private_key, sign_event, verify_event
 from streams.settings import REPO_ROOT
-from tests.integration.test_pipeline import _collect
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow]
 CATALOG = Catalog.load(REPO_ROOT / "schemas" / "catalog.yaml")
@@ -200,7 +201,12 @@ async def start_connector(
 
 
 async def route(
-    kafka: str, registry: str, nins: list[str], *, deadline_s: float = 20.0
+    kafka: str,
+    registry: str,
+    nins: list[str],
+    *,
+    deadline_s: float = 20.0,
+    late_s: float = 3600.0,
 ) -> list[tuple[str, int, int]]:
     """Put one request per NIN on esb.request.nida as the pipeline routes it (tra asking);
     return (request id, partition, offset) of each."""
@@ -222,7 +228,7 @@ async def route(
             now_ms = int(time.time() * 1000)
             deadline_ms = now_ms + int(deadline_s * 1000)
             ticket = requests.Ticket("tra", "nida", "VERIFY_NIN", request_id,
-                                     deadline_ms, deadline_ms + 3_600_000)  # fmt: skip
+                                     deadline_ms, deadline_ms + int(late_s * 1000))  # fmt: skip
             deadline = format_time(dt.datetime.fromtimestamp(deadline_ms / 1000, dt.UTC))
             headers = [
                 *envelope.signed(DEMO_BUS_KEY_ID, signature).to_headers(),
@@ -240,11 +246,55 @@ async def route(
     return routed
 
 
+async def committed_past(kafka: str, partition: int, offset: int) -> None:
+    """Return once the connector's group committed esb.request.nida[partition] past
+    ``offset`` (it is done with that request: answered, or deliberately not)."""
+    group = topics.provider_group("nida")
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                committed = await consumer.committed(TopicPartition(topics.request("nida"),
+                                                                    partition))  # fmt: skip
+                if committed is not None and committed > offset:
+                    return
+                await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+
+
+async def connector_answers(kafka: str, answer_ids: set[str], wait_s: float) -> list[Any]:
+    """The connector's answer events (signed with the gateway key) with one of ``answer_ids``
+    on esb.ingress.nida, until each was seen or ``wait_s`` passed.
+
+    Another test's Kafka-native provider on the shared broker may answer whatever reaches
+    esb.request.nida, with nida's own key: those answers are not the connector's.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        await assign_topics(consumer, [topics.ingress("nida")])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                while {dict(r.headers)["ce_id"].decode() for r in found} < answer_ids:
+                    for batch in (await consumer.getmany(timeout_ms=500)).values():
+                        found.extend(
+                            r for r in batch
+                            if dict(r.headers).get("ce_id", b"").decode() in answer_ids
+                            and dict(r.headers).get("ce_sigkeyid") == DEMO_GATEWAY_KEY_ID.encode()
+                        )  # fmt: skip
+        return found
+    finally:
+        await consumer.stop()
+
+
 async def answers(kafka: str, registry: str, request_ids: list[str]) -> dict[str, Any]:
     """The answers on esb.ingress.nida to ``request_ids``: request id -> (headers, body),
     each checked against the contract (signed by the gateway key, ticket carried)."""
     wanted = {requests.answer_id(r): r for r in request_ids}
-    found = await _collect(kafka, [topics.ingress("nida")], set(wanted), 60)
+    found = await connector_answers(kafka, set(wanted), 60)
     ring = KeyRing()
     ring.add(DEMO_GATEWAY_KEY_ID, GATEWAY_KEY.public_key())
     store = SchemaStore(AsyncSchemaRegistryClient({"url": registry}))
@@ -329,6 +379,17 @@ async def test_answers_failures_and_retries_each_get_one_answer_with_its_reason(
         'api="VERIFY_NIN",', ""
     )
 
+    # A request read after its ticket's last moment: the bus would refuse any answer, so the
+    # provider is not called and none is sent (the offset still moves on).
+    [(expired, partition, offset)] = await route(
+        kafka, registry, ["20000000000000000008"], deadline_s=-2, late_s=1
+    )
+    await committed_past(kafka, partition, offset)
+    assert requests.govesb_request_id(expired) not in nida.calls
+    found = await connector_answers(kafka, {requests.answer_id(expired)}, 3)
+    assert found == []
+    assert 'outcome="expired"' in connector.metrics()
+
 
 async def test_a_slow_provider_does_not_hold_the_others(
     kafka: str, registry: str, nida: LegacyNida, start_connector
@@ -366,19 +427,7 @@ async def test_a_connector_killed_mid_request_is_replaced_and_the_request_answer
     assert got[request_id][1]["nin"] == "20000000000000000020"
     # Answered once: the offset of the request is committed past it, so nobody answers it
     # again, and the one answer event on the topic is this connector's.
-    group = topics.provider_group("nida")
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                committed = await consumer.committed(TopicPartition(topics.request("nida"),
-                                                                    partition))  # fmt: skip
-                if committed is not None and committed > offset:
-                    break
-                await asyncio.sleep(0.2)
-    finally:
-        await consumer.stop()
+    await committed_past(kafka, partition, offset)
     assert nida.calls[dashless] == 2  # the killed connector's call, and its successor's
     assert "answered" in second.metrics()
     once = await answers(kafka, registry, [request_id])  # raises on a second answer
