@@ -48,7 +48,9 @@ from streams.settings import REPO_ROOT
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow]
 CATALOG = Catalog.load(REPO_ROOT / "schemas" / "catalog.yaml")
 VERIFY_NIN = CATALOG.services["VERIFY_NIN"]
-KNOWN_NIN = "19900114141010000125"  # the tz.go.nida.CitizenRegistered sample's
+SAMPLES = yaml.safe_load((REPO_ROOT / "schemas/samples.yaml").read_text())
+CITIZEN = SAMPLES["VERIFY_NIN.response"]
+KNOWN_NIN = SAMPLES["tz.go.nida.CitizenRegistered"]["nin"]
 TOKEN = "nida-test-token-4b1e"  # noqa: S105 - the test provider's bearer token
 BUS_KEY = load_private_key(DEMO_BUS_KEY.read_text())
 NIDA_KEY = load_private_key((REPO_ROOT / "deploy/demo-keys/nida.key.pem").read_text())
@@ -109,15 +111,8 @@ class LegacyNida:
         if how == "invalid":
             answer = {"success": True, "esbBody": {"nin": nin, "valid": "yes"}}
             return web.Response(body=signed(answer, NIDA_KEY), content_type="application/json")
-        known = nin == KNOWN_NIN
-        body = {
-            "nin": nin,
-            "valid": known,
-            "firstName": "Neema" if known else None,
-            "lastName": "Mwakyusa" if known else None,
-            "phoneNumber": "+255754123456" if known else None,
-            "alive": True if known else None,
-        }
+        # The citizen of schemas/samples.yaml's VERIFY_NIN.response; others are not valid.
+        body = dict(CITIZEN) if nin == KNOWN_NIN else {"nin": nin, "valid": False}
         key = OTHER_KEY if how == "wrong-key" else NIDA_KEY
         answer = {"success": True, "esbBody": body, "message": "OK"}
         return web.Response(body=signed(answer, key), content_type="application/json")
