@@ -38,7 +38,12 @@ from connectors.http_sink.delivery import (
     retry_after_s,
     verdict,
 )
-from connectors.http_sink.transport import TokenUnavailableError, excerpt, fetch_token, read_capped
+from connectors.http_sink.transport import (
+    REDIRECT_REFUSED,
+    TokenUnavailableError,
+    fetch_token,
+    read_capped,
+)
 from connectors.provider.exchange import (
     ProviderAnswer,
     failure,
@@ -279,7 +284,10 @@ class ProviderConnector:
                 time.monotonic() - started
             )
         self.metrics.child(self.metrics.attempts, self.provider, str(status)).inc()
-        return status, retry_after, body, charset, excerpt(status, body)
+        # The status only: the body of a provider's error page (a stack trace, say) is not for
+        # the requester, who reads this in the answer's message.
+        what = f"HTTP {status}" + (f": {REDIRECT_REFUSED}" if 300 <= status < 400 else "")
+        return status, retry_after, body, charset, what
 
     async def _headers(
         self, endpoint: Endpoint, request: HttpRequest, client_timeout: aiohttp.ClientTimeout
