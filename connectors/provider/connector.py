@@ -164,22 +164,26 @@ class ProviderConnector:
         entry = self.catalog.services.get(ticket.api_code)
         value = b""
         if service is None or entry is None or service.endpoint is None:
+            # Requests to a provider are read by one group; this one calls HTTP endpoints.
             outcome = failure(Reason.PROVIDER_UNAVAILABLE, "the service has no HTTP endpoint")
         else:
             outcome = await self._call(record, envelope, ticket, service, service.endpoint)
         if outcome.status is Status.ANSWERED and entry is not None:
             outcome, value = await self._encode(outcome, entry.response)
+        if entry is not None:
+            response_type = entry.response.name
+        else:
+            response_type = service.response_type if service is not None else ""
         event = answer_event(
             envelope, record.headers, provider=self.provider, system=self.system,
-            api_code=ticket.api_code,
-            response_type=entry.response.name if entry else service.response_type
-            if service else "",
-            status=outcome.status, value=value, reason=outcome.reason, message=outcome.message,
+            api_code=ticket.api_code, response_type=response_type, status=outcome.status,
+            value=value, reason=outcome.reason, message=outcome.message,
             key_id=self.answer_key_id, key=self.answer_key, via_gateway=True,
             now=dt.datetime.now(dt.UTC),
         )  # fmt: skip
-        ack: asyncio.Future[Any] = await self.producer.send(event.topic, event.value, key=event.key,
-                                       headers=event.headers)  # fmt: skip
+        ack: asyncio.Future[Any] = await self.producer.send(
+            event.topic, event.value, key=event.key, headers=event.headers
+        )
         label = outcome.status.value if outcome.reason is None else outcome.reason.value
         self.metrics.child(self.metrics.requests, self.provider, ticket.api_code, label).inc()
         self.metrics.child(self.metrics.round_trip, self.provider, ticket.api_code).observe(
