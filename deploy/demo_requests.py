@@ -266,12 +266,21 @@ async def _http_request(gateway_port: int, outcome: Outcome, body: dict[str, Any
     try:
         reply = json.loads(text)["data"]
     except (ValueError, KeyError, TypeError):
-        reply = {"success": False, "message": f"HTTP {status}: {text[:80]}"}
+        reply = {"success": False, "message": f"internal: HTTP {status}: {text[:80]}"}
     success = reply.get("success") is True
+    # A GovESB reply says why in its message, "<reason code>: <detail>" (always HTTP 200).
+    reason, _, detail = str(reply.get("message") or "").partition(": ")
+    if success:
+        kind = "answered"
+    elif reason == "timed-out":
+        kind = "timed-out"
+    elif reason.startswith(("provider-", "invalid-answer")):
+        kind = "provider-error"
+    else:
+        kind = "refused"
     outcome.answer = Answer(
         success, str(reply.get("requestId", "")), reply.get("esbBody") if success else None,
-        "answered" if success else "refused" if status in (400, 403, 429) else "provider-error",
-        None if success else str(reply.get("reason") or ""), str(reply.get("message") or ""),
+        kind, None if success else reason, detail,
     )  # fmt: skip
     return outcome
 
