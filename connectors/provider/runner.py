@@ -49,6 +49,10 @@ def check(settings: ProviderSettings, view: RegistryView) -> None:
         s for s in view.services.values()
         if s.provider == settings.institution and s.served_by == "http"
     ]  # fmt: skip
+    if not served:
+        # Its requests are read in one group: a connector there would take those meant for
+        # the institution's Kafka-native provider.
+        raise ProviderError(f"{settings.institution} serves no API over http in esb.registry")
     for service in served:
         auth = service.endpoint.auth if service.endpoint else None
         if auth is not None and auth.type == "mtls":
@@ -133,7 +137,11 @@ async def run_provider(settings: ProviderSettings) -> None:
         gateway_keys=settings.gateway_key_ids,
     )
     await view.start()
-    connector = await build_connector(settings, view)
+    try:
+        connector = await build_connector(settings, view)
+    except BaseException:
+        await view.stop()
+        raise
     consumer = AIOKafkaConsumer(
         **settings.kafka.aiokafka_options(),
         group_id=topics.provider_group(settings.institution),

@@ -118,3 +118,36 @@ def test_the_answer_event_carries_the_contract_headers_and_a_verifiable_signatur
     ring.add("ega-gw", BUS.public_key())
     attributes = [headers[f"ce_{n}"] for n in ("id", "source", "type", "time")]
     verify_event(ring, headers["ce_sigkeyid"], headers["ce_signature"], *attributes, b"")
+
+
+def _settings(**values: Any) -> Any:
+    from connectors.settings import ProviderSettings
+    from deploy.worker import DEMO_BUS_KEY, DEMO_GATEWAY_ENV
+
+    return ProviderSettings(
+        **{
+            "delivery_key_file": DEMO_BUS_KEY,
+            "signing_key_file": DEMO_GATEWAY_ENV["GOVESB_SIGNING_KEY_FILE"],
+            "signing_key_id": DEMO_GATEWAY_ENV["GOVESB_SIGNING_KEY_ID"],
+            "allow_demo_keys": True,
+            **values,
+        }
+    )
+
+
+def test_the_connector_starts_only_for_a_provider_of_http_services_with_its_secrets() -> None:
+    import pytest
+
+    from connectors.provider.runner import ProviderError, check
+    from tests.unit.pipeline_fixtures import registry_view
+
+    view = registry_view()
+    check(_settings(institution="nida", secrets={"NIDA_API_TOKEN": "t0ken"}), view)
+    with pytest.raises(ProviderError, match="GOVESB_SECRETS__NIDA_API_TOKEN"):
+        check(_settings(institution="nida"), view)
+    with pytest.raises(ProviderError, match="tra serves no API over http"):
+        check(_settings(institution="tra"), view)  # TIN_STATUS is served over Kafka
+    with pytest.raises(ProviderError, match="not an institution"):
+        check(_settings(institution="nobody"), view)
+    with pytest.raises(ProviderError, match="published demo key"):
+        check(_settings(institution="nida", allow_demo_keys=False), view)
