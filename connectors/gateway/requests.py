@@ -1,0 +1,543 @@
+"""GovESB's request and reply over the bus: ``/engine/esb/request``, ``/nida-request``,
+``/async`` (and ``/async-response``).
+
+A request (``{"data":{"apiCode":…,"esbBody":{…}},"signature":…}``, read and verified as a
+push is, every client quirk included) becomes a request event on the caller's ingress topic,
+signed by the gateway, and the HTTP call is held until its answer comes back on
+``esb.reply.<caller>`` or the service's deadline passes. The caller gets
+``{"data":{"success":…,"requestId":"<32 hex>","esbBody":…|"message":…},"signature":…}``
+signed by the gateway, HTTP 200 whatever the outcome (GovESB clients read
+``data.success``); authentication and format errors keep their HTTP status (401, 400, 413,
+415), as for a push. The gateway refuses early what it can tell at once (``unknown-api``,
+``no-grant``, ``invalid-payload``, ``rate-exceeded``); the pipeline checks everything again
+and its refusals come back as answers.
+
+The request id is the bus's, new for every call (a request is a question: asking again is
+another request); a ``requestId`` the caller put in its data is not used. ``/nida-request``
+is ``/request`` with ``userId``, the caller's own user on whose behalf it asks: it must be a
+string, it is covered by the signature, and it is kept out of the event (the request record
+has no place for it, and the provider is given only what the service's schema holds).
+GovESB's NIDA helpers wrap the body as ``{"Payload": {…}}``: the payload is the request.
+
+A late answer (``/engine/esb/async``, signed by the provider) is published as the provider's
+answer event with the request's reply ticket, read from ``esb.tickets``: the pipeline checks
+it and passes it on to the requester's ``esb.reply`` topic (and its endpoint), marked late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiokafka.errors import BrokerResponseError, KafkaError
+from aiolimiter import AsyncLimiter
+from fastavro.validation import ValidationError, validate
+from prometheus_client import Counter, Gauge, Histogram
+
+from connectors.gateway.calls import Answer, HeldCalls, ReplyReader, bus_key_ids
+from connectors.gateway.errors import HttpError
+from connectors.gateway.govesb import (
+    SignedRequest,
+    UnportableReply,
+    declares_latin1,
+    read_request,
+    signed_reply,
+    token_in_data,
+    without_token,
+)
+from connectors.gateway.tickets import TicketBook, TicketHeaders
+from streams.contract import topics
+from streams.contract.catalog import EventType
+from streams.contract.codec import RegistryUnavailableError, encode
+from streams.contract.envelope import new_envelope
+from streams.contract.jsonavro import JsonAvroError, from_json
+from streams.contract.reasons import Reason
+from streams.contract.requests import (
+    API_HEADER,
+    MAX_MESSAGE,
+    MESSAGE_HEADER,
+    STATUS_HEADER,
+    Status,
+    Ticket,
+    TicketError,
+    answer_id,
+    bus_request_id,
+    govesb_request_id,
+    new_request_id,
+    read_ticket,
+)
+from streams.contract.signing import sign_event
+from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
+from streams.registry.view import ServiceRecord, grant_for
+
+if TYPE_CHECKING:
+    from connectors.gateway.app import Gateway
+    from streams.registry.model import Grant
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("answered", "refused", "timed_out", "provider_error")
+UNKNOWN_API = "?"
+"""The ``api`` label of requests for an api code no service has (no label per invented code)."""
+MAX_USER_ID = 200
+
+
+class Refusal(Exception):
+    """A request the gateway refuses in GovESB terms: HTTP 200, ``success: false``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class SchemaViolation(ValueError):
+    """JSON that the record's schema does not take; ``field`` names where."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def avro_record(event_type: EventType, data: Any, data_field: str) -> dict[str, Any]:
+    """``data`` as the record ``event_type`` holds, validated against its schema.
+
+    Raises:
+        SchemaViolation: the message names the field, never the value.
+    """
+    if data is None:
+        raise SchemaViolation(f"{data_field} is required", data_field)
+    try:
+        record = from_json(event_type.schema, data)
+        validate(record, event_type.parsed, raise_errors=True)
+    except JsonAvroError as error:
+        raise SchemaViolation(str(error), f"{data_field}.{error.path}") from None
+    except ValidationError as error:
+        first = error.errors[0] if error.errors else None
+        where = str(getattr(first, "field", "") or event_type.name)
+        expected = getattr(first, "schema", "the schema")
+        raise SchemaViolation(f"{where}: expected {expected}", where) from None
+    except (ValueError, TypeError) as error:
+        raise SchemaViolation(
+            f"{data_field} does not match {event_type.name}: {type(error).__name__}", data_field
+        ) from None
+    if not isinstance(record, dict):
+        raise SchemaViolation(f"{data_field} must be an object", data_field)
+    return record
+
+
+def answer_data(answer: Answer, request_id: str) -> dict[str, Any]:
+    """The ``data`` of the reply to the caller for ``answer``."""
+    shown = govesb_request_id(request_id)
+    if answer.status is Status.ANSWERED:
+        return {"success": True, "requestId": shown, "esbBody": answer.body}
+    reason = answer.reason or str(
+        Reason.PROVIDER_ERROR if answer.status is Status.PROVIDER_ERROR else answer.status
+    )
+    message = f"{reason}: {answer.message}" if answer.message else reason
+    return {"success": False, "requestId": shown, "message": message}
+
+
+def refusal_data(reason: Reason | str, detail: str, request_id: str | None) -> dict[str, Any]:
+    """The ``data`` of a refusal: ``success: false`` and ``<reason>: <detail>``."""
+    data: dict[str, Any] = {"success": False}
+    if request_id is not None:
+        data["requestId"] = govesb_request_id(request_id)
+    data["message"] = f"{reason}: {detail}"
+    return data
+
+
+def timed_out_data(request_id: str, deadline_s: float) -> dict[str, Any]:
+    """The ``data`` of a call whose answer did not come within the deadline."""
+    shown = govesb_request_id(request_id)
+    return refusal_data(
+        Reason.TIMED_OUT, f"no answer to request {shown} within {deadline_s:g} s", request_id
+    )
+
+
+def outcome_of(answer: Answer) -> str:
+    """The ``outcome`` label of ``answer``."""
+    return {
+        Status.ANSWERED: "answered",
+        Status.PROVIDER_ERROR: "provider_error",
+        Status.REFUSED: "refused",
+    }[answer.status]
+
+
+def request_payload(data: Mapping[str, Any], *, nida: bool) -> Any:
+    """The request record's JSON in a request's data: ``esbBody`` (for ``/nida-request``,
+    ``esbBody.Payload`` when the body is that wrapper, as GovESB's NIDA helpers send it)."""
+    body = data.get("esbBody")
+    if nida and isinstance(body, dict) and set(body) == {"Payload"}:
+        return body["Payload"]
+    return body
+
+
+class RequestMetrics:
+    """Per api code: requests by outcome, round trips, calls held now."""
+
+    def __init__(self, registry: Any, calls: HeldCalls) -> None:
+        self.requests = Counter(
+            "govesb_gateway_api_requests", "GovESB requests by api code and outcome.",
+            ["api", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.round_trip = Histogram(
+            "govesb_gateway_request_seconds",
+            "From a request's arrival to its answer (or the deadline), by api code.",
+            ["api"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.held = Gauge(
+            "govesb_gateway_held_calls", "Requests waiting for their answer on this replica.",
+            registry=registry,
+        )  # fmt: skip
+        self.held.set_function(lambda: len(calls))
+        self.late_answers = Counter(
+            "govesb_gateway_late_answers", "Late answers (/engine/esb/async) by api code and "
+            "outcome (published, refused).", ["api", "outcome"], registry=registry,
+        )  # fmt: skip
+
+
+class RequestDesk:
+    """The request routes of one gateway: holding calls, publishing requests and late
+    answers. ``reader`` and ``tickets`` are started (and stopped) by the caller."""
+
+    def __init__(self, gateway: Gateway, reader: ReplyReader, tickets: TicketBook) -> None:
+        self.gateway = gateway
+        self.reader = reader
+        self.calls = reader.calls
+        self.tickets = tickets
+        self.metrics = RequestMetrics(gateway.metrics.registry, self.calls)
+        self._limits: dict[str, tuple[float, AsyncLimiter]] = {}
+
+    def install(self, app: web.Application) -> None:
+        """Add the routes to the gateway's application."""
+        app.router.add_post("/engine/esb/request", self.request)
+        app.router.add_post("/engine/esb/nida-request", self.nida_request)
+        app.router.add_post("/engine/esb/async", self.late_answer)
+        app.router.add_post("/engine/esb/async-response", self.late_answer)
+
+    # ----------------------------------------------------------------- requests
+
+    async def request(self, request: web.Request) -> web.Response:
+        """POST /engine/esb/request."""
+        return await self._call(request, nida=False)
+
+    async def nida_request(self, request: web.Request) -> web.Response:
+        """POST /engine/esb/nida-request: a request with ``userId``."""
+        return await self._call(request, nida=True)
+
+    async def _signed(self, request: web.Request) -> tuple[str, SignedRequest, Any]:
+        """The caller, its verified request, and the data without the caller's token."""
+        gateway = self.gateway
+        institution = await gateway.auth.institution_of(
+            request.headers, request.remote or "?", raw_token=True
+        )
+        if request.content_type != "application/json" and not (
+            request.content_type == "text/plain" and declares_latin1(request.charset)
+        ):
+            raise HttpError(415, "unsupported_media_type", "send application/json")
+        signed = read_request(await gateway._body(request), request.charset)
+        view = gateway.view
+        own_keys = [
+            view.keyring.get(key_id)
+            for key_id, owner in view.key_owners.items()
+            if owner == institution
+        ]
+        if not any(key and key.verify(signed.data_bytes, signed.signature) for key in own_keys):
+            raise signed.unverified()
+        token = token_in_data(signed.data)
+        if token is not None and gateway.auth.token_owner(token) != institution:
+            raise HttpError(
+                401, "invalid_token", "data.authorization is no live token of the caller"
+            )
+        data = without_token(signed.data)
+        if not isinstance(data, dict):
+            raise HttpError(400, "invalid_request", "data must be an object", field="data")
+        return institution, signed, data
+
+    async def _call(self, request: web.Request, *, nida: bool) -> web.Response:
+        started = time.monotonic()
+        institution, _, data = await self._signed(request)
+        api_code = data.get("apiCode")
+        if not api_code or not isinstance(api_code, str):
+            raise HttpError(
+                400, "invalid_request", "data.apiCode is required", field="data.apiCode"
+            )
+        if nida:
+            user_id = data.get("userId")
+            if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_USER_ID:
+                raise HttpError(
+                    400, "invalid_request",
+                    f"data.userId is required (a string of at most {MAX_USER_ID} characters)",
+                    field="data.userId",
+                )  # fmt: skip
+        service = self.gateway.view.services.get(api_code)
+        label = api_code if service is not None else UNKNOWN_API
+        try:
+            service, request_type, grant = self._allowed(institution, api_code)
+            record = self._record(request_type, request_payload(data, nida=nida))
+            await self._admit(grant)
+        except Refusal as refusal:
+            self._count(label, "refused", started)
+            return self._reply(refusal_data(refusal.reason, refusal.detail, None))
+        answer, request_id = await self._publish_and_wait(
+            institution, service, request_type, record
+        )
+        if answer is None:
+            self._count(api_code, "timed_out", started)
+            log.warning(
+                "request %s of %s to %s timed out after %g s",
+                request_id, institution, api_code, service.deadline_s,
+            )  # fmt: skip
+            return self._reply(timed_out_data(request_id, service.deadline_s))
+        self._count(api_code, outcome_of(answer), started)
+        try:
+            return self._reply(answer_data(answer, request_id))
+        except UnportableReply as error:  # the bus passed it; no GovESB client could verify it
+            log.error("the answer to %s cannot be signed portably: %s", request_id, error)
+            return self._reply(refusal_data(Reason.INVALID_ANSWER, str(error), request_id))
+
+    def _allowed(self, institution: str, api_code: str) -> tuple[ServiceRecord, EventType, Grant]:
+        view, catalog = self.gateway.view, self.gateway.catalog
+        service = view.services.get(api_code)
+        described = catalog.services.get(api_code)
+        if service is None or described is None:
+            raise Refusal(Reason.UNKNOWN_API, f"no service has api code {api_code!r}")
+        grant = grant_for(view, institution, api_code)
+        if grant is None:
+            raise Refusal(Reason.NO_GRANT, f"{institution} has no grant for {api_code}")
+        return service, described.request, grant
+
+    @staticmethod
+    def _record(request_type: EventType, payload: Any) -> dict[str, Any]:
+        try:
+            return avro_record(request_type, payload, "esbBody")
+        except SchemaViolation as error:
+            raise Refusal(Reason.INVALID_PAYLOAD, str(error)) from None
+
+    async def _admit(self, grant: Grant) -> None:
+        """Count one request against the grant's rate (bursts of one second's worth)."""
+        held = self._limits.get(grant.id)
+        if held is None or held[0] != grant.rate_per_s:
+            burst = max(1.0, grant.rate_per_s)
+            held = (grant.rate_per_s, AsyncLimiter(burst, burst / grant.rate_per_s))
+            self._limits[grant.id] = held
+        limiter = held[1]
+        if not limiter.has_capacity():
+            raise Refusal(
+                Reason.RATE_EXCEEDED,
+                f"{grant.consumer} may make {grant.rate_per_s:g} requests a second to "
+                f"{grant.api_code}",
+            )
+        await limiter.acquire()  # there is room: returns at once
+
+    async def _publish_and_wait(
+        self, institution: str, service: ServiceRecord, request_type: EventType,
+        record: dict[str, Any],
+    ) -> tuple[Answer | None, str]:  # fmt: skip
+        """Publish the request and wait for its answer until the service's deadline."""
+        request_id = new_request_id()
+        deadline_at = time.monotonic() + service.deadline_s
+        await self.reader.follow([institution])
+        if not self.reader.following(institution):
+            raise HttpError(
+                503, "replies_unavailable",
+                f"the answers to {institution} cannot be read now; try again", retry_after=5,
+            )  # fmt: skip
+        future = self.calls.hold(request_id)
+        try:
+            await self._produce(
+                institution, "govesb-request", request_type, record, request_id,
+                extra=[(API_HEADER, service.api_code.encode())],
+            )  # fmt: skip
+            try:
+                remaining = max(0.0, deadline_at - time.monotonic())
+                return await asyncio.wait_for(future, remaining), request_id
+            except TimeoutError:
+                return None, request_id
+        finally:
+            self.calls.release(request_id)
+
+    async def _produce(
+        self,
+        institution: str,
+        system: str,
+        event_type: EventType,
+        record: dict[str, Any] | None,
+        request_id: str,
+        *,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+        extra: list[tuple[str, bytes]],
+    ) -> None:
+        """Encode (``record`` None: no value), sign by the gateway and produce, keyed by the
+        request id; the errors as ``Gateway.publish`` has them."""
+        gateway = self.gateway
+        value: bytes | None = None
+        if record is not None:
+            try:
+                schema_id = await gateway.schemas.id_for(event_type)
+            except (RegistryUnavailableError, LookupError) as error:
+                raise HttpError(503, "registry_unavailable", str(error).split(":")[0]) from None
+            try:
+                value = encode(schema_id, event_type.parsed, record)
+            except (ValueError, TypeError, OverflowError) as error:
+                raise HttpError(
+                    400, "invalid_data",
+                    f"data cannot be encoded as {event_type.name}: {type(error).__name__}",
+                ) from None  # fmt: skip
+            if len(value) > gateway.max_body_bytes:
+                raise HttpError(413, "too_large", "the encoded event is over the size limit")
+        envelope = new_envelope(
+            institution, system, event_type.name, request_id,
+            event_id=event_id or request_id, correlation_id=correlation_id,
+        )  # fmt: skip
+        signature = sign_event(
+            gateway.bus_key, envelope.id, envelope.source, envelope.type, envelope.time,
+            value or b"",
+        )  # fmt: skip
+        envelope = envelope.signed(gateway.bus_key_id, signature)
+        try:
+            await asyncio.wait_for(
+                gateway.producer.send_and_wait(
+                    topics.ingress(institution),
+                    value,
+                    key=request_id.encode(),
+                    headers=[*envelope.to_headers(), (VIA_HEADER, VIA_GATEWAY), *extra],
+                ),
+                gateway.produce_timeout_s,
+            )
+        except BrokerResponseError as error:
+            if error.retriable:
+                raise gateway._unacknowledged(error, envelope.id) from None
+            log.warning("the broker refused a request of %s: %s", institution, error.message)
+            raise HttpError(
+                502, "broker_refused", f"the bus refused the event ({type(error).__name__})"
+            ) from None
+        except (KafkaError, TimeoutError) as error:
+            raise gateway._unacknowledged(error, envelope.id) from None
+
+    def _count(self, api: str, outcome: str, started: float) -> None:
+        self.metrics.requests.labels(api, outcome).inc()
+        if api != UNKNOWN_API:
+            self.metrics.round_trip.labels(api).observe(time.monotonic() - started)
+
+    def _reply(self, data: Mapping[str, Any], status: int = 200) -> web.Response:
+        return web.Response(
+            text=signed_reply(data, self.gateway.bus_key),
+            status=status,
+            content_type="application/json",
+        )
+
+    # ----------------------------------------------------------------- late answers
+
+    async def late_answer(self, request: web.Request) -> web.Response:
+        """POST /engine/esb/async: a provider's answer to ``requestId``, after the deadline."""
+        institution, _, data = await self._signed(request)
+        given = data.get("requestId")
+        request_id = bus_request_id(given) if isinstance(given, str) else None
+        if request_id is None:
+            raise HttpError(
+                400, "invalid_request", "data.requestId must be the request's id (32 hex digits)",
+                field="data.requestId",
+            )  # fmt: skip
+        refusal = self._late_refusal(institution, request_id)
+        if isinstance(refusal, web.Response):
+            return refusal
+        ticket, headers = refusal
+        described = self.gateway.catalog.services.get(ticket.api_code)
+        if ticket.api_code not in self.gateway.view.services or described is None:
+            return self._late_refused(
+                ticket.api_code, 404, Reason.UNKNOWN_API,
+                f"{ticket.api_code} is no longer served", request_id,
+            )  # fmt: skip
+        success = data.get("success")
+        if not isinstance(success, bool):
+            raise HttpError(
+                400, "invalid_request", "data.success must be true or false", field="data.success"
+            )
+        extra = [(API_HEADER, ticket.api_code.encode()), *headers]
+        record: dict[str, Any] | None = None
+        if success:
+            try:
+                record = avro_record(described.response, data.get("esbBody"), "data.esbBody")
+            except SchemaViolation as error:
+                raise HttpError(400, "invalid_data", str(error), field=error.field) from None
+            extra.append((STATUS_HEADER, Status.ANSWERED.encode()))
+        else:
+            message = data.get("message")
+            text = message if isinstance(message, str) else "the provider could not answer"
+            extra += [
+                (STATUS_HEADER, Status.PROVIDER_ERROR.encode()),
+                ("esb_reason", Reason.PROVIDER_ERROR.encode()),
+                (MESSAGE_HEADER, text[:MAX_MESSAGE].encode("utf-8", "replace")),
+            ]
+        published = answer_id(request_id)
+        await self._produce(
+            institution, "govesb-async", described.response, record, request_id,
+            event_id=published, correlation_id=request_id, extra=extra,
+        )  # fmt: skip
+        self.metrics.late_answers.labels(ticket.api_code, "published").inc()
+        ack = {
+            "success": True,
+            "requestId": govesb_request_id(request_id),
+            "esbBody": {"eventId": published},
+        }
+        return self._reply(ack, 202)
+
+    def _late_refusal(
+        self, institution: str, request_id: str
+    ) -> tuple[Ticket, TicketHeaders] | web.Response:
+        """The ticket of ``request_id`` and its headers, or the signed refusal to answer."""
+        headers = self.tickets.get(request_id)
+        shown = govesb_request_id(request_id)
+        if headers is None:
+            return self._late_refused(
+                UNKNOWN_API, 404, Reason.BAD_TICKET,
+                f"no request {shown} takes answers now (unknown, or past its time)", request_id,
+            )  # fmt: skip
+        try:
+            ticket = read_ticket(
+                headers, self.gateway.view.keyring,
+                bus_key_ids(self.gateway.view, self.gateway.bus_key_id),
+            )  # fmt: skip
+        except TicketError as error:
+            log.error("the ticket of %s on %s: %s", request_id, topics.TICKETS, error)
+            return self._late_refused(
+                UNKNOWN_API, 404, Reason.BAD_TICKET, f"no valid ticket for {shown}", request_id
+            )
+        if ticket.provider != institution:
+            return self._late_refused(
+                ticket.api_code, 403, Reason.BAD_TICKET,
+                f"request {shown} was not routed to {institution}", request_id,
+            )  # fmt: skip
+        if time.time() * 1000 > ticket.until_ms:
+            return self._late_refused(
+                ticket.api_code, 410, Reason.LATE_ANSWER,
+                f"answers to {shown} were taken until its deadline plus the late-answer time",
+                request_id,
+            )  # fmt: skip
+        return ticket, headers
+
+    def _late_refused(
+        self, api: str, status: int, reason: Reason, detail: str, request_id: str
+    ) -> web.Response:
+        self.metrics.late_answers.labels(api, "refused").inc()
+        return self._reply(refusal_data(reason, detail, request_id), status)
+
+
+def attach(gateway: Gateway, reader: ReplyReader, tickets: TicketBook) -> RequestDesk:
+    """The request routes and their /health checks added to ``gateway``; ``reader`` and
+    ``tickets`` must be started before the gateway serves (so no answer is missed)."""
+    desk = RequestDesk(gateway, reader, tickets)
+    gateway.route_installers.append(desk.install)
+    gateway.checks.update(
+        replies=desk.reader.health,
+        tickets=desk.tickets.health,
+    )
+    return desk
