@@ -118,6 +118,8 @@ def avro_record(event_type: EventType, data: Any, data_field: str) -> dict[str, 
     except ValidationError as error:
         first = error.errors[0] if error.errors else None
         where = str(getattr(first, "field", "") or event_type.name)
+        if where == event_type.name or where.startswith(f"{event_type.name}."):
+            where = data_field + where[len(event_type.name) :]  # where the caller put it
         expected = getattr(first, "schema", "the schema")
         raise SchemaViolation(f"{where}: expected {expected}", where) from None
     except (ValueError, TypeError) as error:
