@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.gateway.app import GatewayMetrics
 from connectors.gateway.calls import HeldCalls
-from connectors.gateway.requests import RequestMetrics
+from connectors.gateway.replies import RequestMetrics
 from connectors.http_sink.metrics import SinkMetrics
 from streams.pipeline.metrics import PipelineMetrics
 

@@ -12,7 +12,7 @@ import pytest
 
 from connectors.gateway.calls import Answer, HeldCalls, UnreadableAnswer, read_answer
 from connectors.gateway.govesb import signed_reply
-from connectors.gateway.requests import (
+from connectors.gateway.replies import (
     SchemaViolation,
     answer_data,
     avro_record,
