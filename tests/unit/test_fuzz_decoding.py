@@ -59,6 +59,7 @@ from tests.unit.pipeline_fixtures import (
     CATALOG,
     SAMPLES,
     SCHEMA_IDS,
+    SCHEMA_TYPES,
     directory,
     registry_view,
     sample,
@@ -182,7 +183,7 @@ def test_schema_ids_of_arbitrary_bytes(value: bytes) -> None:
     body=st.one_of(st.binary(max_size=600), st.data()),
 )
 def test_arbitrary_and_mutated_avro_bodies_decode_or_are_refused(name: str, body: Any) -> None:
-    entry = CATALOG.get(name)
+    entry = SCHEMA_TYPES.get(name)  # event types, and the services' requests and responses
     assert entry is not None
     if isinstance(body, bytes):
         value = b"\x00" + SCHEMA_IDS[name].to_bytes(4, "big") + body
