@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import re
 import uuid
@@ -61,6 +62,7 @@ SECRETS = {name: f"{name}-requests-secret-{uuid.uuid4().hex[:8]}" for name in ("
 VERIFY_NIN, TIN_STATUS = CATALOG.services["VERIFY_NIN"], CATALOG.services["TIN_STATUS"]
 CITIZEN_NIN = SAMPLES["VERIFY_NIN.request"]["nin"]
 SILENT_NIN = "19990101000000000000"  # the test's NIDA never answers this one
+UNREACHABLE_NIN = "19990101000000000001"  # ... and says it cannot answer this one
 REQUEST = "/engine/esb/request"
 
 
@@ -76,6 +78,41 @@ class Gateway:
         return f"http://127.0.0.1:{self.process.web_port}"
 
 
+async def _caught_up(
+    kafka: str, worker: WorkerProcess, institutions: list[str], bound_s: float = 300
+) -> None:
+    """Once ``worker`` has read every ingress partition of ``institutions`` up to now: a
+    probe without headers is sent to each, and the worker's audit chain (its key names the
+    process) records each, in order after whatever was there before it. A broker shared with
+    earlier runs, and with other workers, may hold a backlog."""
+    producer = AIOKafkaProducer(**KafkaSettings(bootstrap_servers=kafka).durable_producer_options())
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
+    await producer.start()
+    await consumer.start()
+    chain = f"/{worker.process.pid}/".encode()
+    try:
+        for partition in await assign_topics(consumer, [topics.AUDIT], from_beginning=False):
+            await consumer.position(partition)
+        probes = set()
+        for institution in institutions:
+            topic = topics.ingress(institution)
+            for partition in sorted(await producer.partitions_for(topic)):
+                probe = f"probe-{uuid.uuid4().hex}".encode()
+                await producer.send_and_wait(topic, probe, partition=partition)
+                probes.add(hashlib.sha256(probe).hexdigest())
+        async with asyncio.timeout(bound_s):
+            while probes:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    probes -= {
+                        json.loads(record.value).get("payload_sha256")
+                        for record in records
+                        if chain in (record.key or b"")
+                    }
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
 @pytest.fixture(scope="module")
 def worker(
     kafka: str, registry: str, applied_registry: Path, tmp_path_factory: pytest.TempPathFactory
@@ -83,11 +120,13 @@ def worker(
     try:
         process = start_worker(
             kafka, registry, tmp_path_factory.mktemp("requests-worker") / "worker.log",
-            app_id=f"test-requests-{uuid.uuid4().hex[:8]}",
+            # One group across runs: a broker shared with earlier runs is read once.
+            app_id="test-gateway-requests",
             extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5"},
         )  # fmt: skip
     except LauncherError as error:
         pytest.fail(str(error))
+    asyncio.run(_caught_up(kafka, process, ["tra", "nida", "brela"]))
     yield process
     process.stop()
 
@@ -136,17 +175,32 @@ class Provider:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(frozen=True)
+class ProviderError:
+    """What a provider says when it cannot answer (``esb_status: provider-error``)."""
+
+    reason: str
+    message: str
+
+
 async def _answer(
     producer: AIOKafkaProducer, schemas: SchemaStore, provider: str, record: Any, body: Any
 ) -> None:
-    """Answer ``record`` (a request routed to ``provider``) as the contract says."""
+    """Answer ``record`` (a request routed to ``provider``) as the contract says: ``body`` the
+    response record as JSON, or a :class:`ProviderError` (no value)."""
     headers = list(record.headers)
     request_id = (header(headers, "ce_id") or b"").decode()
     service = CATALOG.services[(header(headers, "esb_api") or b"").decode()]
-    value = encode(
-        await schemas.id_for(service.response), service.response.parsed,
-        from_json(service.response.schema, body),
-    )  # fmt: skip
+    if isinstance(body, ProviderError):
+        value = b""
+        status = [("esb_status", b"provider-error"), ("esb_reason", body.reason.encode()),
+                  ("esb_message", body.message.encode())]  # fmt: skip
+    else:
+        value = encode(
+            await schemas.id_for(service.response), service.response.parsed,
+            from_json(service.response.schema, body),
+        )  # fmt: skip
+        status = [("esb_status", b"answered")]
     envelope = new_envelope(
         provider, "api", service.response.name, request_id,
         event_id=answer_id(request_id), correlation_id=request_id,
@@ -159,7 +213,7 @@ async def _answer(
     ticket = [(n, v) for n, v in headers if n in ("esb_ticket", "esb_ticket_sig", "esb_ticket_key")]
     await producer.send_and_wait(
         topics.ingress(provider), value, key=request_id.encode(),
-        headers=[*envelope.to_headers(), *ticket, ("esb_status", b"answered"),
+        headers=[*envelope.to_headers(), *ticket, *status,
                  ("esb_api", service.api_code.encode())],
     )  # fmt: skip
 
@@ -210,9 +264,12 @@ async def kafka_native_provider(
 
 
 def nida_answers(request: dict[str, Any]) -> Any:
-    """The test's NIDA: the sample citizen for any NIN but the silent one."""
+    """The test's NIDA: the sample citizen for any NIN but the silent one and the one its
+    register cannot be reached for."""
     if request["nin"] == SILENT_NIN:
         return None
+    if request["nin"] == UNREACHABLE_NIN:
+        return ProviderError("provider-unavailable", "the population register is down")
     return {**SAMPLES["VERIFY_NIN.response"], "nin": request["nin"]}
 
 
@@ -316,6 +373,7 @@ async def test_a_request_is_answered_minimised_and_masked(
     answered_before = _metric(
         gateway, "govesb_gateway_api_requests_total", api="VERIFY_NIN", outcome="answered"
     )
+    round_trips_before = _metric(gateway, "govesb_gateway_request_seconds_count", api="VERIFY_NIN")
     async with (
         kafka_native_provider(kafka, registry, "nida", nida_answers) as nida,
         aiohttp.ClientSession() as http,
@@ -340,6 +398,36 @@ async def test_a_request_is_answered_minimised_and_masked(
         == answered_before + 1
     )
     assert _metric(gateway, "govesb_gateway_held_calls") == 0
+    assert (
+        _metric(gateway, "govesb_gateway_request_seconds_count", api="VERIFY_NIN")
+        == round_trips_before + 1
+    )
+
+
+async def test_a_provider_that_cannot_answer_is_a_clear_failure(
+    kafka: str, registry: str, gateways: list[Gateway]
+) -> None:
+    gateway = gateways[1]
+    before = _metric(
+        gateway, "govesb_gateway_api_requests_total", api="VERIFY_NIN", outcome="provider_error"
+    )
+    async with (
+        kafka_native_provider(kafka, registry, "nida", nida_answers),
+        aiohttp.ClientSession() as http,
+    ):
+        token = await _token(http, gateway, "tra")
+        data = await _call(http, gateway, "tra", token, "VERIFY_NIN", {"nin": UNREACHABLE_NIN})
+    assert data == {
+        "success": False,
+        "requestId": data["requestId"],
+        "message": "provider-unavailable: the population register is down",
+    }
+    assert (
+        _metric(
+            gateway, "govesb_gateway_api_requests_total", api="VERIFY_NIN", outcome="provider_error"
+        )
+        == before + 1
+    )
 
 
 async def test_two_replicas_each_answer_the_calls_they_hold(
