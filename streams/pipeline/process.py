@@ -127,6 +127,7 @@ class Pipeline:
         # Business keys go to the audit log keyed-hashed (streams.trace finds them by it).
         self._subject_key = bus_key.key.derive_key(SUBJECT_KEY_PURPOSE)
         self.calls = Calls(self)
+        self._directory: tuple[tuple[int, frozenset[str], frozenset[str]], Directory] | None = None
 
     async def writer_of(self, record: IngressRecord) -> WriterSchema | None:
         """The registered schema of the record's value (None if the registry has no such id).
@@ -145,15 +146,23 @@ class Pipeline:
             return None
 
     def directory(self) -> Directory:
-        """The registry facts validation needs, from the live view."""
-        return Directory(
-            event_types=self.view.event_types,
-            key_owners=self.view.key_owners,
-            keyring=self.view.keyring,
-            gateway_keys=self.view.gateway_keys,
-            refused_keys=self.view.refused_keys,
-            withheld=self.view.withheld,
-        )
+        """The registry facts validation needs, from the live view (made again only when the
+        view changed: ``withheld`` alone walks every unreadable record)."""
+        view = self.view
+        stamp = (view.version, view.gateway_keys, view.refused_keys)
+        if self._directory is None or self._directory[0] != stamp:
+            self._directory = (
+                stamp,
+                Directory(
+                    event_types=view.event_types,
+                    key_owners=view.key_owners,
+                    keyring=view.keyring,
+                    gateway_keys=view.gateway_keys,
+                    refused_keys=view.refused_keys,
+                    withheld=view.withheld,
+                ),
+            )
+        return self._directory[1]
 
     async def handle(self, record: IngressRecord, now: dt.datetime | None = None) -> Outcome:
         """Process one ingress record; never raises for bad input (it becomes a rejection).

@@ -208,6 +208,8 @@ def bus_acls(
             _read(topics.REGISTRY),
             _write(topics.dlq(subscriber)),
             _write(topics.AUDIT),
+            # late answers to its own requests are pushed to its endpoint too
+            *([_read(topics.reply(subscriber))] if subscriber in asking else []),
         ]
     users[OPERATOR_USER] = [
         _read(topics.AUDIT),

@@ -209,7 +209,7 @@ class RegistryView:
         model = _MODELS.get(kind)
         read = self._read.get(kind, {})
         had = name in read
-        self._unreadable.pop(key, None)
+        was_unreadable = self._unreadable.pop(key, None) is not None
         if value is None:
             read.pop(name, None)
             self.raw.pop(key, None)
@@ -246,8 +246,10 @@ class RegistryView:
             served = set(self.subscriptions)
             self._rebuild(keys=kind == "institution")
             changed = changed or set(self.subscriptions) != served
-        if changed:
+        if changed or was_unreadable != (key in self._unreadable):
+            # (what is withheld may change with no record read: ``version`` says so too)
             self.version += 1
+        if changed:
             for listener in self._listeners:
                 listener(key)
 

@@ -17,6 +17,8 @@ from typing import Any
 # delivered, dead-lettered), `govesb dlq replay` (replayed) and the data tracker (lookup).
 WORKER_OUTCOMES = frozenset({"received", "routed", "rejected"})
 SINK_OUTCOMES = frozenset({"retrying", "delivered", "dead-lettered", "replayed"})
+# A request routed to its provider, and its answer passed on (or the provider's failure).
+CALL_OUTCOMES = frozenset({"requested", "answered", "answer-failed"})
 LOOKUP = "lookup"
 _RECEIPT = re.compile(r"status=(\d+) attempts=(\d+)(?: latency_ms=(\d+))?")
 

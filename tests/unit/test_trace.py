@@ -250,3 +250,35 @@ async def test_the_worker_audits_the_hashed_key_the_agreements_and_the_rejection
     assert (body["outcome"], body["reason"]) == ("rejected", "bad-signature")
     assert body["detail"] == "signature does not verify with nida-2e3f1f063154"
     assert "agreements" not in body
+
+
+def test_a_request_s_trace_shows_its_routing_and_its_answer(tmp_path: Path) -> None:
+    from streams.contract.requests import answer_id
+
+    store = SqliteStore(tmp_path / "index.sqlite")
+    worker = AuditChain("worker/h/3/0")
+    request = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    records = [
+        worker.append(outcome="requested", event_id=request, publisher="tra",
+                      event_type="tz.go.nida.VerifyNinRequest", payload_sha256="cd" * 32,
+                      subscribers=["nida"], agreements=["tra-verify-nin"],
+                      source=("esb.ingress.tra", 0, 3), time=at(0), detail="api VERIFY_NIN"),
+        worker.append(outcome="answered", event_id=answer_id(request), publisher="nida",
+                      event_type="tz.go.nida.VerifyNinResponse", payload_sha256="ef" * 32,
+                      subscribers=["tra"], agreements=["tra-verify-nin"],
+                      source=("esb.ingress.nida", 1, 9), time=at(0.2),
+                      detail=f"api VERIFY_NIN, request {request}"),
+    ]  # fmt: skip
+    batch = Batch(entries=[e for _, v in records if (e := parse_audit(v))])
+    batch.positions = {("esb.audit", 0): len(records)}
+    store.write(batch, not_before="2000-01-01")
+    found = trace(store, request)
+    assert found is not None
+    assert (found.accepted, found.publisher) == (True, "tra")
+    assert [(s.what, s.subscriber, s.agreement) for s in found.steps] == [
+        ("received", None, None),
+        ("accepted", None, None),
+        ("requested", "nida", "tra-verify-nin"),
+        ("answered", "tra", "tra-verify-nin"),
+    ]
+    assert found.steps[-1].time > found.steps[0].time
