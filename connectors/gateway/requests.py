@@ -59,6 +59,7 @@ from connectors.gateway.replies import (
     timed_out_data,
 )
 from connectors.gateway.tickets import TicketBook, TicketHeaders
+from streams.audit.chain import AuditChain
 from streams.contract import topics
 from streams.contract.catalog import EventType
 from streams.contract.codec import RegistryUnavailableError, encode
@@ -103,8 +104,16 @@ class RequestDesk:
     """The request routes of one gateway: holding calls, publishing requests and late
     answers. ``reader`` and ``tickets`` are started (and stopped) by the caller."""
 
-    def __init__(self, gateway: Gateway, reader: ReplyReader, tickets: TicketBook) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        reader: ReplyReader,
+        tickets: TicketBook,
+        chain: AuditChain | None = None,
+    ) -> None:
         self.gateway = gateway
+        self.chain = chain
+        self._audit_lock = asyncio.Lock()
         self.reader = reader
         self.calls = reader.calls
         self.tickets = tickets
@@ -191,6 +200,7 @@ class RequestDesk:
                 "request %s of %s to %s timed out after %g s",
                 request_id, institution, api_code, service.deadline_s,
             )  # fmt: skip
+            await self._audit_timeout(institution, service, request_type, request_id)
             return self._reply(timed_out_data(request_id, service.deadline_s))
         self._count(api_code, outcome_of(answer), started)
         try:
@@ -319,6 +329,32 @@ class RequestDesk:
         except (KafkaError, TimeoutError) as error:
             raise gateway._unacknowledged(error, envelope.id) from None
 
+    async def _audit_timeout(
+        self, institution: str, service: ServiceRecord, request_type: EventType, request_id: str
+    ) -> None:
+        """One record in the gateway's audit chain for a call it answered ``timed-out``.
+
+        Appended and handed to the producer under one lock, so the chain reaches its
+        partition in order; not awaited further (the caller's answer does not wait for it).
+        """
+        if self.chain is None:
+            return
+        async with self._audit_lock:
+            key, value = self.chain.append(
+                outcome="timed-out",
+                event_id=request_id,
+                publisher=institution,
+                event_type=request_type.name,
+                payload_sha256=None,
+                subscribers=[service.provider],
+                reason=str(Reason.TIMED_OUT),
+                detail=f"api {service.api_code}, no answer within {service.deadline_s:g} s",
+            )
+            try:
+                await self.gateway.producer.send(topics.AUDIT, value, key=key)
+            except KafkaError as error:
+                log.error("audit record of %s not sent: %s", request_id, error)
+
     def _count(self, api: str, outcome: str, started: float) -> None:
         self.metrics.requests.labels(api, outcome).inc()
         if api != UNKNOWN_API:
@@ -428,10 +464,13 @@ class RequestDesk:
         return self._reply(refusal_data(reason, detail, request_id), status)
 
 
-def attach(gateway: Gateway, reader: ReplyReader, tickets: TicketBook) -> RequestDesk:
+def attach(
+    gateway: Gateway, reader: ReplyReader, tickets: TicketBook, chain: AuditChain | None = None
+) -> RequestDesk:
     """The request routes and their /health checks added to ``gateway``; ``reader`` and
-    ``tickets`` must be started before the gateway serves (so no answer is missed)."""
-    desk = RequestDesk(gateway, reader, tickets)
+    ``tickets`` must be started before the gateway serves (so no answer is missed); calls
+    that time out are recorded in ``chain``."""
+    desk = RequestDesk(gateway, reader, tickets, chain)
     gateway.route_installers.append(desk.install)
     gateway.checks.update(
         replies=desk.reader.health,

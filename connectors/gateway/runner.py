@@ -17,6 +17,7 @@ from connectors.gateway.calls import HeldCalls, ReplyReader
 from connectors.gateway.requests import attach
 from connectors.gateway.tickets import TicketBook
 from connectors.serving import serve, stop_requested
+from streams.audit.chain import new_chain
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.registry.view import RegistryView
@@ -70,7 +71,7 @@ async def run_gateway(settings: Any) -> None:
     tickets = TicketBook(settings.kafka)
     await calls.start()
     await tickets.start()
-    attach(gateway, calls, tickets)
+    attach(gateway, calls, tickets, new_chain("gateway"))
     stopping = stop_requested()
     runner = await serve(
         gateway.application(), settings.web_host, settings.web_port, access_log_class=AccessLog

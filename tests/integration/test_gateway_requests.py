@@ -340,27 +340,36 @@ def _metric(gateway: Gateway, name: str, **labels: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _replies(kafka: str, requester: str) -> AsyncIterator[AIOKafkaConsumer]:
-    """A reader of ``esb.reply.<requester>`` from its end as it is now."""
+async def _reader(kafka: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A reader of ``topic`` from its end as it is now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        for partition in await assign_topics(
-            consumer, [topics.reply(requester)], from_beginning=False
-        ):
+        for partition in await assign_topics(consumer, [topic], from_beginning=False):
             await consumer.position(partition)
         yield consumer
     finally:
         await consumer.stop()
 
 
-async def _reply_to(consumer: AIOKafkaConsumer, request_id: str, wait_s: float = 30) -> Any:
+async def _first(
+    consumer: AIOKafkaConsumer, wanted: Callable[[Any], bool], wait_s: float = 30
+) -> Any:
+    """The first record read that is ``wanted``."""
     async with asyncio.timeout(wait_s):
         while True:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    if header(list(record.headers), "ce_correlationid") == request_id.encode():
+                    if wanted(record):
                         return record
+
+
+async def _reply_to(consumer: AIOKafkaConsumer, request_id: str, wait_s: float = 30) -> Any:
+    return await _first(
+        consumer,
+        lambda r: header(list(r.headers), "ce_correlationid") == request_id.encode(),
+        wait_s,
+    )
 
 
 # --------------------------------------------------------------------------- answered
@@ -487,14 +496,27 @@ async def test_what_the_gateway_refuses_at_once_and_why(gateways: list[Gateway])
     assert _metric(gateway, "govesb_gateway_api_requests_total", api="?", outcome="refused") >= 1
 
 
-async def test_a_call_times_out_when_the_provider_never_answers(gateways: list[Gateway]) -> None:
+async def test_a_call_times_out_when_the_provider_never_answers(
+    kafka: str, gateways: list[Gateway]
+) -> None:
     gateway = gateways[0]
     before = _metric(
         gateway, "govesb_gateway_api_requests_total", api="TIN_STATUS", outcome="timed_out"
     )
-    async with aiohttp.ClientSession() as http:  # no TRA provider runs
+    async with (
+        aiohttp.ClientSession() as http,  # no TRA provider runs
+        _reader(kafka, topics.AUDIT) as audit,
+    ):
         token = await _token(http, gateway, "brela")
         data = await _call(http, gateway, "brela", token, "TIN_STATUS", {"tin": "999999999"})
+        request_id = str(bus_request_id(data["requestId"]))
+        # The gateway's own audit chain records it (the pipeline's records the routing).
+        record = await _first(
+            audit, lambda r: json.loads(r.value).get("event_id") == request_id
+            and json.loads(r.value).get("outcome") == "timed-out",
+        )  # fmt: skip
+    assert record.key.startswith(b"gateway/")
+    assert json.loads(record.value)["subscribers"] == ["tra"]
     assert data == {
         "success": False,
         "requestId": data["requestId"],
@@ -514,7 +536,7 @@ async def test_a_late_answer_through_async_still_reaches_the_requester(
     nida_key = demo_key("nida")
     async with (
         kafka_native_provider(kafka, registry, "nida", nida_answers) as nida,
-        _replies(kafka, "tra") as replies,
+        _reader(kafka, topics.reply("tra")) as replies,
         aiohttp.ClientSession() as http,
     ):
         tra_token = await _token(http, gateway, "tra")
