@@ -61,7 +61,7 @@ from connectors.gateway.replies import (
 from connectors.gateway.tickets import TicketBook, TicketHeaders
 from streams.audit.chain import AuditChain
 from streams.contract import topics
-from streams.contract.catalog import EventType
+from streams.contract.catalog import API_CODE, EventType
 from streams.contract.codec import RegistryUnavailableError, encode
 from streams.contract.envelope import new_envelope
 from streams.contract.reasons import Reason
@@ -214,7 +214,8 @@ class RequestDesk:
         service = view.services.get(api_code)
         described = catalog.services.get(api_code)
         if service is None or described is None:
-            raise Refusal(Reason.UNKNOWN_API, f"no service has api code {api_code!r}")
+            shown = repr(api_code) if API_CODE.match(api_code) else "(not an api code)"
+            raise Refusal(Reason.UNKNOWN_API, f"no service has api code {shown}")
         grant = grant_for(view, institution, api_code)
         if grant is None:
             raise Refusal(Reason.NO_GRANT, f"{institution} has no grant for {api_code}")
@@ -361,11 +362,15 @@ class RequestDesk:
             self.metrics.round_trip.labels(api).observe(time.monotonic() - started)
 
     def _reply(self, data: Mapping[str, Any], status: int = 200) -> web.Response:
-        return web.Response(
-            text=signed_reply(data, self.gateway.bus_key),
-            status=status,
-            content_type="application/json",
-        )
+        try:
+            text = signed_reply(data, self.gateway.bus_key)
+        except UnportableReply:  # a message echoing what the caller sent (a field path)
+            if "esbBody" in data:
+                raise  # an answer: the caller decides what to say instead
+            kept = {k: v for k, v in data.items() if k in ("success", "requestId")}
+            reason = str(data.get("message", "")).partition(":")[0]
+            text = signed_reply({**kept, "message": reason or "refused"}, self.gateway.bus_key)
+        return web.Response(text=text, status=status, content_type="application/json")
 
     # ----------------------------------------------------------------- late answers
 

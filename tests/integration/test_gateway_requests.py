@@ -472,6 +472,7 @@ async def test_what_the_gateway_refuses_at_once_and_why(gateways: list[Gateway])
     async with aiohttp.ClientSession() as http:
         token = await _token(http, gateway, "brela")
         unknown = await _call(http, gateway, "brela", token, "NO_SUCH_API", {"tin": "1"})
+        control = await _call(http, gateway, "brela", token, "\u0001\n", {"tin": "1"})
         no_grant = await _call(http, gateway, "brela", token, "VERIFY_NIN", {"nin": CITIZEN_NIN})
         invalid = await _call(http, gateway, "brela", token, "TIN_STATUS", {"tin": 154872360})
         missing = await _call(http, gateway, "brela", token, "TIN_STATUS", {"number": "1"})
@@ -483,6 +484,10 @@ async def test_what_the_gateway_refuses_at_once_and_why(gateways: list[Gateway])
         no_token = await _post(http, f"{gateway.url}{REQUEST}", no_user, "not-a-token")
     assert unknown == {"success": False, "message": "unknown-api: no service has api code "
                        "'NO_SUCH_API'"}  # fmt: skip
+    assert control == {  # never echoed: no GovESB client could verify such a text
+        "success": False,
+        "message": "unknown-api: no service has api code (not an api code)",
+    }
     assert no_grant == {"success": False, "message": "no-grant: brela has no grant for VERIFY_NIN"}
     assert invalid["success"] is False
     assert invalid["message"] == "invalid-payload: esbBody.tin: expected string"
