@@ -100,6 +100,7 @@ class Service:
     response: EventType
     pii: tuple[str, ...] = ()
     description: str = ""
+    key: str = ""  # the request's business-key field (the data tracker finds calls by it)
 
 
 API_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$")
@@ -240,7 +241,10 @@ def _services(path: Path, entries: Any) -> dict[str, Service]:
             response=response,
             pii=tuple(entry.get("pii") or ()),
             description=str(entry.get("description", "")),
+            key=str(entry.get("key") or ""),
         )
+        if services[api_code].key and services[api_code].key not in request.field_names:
+            raise CatalogError(f"{where}.key: the request has no field {entry['key']!r}")
     return services
 
 

@@ -144,7 +144,7 @@ class Calls:
             self.pipeline.audit_of(
                 "requested", record, envelope, now, (service.provider,),
                 subscription=call.grant.id, agreements=(call.grant.id,),
-                detail=f"api {service.api_code}",
+                detail=f"api {service.api_code}", subject=_key_of(call.payload, service),
             )
         )  # fmt: skip
         return Outcome(
@@ -280,6 +280,7 @@ class Calls:
             reason=answer.reason, subscription=grant_id, agreements=(grant_id,),
             detail=f"api {answer.service.api_code}, request {ticket.request_id}"
             + (", late" if late else ""),
+            subject=_key_of(answer.payload, answer.service),
         )  # fmt: skip
         asked_ms = ticket.deadline_ms - answer.service.deadline_s * 1000
         return Outcome(
@@ -288,3 +289,9 @@ class Calls:
             call="answered" if answer.status is Status.ANSWERED else "provider-error",
             round_trip_s=max(0.0, now.timestamp() - asked_ms / 1000),
         )  # fmt: skip
+
+
+def _key_of(payload: dict[str, object] | None, service: ServiceRecord) -> str | None:
+    """The business key a request or answer is about (the service's ``key`` field)."""
+    value = (payload or {}).get(service.key) if service.key else None
+    return str(value) if value not in (None, "") else None

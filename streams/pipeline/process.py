@@ -424,7 +424,10 @@ class Pipeline:
         subscription: str | None = None,
         agreements: tuple[str, ...] = (),
         detail: str | None = None,
+        subject: str | None = None,
     ) -> Output:
+        """The audit record of ``outcome``; ``subject``: the business key, when it is not
+        ``ce_subject`` (a request's is its id; the data tracker needs the NIN asked about)."""
         key, value = self.chain.append(
             outcome=outcome,
             event_id=envelope.id if envelope else None,
@@ -436,7 +439,9 @@ class Pipeline:
             source=record.position,
             time=now,
             subscription=subscription,
-            subject=subject_digest(self._subject_key, envelope.subject)
+            subject=subject_digest(self._subject_key, subject)
+            if subject
+            else subject_digest(self._subject_key, envelope.subject)
             if envelope and envelope.subject
             else None,
             agreements=agreements,

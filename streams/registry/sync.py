@@ -61,6 +61,7 @@ def registry_records(registry: BusRegistry) -> dict[str, bytes]:
                 "request_type": declared.request.name,
                 "response_type": declared.response.name,
                 "description": declared.description,
+                "key": declared.key,
             }
         )
     for grant in registry.document.grants:

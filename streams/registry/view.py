@@ -59,6 +59,7 @@ class ServiceRecord(Service):
     request_type: str
     response_type: str
     description: str = ""
+    key: str = ""
 
 
 _MODELS: dict[str, type[BaseModel]] = {

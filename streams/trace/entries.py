@@ -134,6 +134,35 @@ def parse_agreement(value: bytes, timestamp_ms: int) -> Agreement | None:
         return None
 
 
+def parse_grant(value: bytes, timestamp_ms: int) -> Agreement | None:
+    """A ``grant/<id>`` record of ``esb.registry`` as the data tracker sees it: an agreement
+    whose consumer receives answers of one api code (``delivery: answer``)."""
+    try:
+        body = json.loads(value)
+        return Agreement(
+            id=str(body["id"]),
+            subscriber=str(body["consumer"]),
+            event_types=(str(body["api_code"]),),
+            fields=tuple(str(f) for f in body.get("fields") or ()),
+            mask=tuple(str(m) for m in body.get("mask") or ()),
+            purpose=str(body.get("purpose") or ""),
+            delivery="answer",
+            valid_from=iso(dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def parse_service_owner(value: bytes) -> tuple[str, str] | None:
+    """``(response record, provider)`` of a ``service/<api code>`` record: whose data an
+    answer is."""
+    try:
+        body = json.loads(value)
+        return str(body["response_type"]), str(body["provider"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def parse_owner(value: bytes) -> tuple[str, str] | None:
     """``(event type, owner)`` of an ``event-type/<name>`` record of ``esb.registry``."""
     try:

@@ -232,7 +232,8 @@ def _version_at(versions: list[Agreement], time: str) -> Agreement | None:
 def _disclosures(
     store: TraceStore, entries: Iterable[AuditEntry], owners: dict[str, str]
 ) -> list[Disclosure]:
-    routed = [e for e in entries if e.outcome == "routed" and e.event_id]
+    # Deliveries under agreements, and answers under grants (what a requester was told).
+    routed = [e for e in entries if e.outcome in ("routed", "answered") and e.event_id]
     versions: dict[str, list[Agreement]] = {}
     for version in store.agreement_versions(a for e in routed for a in e.agreements):
         versions.setdefault(version.id, []).append(version)
