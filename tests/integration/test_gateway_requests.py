@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import hashlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+from aiokafka import AIOKafkaConsumer
 
 from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import LauncherError, free_port
@@ -35,14 +32,9 @@ from deploy.worker import (
     start_govesb,
     start_worker,
 )
-from streams.client.consuming import assign_topics
 from streams.contract import topics
-from streams.contract.codec import SchemaStore, decode_body, encode
-from streams.contract.envelope import new_envelope
-from streams.contract.jsonavro import from_json, to_json
 from streams.contract.requests import answer_id, bus_request_id, govesb_request_id, header
-from streams.contract.signing import PrivateKey, load_private_key, sign_event
-from streams.settings import KafkaSettings
+from streams.contract.signing import load_private_key
 from tests import govesb_clients, npm
 from tests.corpus.govesb_clients import (
     NON_ASCII_NAME,
@@ -53,7 +45,15 @@ from tests.corpus.govesb_clients import (
     python_verified_text,
 )
 from tests.corpus.malformed import demo_key
-from tests.unit.pipeline_fixtures import CATALOG, KEY_IDS, SAMPLES
+from tests.integration.kafka_native import (
+    ProviderError,
+    first_record,
+    kafka_native_provider,
+    reader_at_end,
+    signed_body,
+    worker_caught_up,
+)
+from tests.unit.pipeline_fixtures import CATALOG, SAMPLES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow]
 GATEWAY_KEY = load_private_key(DEMO_GATEWAY_KEY.read_text())  # signs the callers' replies
@@ -78,41 +78,6 @@ class Gateway:
         return f"http://127.0.0.1:{self.process.web_port}"
 
 
-async def _caught_up(
-    kafka: str, worker: WorkerProcess, institutions: list[str], bound_s: float = 300
-) -> None:
-    """Once ``worker`` has read every ingress partition of ``institutions`` up to now: a
-    probe without headers is sent to each, and the worker's audit chain (its key names the
-    process) records each, in order after whatever was there before it. A broker shared with
-    earlier runs, and with other workers, may hold a backlog."""
-    producer = AIOKafkaProducer(**KafkaSettings(bootstrap_servers=kafka).durable_producer_options())
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
-    await producer.start()
-    await consumer.start()
-    chain = f"/{worker.process.pid}/".encode()
-    try:
-        for partition in await assign_topics(consumer, [topics.AUDIT], from_beginning=False):
-            await consumer.position(partition)
-        probes = set()
-        for institution in institutions:
-            topic = topics.ingress(institution)
-            for partition in sorted(await producer.partitions_for(topic)):
-                probe = f"probe-{uuid.uuid4().hex}".encode()
-                await producer.send_and_wait(topic, probe, partition=partition)
-                probes.add(hashlib.sha256(probe).hexdigest())
-        async with asyncio.timeout(bound_s):
-            while probes:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    probes -= {
-                        json.loads(record.value).get("payload_sha256")
-                        for record in records
-                        if chain in (record.key or b"")
-                    }
-    finally:
-        await consumer.stop()
-        await producer.stop()
-
-
 @pytest.fixture(scope="module")
 def worker(
     kafka: str, registry: str, applied_registry: Path, tmp_path_factory: pytest.TempPathFactory
@@ -126,7 +91,7 @@ def worker(
         )  # fmt: skip
     except LauncherError as error:
         pytest.fail(str(error))
-    asyncio.run(_caught_up(kafka, process, ["tra", "nida", "brela"]))
+    asyncio.run(worker_caught_up(kafka, process, ["tra", "nida", "brela"]))
     yield process
     process.stop()
 
@@ -167,102 +132,6 @@ def gateways(
 # --------------------------------------------------------------------------- a provider
 
 
-@dataclass
-class Provider:
-    """What the test's Kafka-native provider received: request id -> the routed record."""
-
-    requests: dict[str, Any] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass(frozen=True)
-class ProviderError:
-    """What a provider says when it cannot answer (``esb_status: provider-error``)."""
-
-    reason: str
-    message: str
-
-
-async def _answer(
-    producer: AIOKafkaProducer, schemas: SchemaStore, provider: str, record: Any, body: Any
-) -> None:
-    """Answer ``record`` (a request routed to ``provider``) as the contract says: ``body`` the
-    response record as JSON, or a :class:`ProviderError` (no value)."""
-    headers = list(record.headers)
-    request_id = (header(headers, "ce_id") or b"").decode()
-    service = CATALOG.services[(header(headers, "esb_api") or b"").decode()]
-    if isinstance(body, ProviderError):
-        value = b""
-        status = [("esb_status", b"provider-error"), ("esb_reason", body.reason.encode()),
-                  ("esb_message", body.message.encode())]  # fmt: skip
-    else:
-        value = encode(
-            await schemas.id_for(service.response), service.response.parsed,
-            from_json(service.response.schema, body),
-        )  # fmt: skip
-        status = [("esb_status", b"answered")]
-    envelope = new_envelope(
-        provider, "api", service.response.name, request_id,
-        event_id=answer_id(request_id), correlation_id=request_id,
-    )  # fmt: skip
-    key = demo_key(provider)
-    envelope = envelope.signed(
-        KEY_IDS[provider],
-        sign_event(key, envelope.id, envelope.source, envelope.type, envelope.time, value),
-    )
-    ticket = [(n, v) for n, v in headers if n in ("esb_ticket", "esb_ticket_sig", "esb_ticket_key")]
-    await producer.send_and_wait(
-        topics.ingress(provider), value, key=request_id.encode(),
-        headers=[*envelope.to_headers(), *ticket, *status,
-                 ("esb_api", service.api_code.encode())],
-    )  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def kafka_native_provider(
-    kafka: str, registry: str, provider: str, answer: Callable[[dict[str, Any]], Any]
-) -> AsyncIterator[Provider]:
-    """``provider`` answering what is routed to it from now on with ``answer(request)`` (as
-    JSON; None: never answer)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
-    producer = AIOKafkaProducer(**KafkaSettings(bootstrap_servers=kafka).durable_producer_options())
-    schemas = SchemaStore(AsyncSchemaRegistryClient({"url": registry}))
-    await consumer.start()
-    await producer.start()
-    seen = Provider()
-
-    async def serve() -> None:
-        while True:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    api = (header(list(record.headers), "esb_api") or b"").decode()
-                    service = CATALOG.services.get(api)
-                    if service is None:
-                        continue
-                    request = to_json(decode_body(service.request.parsed, record.value))
-                    seen.requests[(header(list(record.headers), "ce_id") or b"").decode()] = record
-                    seen.arrived.set()
-                    body = answer(request)
-                    if body is not None:
-                        await _answer(producer, schemas, provider, record, body)
-
-    try:
-        for partition in await assign_topics(
-            consumer, [topics.request(provider)], from_beginning=False
-        ):
-            await consumer.position(partition)
-        task = asyncio.create_task(serve())
-        try:
-            yield seen
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    finally:
-        await consumer.stop()
-        await producer.stop()
-
-
 def nida_answers(request: dict[str, Any]) -> Any:
     """The test's NIDA: the sample citizen for any NIN but the silent one and the one its
     register cannot be reached for."""
@@ -290,12 +159,6 @@ async def _token(http: aiohttp.ClientSession, gateway: Gateway, institution: str
         body = await response.json()
         assert response.status == 200, body
     return str(body["access_token"])
-
-
-def signed_body(key: PrivateKey, data: dict[str, Any]) -> bytes:
-    """A request as the Node client writes it: compact, data first, signed over its text."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f'{{"data":{text},"signature":"{key.sign(text.encode())}"}}'.encode()
 
 
 async def _post(
@@ -339,33 +202,8 @@ def _metric(gateway: Gateway, name: str, **labels: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-@contextlib.asynccontextmanager
-async def _reader(kafka: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
-    """A reader of ``topic`` from its end as it is now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        for partition in await assign_topics(consumer, [topic], from_beginning=False):
-            await consumer.position(partition)
-        yield consumer
-    finally:
-        await consumer.stop()
-
-
-async def _first(
-    consumer: AIOKafkaConsumer, wanted: Callable[[Any], bool], wait_s: float = 30
-) -> Any:
-    """The first record read that is ``wanted``."""
-    async with asyncio.timeout(wait_s):
-        while True:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    if wanted(record):
-                        return record
-
-
 async def _reply_to(consumer: AIOKafkaConsumer, request_id: str, wait_s: float = 30) -> Any:
-    return await _first(
+    return await first_record(
         consumer,
         lambda r: header(list(r.headers), "ce_correlationid") == request_id.encode(),
         wait_s,
@@ -510,13 +348,13 @@ async def test_a_call_times_out_when_the_provider_never_answers(
     )
     async with (
         aiohttp.ClientSession() as http,  # no TRA provider runs
-        _reader(kafka, topics.AUDIT) as audit,
+        reader_at_end(kafka, topics.AUDIT) as audit,
     ):
         token = await _token(http, gateway, "brela")
         data = await _call(http, gateway, "brela", token, "TIN_STATUS", {"tin": "999999999"})
         request_id = str(bus_request_id(data["requestId"]))
         # The gateway's own audit chain records it (the pipeline's records the routing).
-        record = await _first(
+        record = await first_record(
             audit, lambda r: json.loads(r.value).get("event_id") == request_id
             and json.loads(r.value).get("outcome") == "timed-out",
         )  # fmt: skip
@@ -541,7 +379,7 @@ async def test_a_late_answer_through_async_still_reaches_the_requester(
     nida_key = demo_key("nida")
     async with (
         kafka_native_provider(kafka, registry, "nida", nida_answers) as nida,
-        _reader(kafka, topics.reply("tra")) as replies,
+        reader_at_end(kafka, topics.reply("tra")) as replies,
         aiohttp.ClientSession() as http,
     ):
         tra_token = await _token(http, gateway, "tra")
