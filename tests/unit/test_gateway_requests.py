@@ -7,10 +7,12 @@ import asyncio
 import json
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
-from connectors.gateway.calls import Answer, HeldCalls, UnreadableAnswer, read_answer
+from connectors.gateway.app import GatewayMetrics
+from connectors.gateway.calls import Answer, HeldCalls, ReplyReader, UnreadableAnswer, read_answer
 from connectors.gateway.govesb import signed_reply
 from connectors.gateway.replies import (
     SchemaViolation,
@@ -20,6 +22,7 @@ from connectors.gateway.replies import (
     request_payload,
     timed_out_data,
 )
+from connectors.gateway.requests import Refusal, RequestDesk
 from connectors.gateway.tickets import TicketBook
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, DEMO_GATEWAY_KEY, DEMO_GATEWAY_KEY_ID
 from streams.contract.envelope import JSON_CONTENT_TYPE, new_envelope
@@ -32,7 +35,7 @@ from tests.corpus.govesb_clients import (
     php_verified_text,
     python_verified_text,
 )
-from tests.unit.pipeline_fixtures import CATALOG
+from tests.unit.pipeline_fixtures import CATALOG, registry_view
 
 BUS = load_private_key(DEMO_BUS_KEY.read_text())
 GATEWAY = load_private_key(DEMO_GATEWAY_KEY.read_text())
@@ -218,3 +221,31 @@ def test_the_ticket_book_keeps_tickets_until_their_time_and_forgets_tombstones()
     book.apply(live.encode(), None, [])  # tombstone
     book.apply(as_json.encode(), b"not json", [])  # unreadable: no ticket
     assert (book.get(live), book.get(as_json), len(book)) == (None, None, 0)
+
+
+def _desk() -> RequestDesk:
+    """A request desk over the example registry, without Kafka (nothing here produces)."""
+    gateway = SimpleNamespace(metrics=GatewayMetrics(), bus_key=GATEWAY, bus_key_id="x")
+    view = registry_view()
+    reader = ReplyReader(KafkaSettings(), view, HeldCalls(), DEMO_GATEWAY_KEY_ID)
+    return RequestDesk(gateway, reader, TicketBook(KafkaSettings()))  # type: ignore[arg-type]
+
+
+async def test_a_grant_takes_one_second_worth_of_requests_at_once_then_refuses() -> None:
+    desk = _desk()
+    grant = registry_view().grants["brela-tin-status"]  # 50 a second
+    for _ in range(50):
+        await desk._admit(grant)
+    with pytest.raises(Refusal) as refused:
+        await desk._admit(grant)
+    assert refused.value.reason == "rate-exceeded"
+    assert refused.value.detail == "brela may make 50 requests a second to TIN_STATUS"
+
+
+def test_a_refusal_no_client_could_verify_is_sent_with_its_reason_alone() -> None:
+    desk = _desk()
+    response = desk._reply(refusal_data("invalid-payload", "esbBody.\x01: expected string", None))
+    reply = response.text or ""
+    assert json.loads(reply)["data"] == {"success": False, "message": "invalid-payload"}
+    signature = json.loads(reply)["signature"]
+    assert GATEWAY.public_key().verify(python_verified_text(reply).encode(), signature)
