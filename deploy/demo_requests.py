@@ -261,7 +261,7 @@ async def _http_request(gateway_port: int, outcome: Outcome, body: dict[str, Any
             status = response.status
     outcome.millis = (time.monotonic() - started) * 1000
     if status == 404:
-        outcome.missing = "the gateway has no /engine/esb/request yet (branch i15-reqgw)"
+        outcome.missing = "the gateway has no /engine/esb/request yet"
         return outcome
     try:
         reply = json.loads(text)["data"]
