@@ -152,6 +152,7 @@ class BenchBus:
 
     bootstrap: str
     registry_url: str
+    broker_pid: int | None = None  # when the bench started the broker: its CPU is sampled
 
 
 @contextmanager
@@ -163,7 +164,7 @@ def bench_bus() -> Iterator[BenchBus]:
         yield BenchBus(bootstrap, registry_url)
         return
     with LocalBus() as bus:
-        yield BenchBus(bus.bootstrap, bus.registry_url)
+        yield BenchBus(bus.bootstrap, bus.registry_url, bus.broker.pid if bus.broker else None)
 
 
 def print_section(section: Section) -> None:

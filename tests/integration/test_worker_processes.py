@@ -12,14 +12,8 @@ from typing import Any
 
 import pytest
 
-from deploy.kafka.launcher import LauncherError, free_port
-from deploy.worker import (
-    DEMO_BUS_KEY,
-    DEMO_BUS_KEY_ID,
-    DEMO_WORKER_ENV,
-    WorkerProcess,
-    start_govesb,
-)
+from deploy.kafka.launcher import LauncherError
+from deploy.worker import WorkerProcess, start_worker, worker_processes
 from tests.integration.test_pipeline import _collect, _publisher
 from tests.unit.pipeline_fixtures import sample
 
@@ -52,36 +46,22 @@ async def _until(what: str, condition: Callable[[], bool]) -> None:
 def two_processes(
     kafka: str, registry: str, applied_registry: Path, tmp_path: Path
 ) -> Iterator[tuple[WorkerProcess, WorkerProcess]]:
-    """``govesb worker --processes 2``, ready when its first child holds partitions; the
-    second child is the same command seen on port + 1."""
-    port = free_port()
-    while free_port() == port + 1:  # pragma: no cover - a free port next to it is likely
-        port = free_port()
-    app_id = f"test-processes-{uuid.uuid4().hex[:8]}"
-    env = {
-        "GOVESB_KAFKA__BOOTSTRAP_SERVERS": kafka,
-        "GOVESB_SCHEMA_REGISTRY__URL": registry,
-        "GOVESB_APP_ID": app_id,
-        "GOVESB_WEB_PORT": str(port),
-        "GOVESB_SIGNING_KEY_FILE": str(DEMO_BUS_KEY),
-        "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
-        "GOVESB_COMMIT_INTERVAL_S": "0.5",
-        **DEMO_WORKER_ENV,
-    }
+    """``govesb worker --processes 2``, ready when its first process holds partitions; each
+    process as its own port shows it."""
     try:
-        first = start_govesb(
-            ["worker", "--processes", "2", "--loglevel", "WARNING"],
-            env,
+        command = start_worker(
+            kafka,
+            registry,
             tmp_path / "worker.log",
-            port,
-            lambda body: body["status"] == "ok" and body["checks"]["partitions"]["assigned"],
-            app_id=app_id,
+            app_id=f"test-processes-{uuid.uuid4().hex[:8]}",
+            extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5"},
+            processes=2,
         )
     except LauncherError as error:
         pytest.fail(str(error))
-    second = WorkerProcess(first.process, app_id, port + 1, first.log_path)
+    first, second = worker_processes(command, 2)
     yield first, second
-    first.stop()
+    command.stop()
 
 
 async def test_two_processes_share_the_partitions_survive_a_kill_and_stop_on_sigterm(
