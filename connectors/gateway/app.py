@@ -132,7 +132,13 @@ class Gateway:
             raise HttpError(400, "invalid_data", f"{data_field} is required", field=data_field)
         try:
             record = from_json(event_type.schema, data)
-            validate(record, event_type.parsed, raise_errors=True)
+            # A valid record passes the quiet check; only an invalid one is checked again for
+            # what is wrong. (With raise_errors, fastavro raises and catches a ValidationError,
+            # its message JSON-formatted, for every union branch tried before the one that
+            # fits: each optional field given a value.)
+            if not validate(record, event_type.parsed, raise_errors=False):
+                validate(record, event_type.parsed, raise_errors=True)  # raises with the field
+                raise HttpError(400, "invalid_data", f"data does not match {event_type.name}")
         except JsonAvroError as error:
             raise HttpError(400, "invalid_data", str(error), field=error.path) from None
         except ValidationError as error:

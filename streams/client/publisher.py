@@ -154,7 +154,11 @@ class Publisher:
         """Validate, encode and sign; no I/O."""
         record = _as_record(payload)
         try:
-            validate(record, event_type.parsed, raise_errors=True)
+            # The quiet check first: with raise_errors, fastavro raises (and catches) a
+            # JSON-formatted error for every union branch it tries before the one that fits.
+            if not validate(record, event_type.parsed, raise_errors=False):
+                validate(record, event_type.parsed, raise_errors=True)  # raises with the fields
+                raise PublishError(f"{event_type.name} payload does not match its schema")
         except ValidationError as error:
             # Name the field and the expected type, never the value: it may be personal data.
             problems = "; ".join(
