@@ -94,7 +94,15 @@ from streams.settings import (
     SchemaRegistrySettings,
     TopicSettings,
 )
-from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
+from tests.benchmarks.common import (
+    BenchBus,
+    CpuSample,
+    Figure,
+    Section,
+    bench_bus,
+    print_section,
+    ratios,
+)
 from tests.benchmarks.pipeline_parts import (
     CHILD_READY,
     DEMO_KEYS,
@@ -102,7 +110,6 @@ from tests.benchmarks.pipeline_parts import (
     FANOUT,
     READY_S,
     BenchError,
-    CpuSample,
     DeliveryCounter,
     Record,
     admin_call,
