@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +122,12 @@ def start_worker(
     app_id: str = "govesb-pipeline",
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = 90.0,
+    processes: int = 1,
 ) -> WorkerProcess:
     """Start a worker with the demo delivery key (demo keys allowed); return once it holds
-    partitions."""
-    port = free_port()
+    partitions. With ``processes`` > 1 it is ``govesb worker --processes N``, returned once
+    its first process holds partitions (:func:`worker_processes` gives each process)."""
+    port = free_ports(processes)  # process i serves port + i
     env = {
         "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "GOVESB_SCHEMA_REGISTRY__URL": registry_url,
@@ -136,7 +139,7 @@ def start_worker(
         **(extra_env or {}),
     }
     return start_govesb(
-        ["worker", "--loglevel", "WARNING"],
+        ["worker", "--loglevel", "WARNING", "--processes", str(processes)],
         env,
         log_path,
         port,
@@ -144,3 +147,25 @@ def start_worker(
         app_id=app_id,
         ready_timeout=ready_timeout,
     )
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports nothing listens on right now."""
+    while True:
+        first = free_port()
+        if all(_bindable(first + i) for i in range(1, count)):
+            return first
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def worker_processes(command: WorkerProcess, processes: int) -> list[WorkerProcess]:
+    """Each process of a ``govesb worker --processes N`` command, as its own port shows it."""
+    return [replace(command, web_port=command.web_port + i) for i in range(processes)]

@@ -136,7 +136,15 @@ class Gateway:
             raise HttpError(400, "invalid_data", f"{data_field} is required", field=data_field)
         try:
             record = from_json(event_type.schema, data)
-            validate(record, event_type.parsed, raise_errors=True)
+            # A valid record passes the quiet check; only an invalid one is checked again for
+            # what is wrong. (With raise_errors, fastavro raises and catches a ValidationError,
+            # its message JSON-formatted, for every union branch tried before the one that
+            # fits: each optional field given a value.)
+            valid = validate(record, event_type.parsed, raise_errors=False) or validate(
+                record,
+                event_type.parsed,
+                raise_errors=True,  # raises, naming the field
+            )
         except JsonAvroError as error:
             raise HttpError(400, "invalid_data", str(error), field=error.path) from None
         except ValidationError as error:
@@ -152,6 +160,8 @@ class Gateway:
                 "invalid_data",
                 f"data does not match {event_type.name}: {type(error).__name__}",
             ) from None
+        if not valid:  # the quiet check and fastavro's own disagree: never published
+            raise HttpError(400, "invalid_data", f"data does not match {event_type.name}")
         if not isinstance(record, dict) or not record.get(event_type.key):
             # The key becomes ce_subject, which the pipeline requires to be non-empty.
             raise HttpError(

@@ -226,25 +226,26 @@ class HttpSink:
             return {**request.headers, "Authorization": f"Bearer {await self._oauth_token()}"}
         return request.headers
 
-    async def _body(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Envelope, bytes]:
-        """The envelope signed over the JSON body to send.
-
-        The pipeline renders and signs HTTP agreements' bodies: those bytes go out unchanged.
-        An Avro delivery (a Kafka agreement's record) is decoded, rendered and signed here.
-        """
-        envelope = Envelope.from_headers(record.headers, accept=DELIVERY_CONTENT_TYPES)
-        if envelope.content_type == JSON_CONTENT_TYPE and envelope.signature:
-            return envelope, record.value or b""
-        body = to_json_bytes((await self.schemas.decode(record.value or b"")).record)
+    async def _rendered(self, envelope: Envelope, value: bytes) -> tuple[Envelope, bytes]:
+        """An Avro delivery (a Kafka agreement's record) decoded, rendered as JSON and
+        signed here, with the envelope signed over that body."""
+        body = to_json_bytes((await self.schemas.decode(value)).record)
         return sign_body(envelope, body, self.bus_key, self.bus_key_id), body
 
     async def _deliver(self, record: ConsumerRecord[bytes, bytes], batch: _Flush) -> None:
         try:
-            # An Avro delivery whose schema this process has not cached yet waits for the
-            # registry (this key only; other keys go on), and is never given up.
-            envelope, body = await until_available(
-                lambda: self._body(record), RegistryUnavailableError, "schema registry", log
-            )
+            envelope = Envelope.from_headers(record.headers, accept=DELIVERY_CONTENT_TYPES)
+            body = record.value or b""
+            # The pipeline renders and signs HTTP agreements' bodies: those bytes go out
+            # unchanged. An Avro delivery whose schema this process has not cached yet waits
+            # for the registry (this key only; other keys go on), and is never given up.
+            if envelope.content_type != JSON_CONTENT_TYPE or not envelope.signature:
+                envelope, body = await until_available(
+                    lambda: self._rendered(envelope, body),
+                    RegistryUnavailableError,
+                    "schema registry",
+                    log,
+                )
         except EventError as error:
             await self._dead_letter(batch, record, None, 0, f"{error.reason}: {error.detail}")
             return
@@ -261,7 +262,8 @@ class HttpSink:
         renewed = False
         started = time.monotonic()
         while True:
-            trial = await self._admit()
+            # The breaker closed (as it nearly always is): no wait, no trial.
+            trial = None if self.breaker.state == "closed" else await self._admit()
             try:
                 attempt = await self._attempt(request)
                 if attempt.status == 401 and self.endpoint.auth.type == "oauth2" and not renewed:
@@ -271,8 +273,10 @@ class HttpSink:
                     self._token, renewed = None, True
                     continue
                 if attempt.breaker is not None:
+                    before = self.breaker.state
                     self.breaker.record(attempt.breaker, time.monotonic())
-                    self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
+                    if self.breaker.state != before:
+                        self._metric(self.metrics.breaker).set(BREAKER_STATES[self.breaker.state])
             finally:
                 if trial is not None:
                     self._trial = None

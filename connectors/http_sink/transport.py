@@ -34,8 +34,11 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     What lies beyond is never read: the connection is closed instead of being drained, so an
     endpoint answering an endless or huge body costs ``limit`` bytes and no wait.
     """
-    chunks: list[bytes] = []
-    size = 0
+    first = await response.content.read(limit)
+    if response.content.at_eof():  # the whole body at once: the common, small answer
+        return first
+    chunks: list[bytes] = [first]
+    size = len(first)
     while size < limit:
         chunk = await response.content.read(limit - size)
         if not chunk:

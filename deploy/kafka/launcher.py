@@ -355,6 +355,12 @@ class KafkaBroker:
         """Whether the JVM is alive."""
         return self._proc is not None and self._proc.running
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (the benchmarks sample its CPU)."""
+        process = self._proc.process if self._proc is not None else None
+        return process.pid if process is not None else None
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop cleanly (SIGTERM), kill after ``timeout``; keeps a given data dir."""
         if self._proc is not None:

@@ -38,9 +38,13 @@ def subject_digest(key: bytes, subject: str) -> str:
     return hmac.new(key, subject.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+# One encoder for every record: json.dumps with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(body: dict[str, Any]) -> str:
     """Sorted keys, no spaces, UTF-8 as is: the form a record's hash is computed over."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(body)
 
 
 def record_hash(body: dict[str, Any]) -> str:
@@ -66,6 +70,17 @@ class AuditChain:
     chain: str
     seq: int = 0
     head: str = GENESIS
+    _second: int = field(default=-1, init=False, repr=False, compare=False)
+    _date_time: str = field(default="", init=False, repr=False, compare=False)
+
+    def _now(self) -> str:
+        """``datetime.now(UTC).isoformat(timespec="milliseconds")``, its date and time of day
+        formatted once a second (this is on the path of every event and every delivery)."""
+        second, milli = divmod(_time.time_ns() // 1_000_000, 1000)
+        if second != self._second:
+            moment = dt.datetime.fromtimestamp(second, dt.UTC)
+            self._second, self._date_time = second, moment.isoformat()[:19]
+        return f"{self._date_time}.{milli:03d}+00:00"
 
     def append(
         self,
@@ -95,7 +110,7 @@ class AuditChain:
             "chain": self.chain,
             "seq": self.seq,
             "prev": self.head,
-            "time": (time or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds"),
+            "time": time.isoformat(timespec="milliseconds") if time else self._now(),
             "outcome": outcome,
             "event_id": event_id,
             "publisher": publisher,

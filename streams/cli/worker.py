@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -20,6 +21,14 @@ def worker(
     ctx: typer.Context,
     web_port: Annotated[int | None, typer.Option(help="port of /health and /metrics")] = None,
     loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="worker processes of one consumer group, one per core; process i serves "
+            "/health and /metrics on web port + i; one that dies is started again",
+        ),
+    ] = 1,
 ) -> None:
     """Run the pipeline worker (validate, route, transform, fan out) until SIGTERM."""
     from streams.pipeline.app import run_worker
@@ -30,7 +39,13 @@ def worker(
     if problem:
         err.print(f"[red]error:[/red] {problem}")
         raise typer.Exit(2)
-    run_worker(settings, loglevel)
+    if processes == 1:
+        run_worker(settings, loglevel)
+        return
+    from streams.pipeline.supervisor import Supervisor
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    raise typer.Exit(Supervisor(settings, processes, loglevel).run())
 
 
 async def _registered_key_problem(settings: WorkerSettings) -> str | None:

@@ -35,6 +35,7 @@ _OPTIONAL = {
 }
 
 _ENVELOPE_HEADERS = (*_REQUIRED, *_OPTIONAL, "content-type")
+_ENVELOPE_NAMES = frozenset(_ENVELOPE_HEADERS)
 # A UUID in its canonical 8-4-4-4-12 form (what str(uuid.uuid4()) gives), either case.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 
@@ -131,17 +132,21 @@ class Envelope:
         content types allowed (publishers: Avro only).
         """
         pairs = headers.items() if isinstance(headers, Mapping) else headers
-        # The first occurrence wins: built from the end, earlier pairs overwrite later ones.
-        first = dict(reversed([(name, raw) for name, raw in pairs if raw is not None]))
+        first: dict[str, bytes | str] = {}  # the first occurrence of each envelope header
+        for name, raw in pairs:
+            if raw is not None and name in _ENVELOPE_NAMES and name not in first:
+                first[name] = raw
         values: dict[str, str] = {}
         for name in _ENVELOPE_HEADERS:  # only the envelope's own headers are read
             raw = first.get(name)
             if raw is None:
                 continue
             try:
-                # Text given as str must be encodable too: a lone surrogate is not Unicode.
-                values[name] = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-                values[name].encode("utf-8")
+                if isinstance(raw, bytes):
+                    values[name] = raw.decode("utf-8")  # strict: never a lone surrogate
+                else:
+                    raw.encode("utf-8")  # text given as str: a lone surrogate is not Unicode
+                    values[name] = raw
             except UnicodeError:
                 raise EventError(Reason.INVALID_HEADER, f"{name} is not valid UTF-8") from None
         missing = [name for name in _REQUIRED if not values.get(name)]

@@ -52,6 +52,7 @@ from streams.pipeline.outputs import (
     was_cut,
 )
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
+from streams.pipeline.supervisor import ProcessSlot
 from streams.pipeline.validation import IngressRecord, Limits
 from streams.pipeline.writer import OutputWriter, Unwritable, event_id
 from streams.registry.view import RegistryView
@@ -104,6 +105,7 @@ class PipelineWorker:
         self.lanes: Lanes[_InFlight] = Lanes(self._settle, self._ack, self._acker_died)
         self.halted: dict[str, str] = {}  # "topic[partition]" -> what could not be written
         self.fatal: str | None = None
+        self.slot = ProcessSlot()  # which of `govesb worker --processes N` this is
         self._crashing: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
         self._last_acked: dict[tuple[str, int], int] = {}
@@ -337,6 +339,7 @@ class PipelineWorker:
                 "error": repr(self.lanes.dead) if self.lanes.dead is not None else None,
             },
             "subscriptions": {"ok": True, "count": len(self.view.subscriptions)},
+            "process": self.slot.health(),
             "duplicate_window": self.duplicates.health(),
             "ingress_topics": {
                 "ok": not self.unconsumed_ingress(),
@@ -436,11 +439,16 @@ async def ingress_topics_of(settings: WorkerSettings) -> list[str]:
     return [topics.ingress(institution) for institution in sorted(view.institutions)]
 
 
-def run_worker(settings: WorkerSettings, loglevel: str = "INFO") -> None:
-    """Run the worker in the foreground until SIGTERM/SIGINT (``govesb worker``)."""
+def run_worker(
+    settings: WorkerSettings, loglevel: str = "INFO", slot: ProcessSlot | None = None
+) -> None:
+    """Run the worker in the foreground until SIGTERM/SIGINT (``govesb worker``); ``slot``
+    says which of ``govesb worker --processes N`` it is."""
     from faust import Worker
 
-    app, _ = create_app(settings, asyncio.run(ingress_topics_of(settings)))
+    app, pipeline_worker = create_app(settings, asyncio.run(ingress_topics_of(settings)))
+    if slot is not None:
+        pipeline_worker.slot = slot
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     # Faust's terminal spinner (on at WARNING and above) sets the root logger to DEBUG so it
     # can spin on every record: every debug call of aiokafka then builds a record per event.

@@ -2,6 +2,9 @@
 
     python -m tests.benchmarks [--repeat R] [--only codec,sink,...]
 
+Names: codec, pipeline, latency, sink, gateway (the default), and scaling (the pipeline's
+replays alone: 1 worker, 2 workers, ``govesb worker --processes 2``).
+
 Each figure is the median of R repetitions (at least 3) with min and max; ratios are taken
 per repetition against a baseline run side by side in the same process tree, so drift on
 this noisy 2-core machine hits both sides alike. The last line of output is one JSON object
@@ -23,16 +26,18 @@ from tests.benchmarks.common import bench_bus, print_section
 BENCHMARKS = {  # name -> module, in the order the issue lists them
     "codec": "tests.benchmarks.bench_codec",
     "pipeline": "tests.benchmarks.bench_pipeline",
+    "scaling": "tests.benchmarks.bench_scaling",
     "latency": "tests.benchmarks.bench_latency",
     "sink": "tests.benchmarks.bench_sink",
     "gateway": "tests.benchmarks.bench_gateway",
 }
+DEFAULT = [name for name in BENCHMARKS if name != "scaling"]  # pipeline runs its replays too
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (at least 3)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated names")
+    parser.add_argument("--only", default=",".join(DEFAULT), help="comma-separated names")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]

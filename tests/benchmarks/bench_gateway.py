@@ -10,7 +10,10 @@ sends both servers the very same N requests, pre-built: CloudEvents (structured 
 ``tz.go.rita.DeathRegistered``) to ``/v1/events``, then GovESB pushes signed with RITA's key to
 ``/engine/esb/push-request``. The gateway answers 202 only after the broker acknowledged the
 event (acks=all), so its figure is accepted events/s; the ratio gateway / bare is taken per
-repetition. Every answer must be 202: others are counted, and more than 1% fails the run.
+repetition. The CPU each server's processes use per accepted event is sampled from ``/proc``
+too (``gateway_cpu_ratio``: bare CPU per event / gateway CPU per event, which holds still when
+other work shares the machine). Every answer must be 202: others are counted, and more than 1%
+fails the run.
 Prints a table, then one JSON line.
 """
 
@@ -52,6 +55,7 @@ from tests.benchmarks.common import (
     Figure,
     Section,
     bench_bus,
+    cpu_seconds,
     print_section,
     ratios,
     start_child_server,
@@ -203,6 +207,7 @@ class Drive:
     events_per_s: float
     statuses: Counter[int] = field(default_factory=Counter)
     example: str = ""  # the body of one answer that was not 202
+    server_cpu_us: float = 0.0  # CPU of the server's processes per accepted event
 
     @property
     def failed(self) -> int:
@@ -210,11 +215,17 @@ class Drive:
 
 
 async def drive(
-    http: aiohttp.ClientSession, base: str, requests: list[Request], clients: int
+    http: aiohttp.ClientSession,
+    base: str,
+    requests: list[Request],
+    clients: int,
+    server_pids: list[int] = [],  # noqa: B006 - read only
 ) -> Drive:
-    """Send every request once, ``clients`` at a time; accepted (202) events per second."""
+    """Send every request once, ``clients`` at a time; accepted (202) events per second, and
+    the CPU ``server_pids`` used per accepted event."""
     pending = iter(requests)
     result = Drive(0.0)
+    cpu = sum(map(cpu_seconds, server_pids))
 
     async def client() -> None:
         for path, body, headers in pending:  # one shared iterator: each request sent once
@@ -227,6 +238,8 @@ async def drive(
     started = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 600)
     result.events_per_s = result.statuses[202] / (time.perf_counter() - started)
+    cpu = sum(map(cpu_seconds, server_pids)) - cpu
+    result.server_cpu_us = 1e6 * cpu / max(1, result.statuses[202])
     return result
 
 
@@ -263,7 +276,9 @@ async def run(
             "gateway": f"http://127.0.0.1:{gateway.web_port}",
             "bare": f"http://127.0.0.1:{bare.port}",
         }
+        pids = {"gateway": [gateway.process.pid], "bare": [bare.process.pid]}
         rates: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         statuses: dict[str, Counter[int]] = {"gateway": Counter(), "bare": Counter()}
         examples: list[str] = []
         connector = aiohttp.TCPConnector(limit=clients * 2, limit_per_host=clients)
@@ -287,8 +302,9 @@ async def run(
                 ):
                     requests = build()  # the same requests for both sides, built before timing
                     for side, base in servers.items():
-                        result = await drive(http, base, requests, clients)
+                        result = await drive(http, base, requests, clients, pids[side])
                         rates.setdefault((side, path), []).append(result.events_per_s)
+                        cpu.setdefault((side, path), []).append(result.server_cpu_us)
                         statuses[side].update(result.statuses)
                         if result.example:
                             examples.append(f"{side} {path}: {result.example}")
@@ -318,6 +334,19 @@ async def run(
             section.add(
                 f"gateway{infix}_ratio", f"gateway / bare, {what}",
                 ratios(gateway_rate, bare_rate), "x",
+            )  # fmt: skip
+            gateway_cpu, bare_cpu = cpu[("gateway", path)], cpu[("bare", path)]
+            section.add(
+                f"gateway{infix}_cpu_us_per_event", f"gateway CPU per event, {what}",
+                Figure.of(gateway_cpu), "us",
+            )  # fmt: skip
+            section.add(
+                f"bare_handler{infix}_cpu_us_per_event", f"bare handler CPU per event, {what}",
+                Figure.of(bare_cpu), "us",
+            )  # fmt: skip
+            section.add(
+                f"gateway{infix}_cpu_ratio", f"gateway / bare by server CPU per event, {what}",
+                ratios(bare_cpu, gateway_cpu), "x",
             )  # fmt: skip
         accepted = statuses["gateway"][202]
         section.extra |= {

@@ -21,9 +21,14 @@ group-less consumer:
 - ``Pipeline.handle`` in this process over 2,000 of the records (no Kafka at all);
 - the crypto ceiling: 1 verify + 3 bus signatures per event on one core, per publisher curve.
 
-Then, per repetition, scaling: one and two workers in one group, the batch written to the
-ingress topics again once every worker holds its partitions (a worker joining a group that is
-already working would put a rebalance inside the timing). ``Pipeline.handle`` also runs once
+Then, per repetition, scaling: one worker, two workers in one group, and one
+``govesb worker --processes 2``, the batch written to the ingress topics again once every
+worker process holds its partitions (a worker joining a group that is already working would
+put a rebalance inside the timing). Meanwhile the CPU of the worker processes, the broker (when
+the bench started it) and the bench process itself (the replaying producer and the delivery
+counter) is sampled from ``/proc``: ``extra["cpu_cores_used"]``, in cores (2.0 = both cores of
+a 2-core machine). ``--scaling-only`` (``--only scaling`` of ``python -m tests.benchmarks``)
+runs the replays alone. ``Pipeline.handle`` also runs once
 under cProfile; the top functions by own time go to ``extra["profile"]``.
 
 At the end the bench topics and groups are deleted and the example registry is applied again.
@@ -37,6 +42,7 @@ import asyncio
 import contextlib
 import cProfile
 import json
+import os
 import pstats
 import shutil
 import sys
@@ -54,7 +60,13 @@ from confluent_kafka.admin import NewTopic
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from deploy.kafka.launcher import die_with_parent
-from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_worker
+from deploy.worker import (
+    DEMO_BUS_KEY,
+    DEMO_BUS_KEY_ID,
+    WorkerProcess,
+    start_worker,
+    worker_processes,
+)
 from streams.audit.chain import AuditChain
 from streams.client.publisher import Publisher
 from streams.contract import topics
@@ -82,7 +94,15 @@ from streams.settings import (
     SchemaRegistrySettings,
     TopicSettings,
 )
-from tests.benchmarks.common import BenchBus, Figure, Section, bench_bus, print_section, ratios
+from tests.benchmarks.common import (
+    BenchBus,
+    CpuSample,
+    Figure,
+    Section,
+    bench_bus,
+    print_section,
+    ratios,
+)
 from tests.benchmarks.pipeline_parts import (
     CHILD_READY,
     DEMO_KEYS,
@@ -176,6 +196,8 @@ class PipelineBench:
     groups: list[str] = field(default_factory=list)
     worker_events: list[int] = field(default_factory=list)
     assignments: list[list[int]] = field(default_factory=list)
+    broker_pid: int | None = None
+    cpu: dict[str, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
     phase_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
@@ -228,20 +250,24 @@ class PipelineBench:
                     await child.wait()
             self.phase_s[mode] += time.monotonic() - began
 
-    async def worker_side(self, workers: int, *, replay: bool) -> float:
-        """Events/s of ``workers`` ``govesb worker`` processes sharing one group.
+    async def worker_side(self, workers: int, *, replay: bool, processes: int = 1) -> float:
+        """Events/s of ``workers`` ``govesb worker [--processes N]`` commands sharing one group.
 
         Without ``replay`` they read the published batch from its start; with ``replay`` the
-        group starts at the ends and the batch is written again once every worker holds its
-        share of the partitions.
+        group starts at the ends and the batch is written again once every worker process
+        holds its share of the partitions. The CPU that the worker processes, the broker and
+        this process (the replaying producer and the delivery counter) use meanwhile goes to
+        :attr:`cpu`.
         """
         began = time.monotonic()
+        side = (f"{workers} worker(s)" + (f" x {processes} processes" if processes > 1 else "")
+                + (", replay" if replay else ""))  # fmt: skip
         await forget_duplicates(self.bootstrap)
-        group = await self.new_group(f"worker{workers}", at_batch=not replay)
+        group = await self.new_group(f"worker{workers}x{processes}", at_batch=not replay)
         subscribers = {s.subscriber for b in self.batches for s in b.subscriptions}
         deliver = sorted(topics.deliver(s) for s in subscribers)
         logs = [self.workdir / f"{group}-{n}.log" for n in range(workers)]
-        started: list[WorkerProcess] = []
+        commands: list[WorkerProcess] = []
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
         )
@@ -250,30 +276,41 @@ class PipelineBench:
             async with DeliveryCounter(self.bootstrap, deliver, self.event_ids) as counter:
                 results = await asyncio.gather(
                     *(asyncio.to_thread(start_worker, self.bootstrap, self.registry_url, log,
-                                        app_id=group) for log in logs),
+                                        app_id=group, processes=processes) for log in logs),
                     return_exceptions=True,
                 )  # fmt: skip
-                started = [r for r in results if isinstance(r, WorkerProcess)]
+                commands = [r for r in results if isinstance(r, WorkerProcess)]
                 errors = [r for r in results if isinstance(r, BaseException)]
                 if errors:
                     raise BenchError(f"a worker did not start: {errors[0]}")
+                started = [p for c in commands for p in worker_processes(c, processes)]
                 if replay:
                     self.assignments.append(await self._settled(started))
+                cpu = CpuSample({
+                    "worker_processes": await self._pids(started),
+                    "broker": [self.broker_pid] if self.broker_pid else [],
+                    "bench_producer_and_counter": [os.getpid()],
+                })  # fmt: skip
+                cpu.start()
                 ready_at = time.monotonic()
                 if replay:
                     for r in self.records:
                         await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers),
                                             partition=r.partition)  # fmt: skip
-                what = f"{workers} worker(s){', replay' if replay else ''}"
-                rate = await counter.rate(ready_at, what, logs)
+                rate = await counter.rate(ready_at, side, logs)
+                self.cpu[side].append(cpu.stop())
                 self.worker_events.append(sum(events_handled(w) for w in started))
                 return rate
         finally:
             await producer.stop()
-            await asyncio.gather(*(asyncio.to_thread(w.stop) for w in started))
-            self.phase_s[f"{workers} worker(s){', replay' if replay else ''}"] += (
-                time.monotonic() - began
-            )
+            await asyncio.gather(*(asyncio.to_thread(c.stop) for c in commands))
+            self.phase_s[side] += time.monotonic() - began
+
+    @staticmethod
+    async def _pids(workers: list[WorkerProcess]) -> list[int]:
+        """The pid of each worker process, as its /health tells it."""
+        bodies = await asyncio.gather(*(asyncio.to_thread(w.health) for w in workers))
+        return [int((b or {})["checks"]["process"]["pid"]) for b in bodies if b]
 
     async def _settled(self, workers: list[WorkerProcess]) -> list[int]:
         """Partitions per worker, once each holds some and together all, two polls running."""
@@ -491,6 +528,7 @@ async def setup(bus: BenchBus, events: int, workdir: Path) -> PipelineBench:
         bus_key=bus_key,
         keyring=keyring,
         bench_topics=copy_topics + work_topics,
+        broker_pid=bus.broker_pid,
     )
 
 
@@ -511,8 +549,11 @@ async def _clean_up(bootstrap: str, bench: PipelineBench | None) -> None:
               file=sys.stderr)  # fmt: skip
 
 
-async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
-    """Set up once, then every side ``repeat`` times, side by side; see the module doc."""
+async def run(
+    bus: BenchBus, repeat: int, events: int = EVENTS, *, scaling_only: bool = False
+) -> Section:
+    """Set up once, then every side ``repeat`` times, side by side; see the module doc.
+    ``scaling_only``: only the replays (1 worker, 2 workers, ``--processes 2``)."""
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     samples: dict[str, list[float]] = defaultdict(list)
@@ -522,7 +563,7 @@ async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
         setup_s = time.monotonic() - began
         in_process = bench.in_process_records()
         await bench.check_handle(in_process)
-        for _ in range(repeat):
+        for _ in range(0 if scaling_only else repeat):
             samples["bare"].append(await bench.child_side("copy"))
             samples["work"].append(await bench.child_side("work"))
             samples["ours"].append(await bench.worker_side(1, replay=False))
@@ -533,7 +574,8 @@ async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
         for _ in range(repeat):
             samples["one"].append(await bench.worker_side(1, replay=True))
             samples["two"].append(await bench.worker_side(2, replay=True))
-        profile = await bench.profile(in_process)
+            samples["processes"].append(await bench.worker_side(1, replay=True, processes=2))
+        profile = [] if scaling_only else await bench.profile(in_process)
     except BaseException:
         print(f"bench_pipeline: logs kept in {workdir}", file=sys.stderr)
         raise
@@ -544,7 +586,19 @@ async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
 
     total = events * len(bench.batches)
     section = Section(f"Pipeline: {total} events x {FANOUT} deliveries, govesb worker vs bare")
-    rows: list[tuple[str, str, Figure, str]] = [
+    scaling: list[tuple[str, str, Figure, str]] = [
+        ("one_worker_replay_events_per_s", "1 worker, batch written while it runs",
+         Figure.of(samples["one"]), "events/s"),
+        ("two_workers_events_per_s", "2 workers, batch written while they run",
+         Figure.of(samples["two"]), "events/s"),
+        ("scaling_ratio", "scaling: 2 workers / 1 worker",
+         ratios(samples["two"], samples["one"]), "x"),
+        ("processes_events_per_s", "govesb worker --processes 2, batch written while it runs",
+         Figure.of(samples["processes"]), "events/s"),
+        ("processes_ratio", "scaling: --processes 2 / 1 process",
+         ratios(samples["processes"], samples["one"]), "x"),
+    ]  # fmt: skip
+    rows: list[tuple[str, str, Figure, str]] = [] if scaling_only else [
         ("pipeline_events_per_s", "pipeline (1 govesb worker)", Figure.of(samples["ours"]),
          "events/s"),
         ("bare_loop_events_per_s", "bare consume->produce x3 loop", Figure.of(samples["bare"]),
@@ -560,14 +614,8 @@ async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
          Figure.of(samples["secp256k1"]), "events/s"),
         ("crypto_ceiling_p256", "crypto ceiling, P-256 publisher",
          Figure.of(samples["secp256r1"]), "events/s"),
-        ("one_worker_replay_events_per_s", "1 worker, batch written while it runs",
-         Figure.of(samples["one"]), "events/s"),
-        ("two_workers_events_per_s", "2 workers, batch written while they run",
-         Figure.of(samples["two"]), "events/s"),
-        ("scaling_ratio", "scaling: 2 workers / 1 worker",
-         ratios(samples["two"], samples["one"]), "x"),
     ]  # fmt: skip
-    for key, label, figure, unit in rows:
+    for key, label, figure, unit in rows + scaling:
         section.add(key, label, figure, unit)
     partitions: dict[str, int] = defaultdict(int)
     for tp in bench.batch_start:
@@ -588,6 +636,7 @@ async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
         "ingress_partitions": dict(partitions),
         "worker_ingress_topics": len(bench.ingress),
         "worker_partitions_in_replays": bench.assignments,
+        "cpu_cores_used": dict(bench.cpu),
         "worker_events_handled": bench.worker_events,
         "in_process_records": len(in_process),
         "profile": profile,
@@ -595,6 +644,11 @@ async def run(bus: BenchBus, repeat: int, events: int = EVENTS) -> Section:
         "setup_s": round(setup_s, 1),
         "elapsed_s": round(time.monotonic() - began, 1),
     })  # fmt: skip
+    print("\nCPU during each replay, in cores (2.0 = this whole machine):")
+    for side, figures in bench.cpu.items():
+        print(f"  {side}: {figures}")
+    if scaling_only:
+        return section
     print(f"\nPipeline.handle under cProfile, {len(in_process)} records: top by own time")
     for row in profile:
         print(f"  {row['share_pct']:5.1f}%  {row['calls']:>7}  {row['function']}")
@@ -605,13 +659,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=EVENTS, help="events per publisher curve")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scaling-only", action="store_true",
+                        help="only the replays: 1 worker, 2 workers, --processes 2")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a bare loop's config file
     args = parser.parse_args()
     if args.child:
         asyncio.run(child_loop(json.loads(Path(args.child).read_text())))
         return
     with bench_bus() as bus:
-        section = asyncio.run(run(bus, args.repeat, args.events))
+        section = asyncio.run(run(bus, args.repeat, args.events, scaling_only=args.scaling_only))
     print_section(section)
     print(json.dumps(section.as_dict()))
 

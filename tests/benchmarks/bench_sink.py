@@ -9,7 +9,10 @@ body), 16 keys in parallel, (b) the HttpSink
 on deliveries as the pipeline writes them for HTTP agreements (JSON body signed by the
 pipeline): read the envelope, build the CloudEvents request, POST, count, write the delivery
 receipt to esb.audit; and (c) the HttpSink on Avro deliveries (a Kafka agreement's records),
-which it decodes, renders as JSON and signs itself. Prints a table, then one JSON line.
+which it decodes, renders as JSON and signs itself. Each pass is timed by the wall clock and
+by this process's CPU time (client and endpoint live in it): ``sink_cpu_ratio`` is bare CPU
+per event / sink CPU per event, which holds still when other work shares the machine.
+Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import replace
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
 
 import aiohttp
 from aiohttp import web
@@ -87,12 +91,27 @@ async def _records(registry_url: str, n: int, rendered: bool) -> list[ConsumerRe
     return records
 
 
-async def bare_loop(url: str, requests: list[tuple[bytes | None, HttpRequest]]) -> float:
-    """POST each pre-built request; keys in parallel, each key in order; return events/s."""
+@dataclass(frozen=True)
+class Rate:
+    """One pass: events per second of wall time, and CPU microseconds of this process (the
+    client and the endpoint both) per event: the second holds still on a busy machine."""
+
+    events_per_s: float
+    cpu_us_per_event: float
+
+
+async def timed(run: Awaitable[None], events: int) -> Rate:
+    wall, cpu = time.perf_counter(), time.process_time()
+    await run
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Rate(events / wall, 1e6 * cpu / events)
+
+
+async def bare_loop(url: str, requests: list[tuple[bytes | None, HttpRequest]]) -> Rate:
+    """POST each pre-built request; keys in parallel, each key in order."""
     by_key: dict[bytes | None, list[HttpRequest]] = defaultdict(list)
     for key, request in requests:
         by_key[key].append(request)
-    started = time.perf_counter()
     async with aiohttp.ClientSession() as session:
 
         async def one_key(items: list[HttpRequest]) -> None:
@@ -100,17 +119,21 @@ async def bare_loop(url: str, requests: list[tuple[bytes | None, HttpRequest]]) 
                 async with session.post(url, data=request.body, headers=request.headers) as r:
                     await r.read()
 
-        await asyncio.gather(*(one_key(items) for items in by_key.values()))
-    return len(requests) / (time.perf_counter() - started)
+        async def every_key() -> None:
+            await asyncio.gather(*(one_key(items) for items in by_key.values()))
+
+        return await timed(every_key(), len(requests))
 
 
-async def sink_run(sink: HttpSink, records: list[ConsumerRecord[bytes, bytes]]) -> float:
-    """The sink's add + flush over the same deliveries; return events/s."""
-    started = time.perf_counter()
-    for record in records:
-        sink.add(record)
-    await sink.flush()
-    return len(records) / (time.perf_counter() - started)
+async def sink_run(sink: HttpSink, records: list[ConsumerRecord[bytes, bytes]]) -> Rate:
+    """The sink's add + flush over the same deliveries."""
+
+    async def deliver() -> None:
+        for record in records:
+            sink.add(record)
+        await sink.flush()
+
+    return await timed(deliver(), len(records))
 
 
 async def measure(bootstrap: str, registry_url: str, events: int, repeat: int) -> Section:
@@ -142,14 +165,16 @@ async def measure(bootstrap: str, registry_url: str, events: int, repeat: int) -
     ]  # fmt: skip
     await sink_run(sink, avro_records[: KEYS * 4])  # warm up: schema fetch, connections
     await bare_loop(url, bodies[: KEYS * 4])
-    bare, ours, avro = [], [], []
+    passes: dict[str, list[Rate]] = defaultdict(list)
     for _ in range(repeat):
-        bare.append(await bare_loop(url, bodies))
-        ours.append(await sink_run(sink, records))
-        avro.append(await sink_run(sink, avro_records))
+        passes["bare"].append(await bare_loop(url, bodies))
+        passes["ours"].append(await sink_run(sink, records))
+        passes["avro"].append(await sink_run(sink, avro_records))
     await sink.close()
     await producer.stop()
     await runner.cleanup()
+    bare, ours, avro = ([r.events_per_s for r in passes[side]] for side in ("bare", "ours", "avro"))
+    cpu = {side: [r.cpu_us_per_event for r in rates] for side, rates in passes.items()}
     section = Section("4. HTTP sink delivery rate vs a bare aiohttp POST loop (same requests)")
     section.add("bare_post_events_per_s", "bare aiohttp POST loop", Figure.of(bare), "events/s")
     section.add("sink_events_per_s", "HttpSink, pipeline-rendered JSON", Figure.of(ours),
@@ -158,6 +183,16 @@ async def measure(bootstrap: str, registry_url: str, events: int, repeat: int) -
     section.add("sink_avro_events_per_s", "HttpSink, Avro rendered in the sink", Figure.of(avro),
                 "events/s")  # fmt: skip
     section.add("sink_avro_ratio", "HttpSink (Avro) / bare", ratios(avro, bare), "x")
+    # CPU per event of this one process (client and endpoint): what the wall-clock ratio
+    # tends to when this process has a core to itself; it holds on a busy machine.
+    section.add("bare_post_cpu_us_per_event", "bare loop, CPU per event", Figure.of(cpu["bare"]),
+                "us")  # fmt: skip
+    section.add("sink_cpu_us_per_event", "HttpSink, CPU per event", Figure.of(cpu["ours"]),
+                "us")  # fmt: skip
+    section.add("sink_cpu_ratio", "HttpSink / bare, by CPU per event",
+                ratios(cpu["bare"], cpu["ours"]), "x")  # fmt: skip
+    section.add("sink_avro_cpu_ratio", "HttpSink (Avro) / bare, by CPU per event",
+                ratios(cpu["bare"], cpu["avro"]), "x")  # fmt: skip
     section.extra |= {"events": events, "endpoint_requests": received[0]}
     return section
 

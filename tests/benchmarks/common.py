@@ -152,6 +152,7 @@ class BenchBus:
 
     bootstrap: str
     registry_url: str
+    broker_pid: int | None = None  # when the bench started the broker: its CPU is sampled
 
 
 @contextmanager
@@ -163,7 +164,38 @@ def bench_bus() -> Iterator[BenchBus]:
         yield BenchBus(bootstrap, registry_url)
         return
     with LocalBus() as bus:
-        yield BenchBus(bus.bootstrap, bus.registry_url)
+        yield BenchBus(bus.bootstrap, bus.registry_url, bus.broker.pid if bus.broker else None)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from ``/proc``; 0 if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSample:
+    """CPU used by named groups of processes between :meth:`start` and :meth:`stop`, as a
+    share of one core over the same wall time (2.0 = both cores of this machine)."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = {name: pids for name, pids in groups.items() if pids}
+        self._began = 0.0
+        self._used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._began = time.monotonic()
+        self._used = {name: sum(map(cpu_seconds, pids)) for name, pids in self.groups.items()}
+
+    def stop(self) -> dict[str, float]:
+        wall = max(1e-9, time.monotonic() - self._began)
+        return {
+            name: round((sum(map(cpu_seconds, pids)) - self._used[name]) / wall, 2)
+            for name, pids in self.groups.items()
+        }
 
 
 def print_section(section: Section) -> None:
