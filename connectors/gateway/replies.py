@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastavro.validation import ValidationError, validate
 from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.gateway.calls import Answer, HeldCalls
 from streams.contract.catalog import EventType
+from streams.contract.codec import schema_errors
 from streams.contract.jsonavro import JsonAvroError, from_json
 from streams.contract.reasons import Reason
 from streams.contract.requests import Status, govesb_request_id
@@ -37,20 +37,20 @@ def avro_record(event_type: EventType, data: Any, data_field: str) -> dict[str, 
         raise SchemaViolation(f"{data_field} is required", data_field)
     try:
         record = from_json(event_type.schema, data)
-        validate(record, event_type.parsed, raise_errors=True)
+        errors = schema_errors(record, event_type.parsed)
     except JsonAvroError as error:
         raise SchemaViolation(str(error), f"{data_field}.{error.path}") from None
-    except ValidationError as error:
-        first = error.errors[0] if error.errors else None
-        where = str(getattr(first, "field", "") or event_type.name)
-        if where == event_type.name or where.startswith(f"{event_type.name}."):
-            where = data_field + where[len(event_type.name) :]  # where the caller put it
-        expected = getattr(first, "schema", "the schema")
-        raise SchemaViolation(f"{where}: expected {expected}", where) from None
     except (ValueError, TypeError) as error:
         raise SchemaViolation(
             f"{data_field} does not match {event_type.name}: {type(error).__name__}", data_field
         ) from None
+    if errors is not None:
+        first = errors[0] if errors else None
+        where = str(getattr(first, "field", "") or event_type.name)
+        if where == event_type.name or where.startswith(f"{event_type.name}."):
+            where = data_field + where[len(event_type.name) :]  # where the caller put it
+        expected = getattr(first, "schema", "the schema")
+        raise SchemaViolation(f"{where}: expected {expected}", where)
     if not isinstance(record, dict):
         raise SchemaViolation(f"{data_field} must be an object", data_field)
     return record

@@ -28,8 +28,8 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from fastavro.validation import ValidationError, validate
 
+from connectors.gateway.replies import SchemaViolation, avro_record
 from connectors.http_sink.delivery import (
     HttpRequest,
     RetryPolicy,
@@ -55,7 +55,7 @@ from streams.client.answering import answer_event
 from streams.contract.catalog import Catalog
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode
 from streams.contract.envelope import Envelope
-from streams.contract.jsonavro import JsonAvroError, from_json, to_json
+from streams.contract.jsonavro import to_json
 from streams.contract.reasons import EventError, Reason
 from streams.contract.requests import Status, Ticket, TicketError, read_ticket
 from streams.contract.signing import PrivateKey, PublicKey, SigningError, verify_event
@@ -194,18 +194,9 @@ class ProviderConnector:
     async def _encode(self, outcome: ProviderAnswer, response: Any) -> tuple[ProviderAnswer, bytes]:
         """The answer's ``esbBody`` as the response record (wire format), or invalid-answer."""
         try:
-            record = from_json(response.schema, outcome.body)
-            validate(record, response.parsed, raise_errors=True)
-        except JsonAvroError as error:
-            return failure(Reason.INVALID_ANSWER, f"esbBody: {error}"), b""
-        except ValidationError as error:
-            first = error.errors[0] if error.errors else None
-            where = str(getattr(first, "field", "") or response.name)
-            return failure(
-                Reason.INVALID_ANSWER, f"esbBody.{where}: does not match {response.name}"
-            ), b""
-        except (ValueError, TypeError) as error:
-            return failure(Reason.INVALID_ANSWER, f"esbBody: {type(error).__name__}"), b""
+            record = avro_record(response, outcome.body, "esbBody")
+        except SchemaViolation as error:
+            return failure(Reason.INVALID_ANSWER, str(error)), b""
         schema_id = await until_available(
             lambda: self.schemas.id_for(response), RegistryUnavailableError, "schema registry", log
         )

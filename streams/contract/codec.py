@@ -19,6 +19,7 @@ from typing import Any
 import fastavro
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from fastavro.validation import ValidationError, validate
 
 from streams.contract.catalog import EventType
 from streams.contract.reasons import EventError, Reason
@@ -40,6 +41,26 @@ def encode(schema_id: int, parsed_schema: Any, record: Any) -> bytes:
     out.write(HEADER.pack(MAGIC, schema_id))
     fastavro.schemaless_writer(out, parsed_schema, record)
     return out.getvalue()
+
+
+def schema_errors(record: Any, parsed_schema: Any) -> list[Any] | None:
+    """None when ``record`` is valid for the schema; else fastavro's errors (each with
+    ``field``, ``schema`` and ``datum``; empty when its two checks disagree, which is invalid).
+
+    The quiet check first: with ``raise_errors``, fastavro raises (and catches) a JSON-formatted
+    error for every union branch it tries before the one that fits, ~6x the cost for a record
+    with optional fields given. Only an invalid record is checked again, for what is wrong.
+
+    Raises:
+        ValueError, TypeError: a date, time or decimal field fastavro cannot convert.
+    """
+    if validate(record, parsed_schema, raise_errors=False):
+        return None
+    try:
+        validate(record, parsed_schema, raise_errors=True)
+    except ValidationError as error:
+        return list(error.errors)
+    return []
 
 
 def schema_id_of(data: bytes) -> int:
