@@ -30,6 +30,7 @@ BENCHMARKS = {  # name -> module, in the order the issue lists them
     "latency": "tests.benchmarks.bench_latency",
     "sink": "tests.benchmarks.bench_sink",
     "gateway": "tests.benchmarks.bench_gateway",
+    "requests": "tests.benchmarks.bench_requests",
 }
 DEFAULT = [name for name in BENCHMARKS if name != "scaling"]  # pipeline runs its replays too
 
