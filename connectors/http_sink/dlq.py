@@ -36,8 +36,14 @@ async def read_dead_letters(
     return await read_records(kafka, topics.dlq(subscriber), wanted)
 
 
-async def replay(kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter]) -> int:
-    """Send ``letters`` back to the deliver topic (acks=all); return how many."""
+async def replay(
+    kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter], by: str | None = None
+) -> int:
+    """Send ``letters`` back to the deliver topic (acks=all); return how many.
+
+    ``by`` names who asked (``operator:<name>`` from the portal); each replay's audit record
+    says so after the dead letter it came from.
+    """
     chain = new_chain("dlq-replay")
 
     def audited(letter: BusRecord) -> tuple[str, bytes, bytes]:
@@ -49,7 +55,8 @@ async def replay(kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter
             event_type=letter.header("ce_type") or None,
             payload_sha256=None,
             subscribers=[subscriber],
-            reason=f"from {topics.dlq(subscriber)}[{letter.partition}]@{letter.offset}",
+            reason=f"from {topics.dlq(subscriber)}[{letter.partition}]@{letter.offset}"
+            + (f" by {by}" if by else ""),
         )
         return topics.AUDIT, key, value
 
