@@ -268,9 +268,21 @@ class PortalSettings(BaseSettings):
         description="address the portal listens on; `127.0.0.1`: this machine only",
     )
     web_port: int = Field(default=8090, description="port of the portal; `--web-port` overrides it")
-    clients: dict[str, SecretStr] = Field(default_factory=dict)
-    operators: dict[str, SecretStr] = Field(default_factory=dict)
-    processes: dict[str, str] = Field(default_factory=dict)
+    clients: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="an institution's client secret, as the gateway has it: the institution "
+        "signs in with its id and this secret",
+    )
+    operators: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="an operator account's password (at least 16 characters): operators see "
+        "every institution, the flow, health, audit chains, and replay dead letters",
+    )
+    processes: dict[str, str] = Field(
+        default_factory=dict,
+        description="base URL of a bus process (worker, sink, gateway) whose `/health` and "
+        "`/metrics` the portal shows",
+    )
     session_ttl_s: float = Field(
         default=1800.0,
         gt=0,

@@ -292,8 +292,8 @@ class Portal:
         institution = self._institution(request)
         ids = {i for i in request.query.getall("id", []) if i}
         letters = await self._letters(institution, ids)
-        return self._page("replay.html", request, institution=institution,
-                          letters=[bus._row(letter) for letter in letters], done=None)  # fmt: skip
+        rows = [bus.set_aside_row(letter) for letter in letters]
+        return self._page("replay.html", request, institution=institution, letters=rows, done=None)
 
     async def replay_dead_letters(self, request: web.Request) -> web.Response:
         """Send the confirmed dead letters back for delivery; the audit log says who did."""
@@ -307,8 +307,8 @@ class Portal:
         count = await replay(self.settings.kafka, institution, letters, who.label)
         log.info("%s replayed %d dead letter(s) of %s: %s", who.label, count, institution,
                  ", ".join(sorted(letter.event_id for letter in letters)))  # fmt: skip
-        return self._page("replay.html", request, institution=institution,
-                          letters=[bus._row(letter) for letter in letters], done=count)  # fmt: skip
+        rows = [bus.set_aside_row(letter) for letter in letters]
+        return self._page("replay.html", request, institution=institution, letters=rows, done=count)
 
     # ----------------------------------------------------------------- trace and tracker
 

@@ -8,6 +8,7 @@ shown as such, never as an error page.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class SetAside:
     offset: int
 
 
-def _row(record: BusRecord) -> SetAside:
+def set_aside_row(record: BusRecord) -> SetAside:
+    """One record of a rejection or DLQ topic as a page row."""
     return SetAside(
         time=record.timestamp.isoformat(timespec="seconds"),
         event_id=record.event_id,
@@ -61,7 +63,7 @@ async def set_aside(kafka: KafkaSettings, topic: str, timeout_s: float) -> list[
         records = await asyncio.wait_for(read_records(kafka, topic), timeout_s)
     except LookupError:
         return []
-    return sorted((_row(r) for r in records), key=lambda r: r.time, reverse=True)
+    return sorted((set_aside_row(r) for r in records), key=lambda r: r.time, reverse=True)
 
 
 async def rejections(kafka: KafkaSettings, institution: str, timeout_s: float) -> list[SetAside]:
@@ -117,15 +119,11 @@ async def process_states(
         bases = [processes[n].rstrip("/") for n in names]
         health = await asyncio.gather(*(_get(session, f"{b}/health") for b in bases))
         metrics = await asyncio.gather(*(_get(session, f"{b}/metrics") for b in bases))
-    states = []
-    for name, base, answer in zip(names, bases, health, strict=True):
-        states.append(_state(name, base, answer))
-    return states, [text for found in metrics if found and found[0] == 200 for _, text in [found]]
+    states = [_state(n, b, answer) for n, b, answer in zip(names, bases, health, strict=True)]
+    return states, [found[1] for found in metrics if found is not None and found[0] == 200]
 
 
 def _state(name: str, base: str, answer: tuple[int, str] | None) -> ProcessState:
-    import json
-
     if answer is None:
         return ProcessState(name, base, "unreachable")
     status, text = answer
