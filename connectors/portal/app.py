@@ -115,6 +115,8 @@ class Portal:
 
     @web.middleware
     async def _sessions(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/health" or request.path.startswith("/static/"):
+            return await handler(request)  # no session for probes and the style sheet
         sessions = self.context.sessions
         session = sessions.get(request.cookies.get(COOKIE))
         fresh = session is None

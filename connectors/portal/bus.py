@@ -25,6 +25,7 @@ from streams.registry.sync import plan_changes, registry_records
 from streams.settings import KafkaSettings
 
 BREAKER_STATES = {0: "closed", 1: "half-open", 2: "open"}
+PROCESS_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ async def process_states(
     processes: Mapping[str, str], timeout_s: float
 ) -> tuple[list[ProcessState], list[str]]:
     """Every configured process's health, and the text of their ``/metrics``."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # A page waits for the slowest process: one that does not answer costs a few seconds.
+    timeout = aiohttp.ClientTimeout(total=min(timeout_s, PROCESS_TIMEOUT_S))
     async with aiohttp.ClientSession(timeout=timeout) as session:
         names = sorted(processes)
         bases = [processes[n].rstrip("/") for n in names]

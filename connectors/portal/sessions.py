@@ -52,38 +52,47 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by id, each forgotten ``ttl_s`` seconds after its last use."""
+    """Sessions by id, each forgotten ``ttl_s`` seconds after its last use.
+
+    Signed-in sessions and those of visitors who have not signed in are held apart, each map
+    bounded: anyone can open sessions of the second kind, and filling that map never pushes
+    out a signed-in user.
+    """
 
     def __init__(
         self, ttl_s: float, max_sessions: int, timer: Callable[[], float] = time.monotonic
     ) -> None:
         self.ttl_s = ttl_s
-        self._sessions: TTLCache[str, Session] = TTLCache(
-            maxsize=max_sessions, ttl=ttl_s, timer=timer
-        )
+        self._signed: TTLCache[str, Session] = TTLCache(max_sessions, ttl_s, timer=timer)
+        self._visitors: TTLCache[str, Session] = TTLCache(max_sessions, ttl_s, timer=timer)
+
+    def _map(self, session: Session) -> TTLCache[str, Session]:
+        return self._visitors if session.who is None else self._signed
 
     def new(self, who: Who | None = None) -> Session:
         """A fresh session (new id, new CSRF token)."""
         session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), who)
-        self._sessions[session.id] = session
+        self._map(session)[session.id] = session
         return session
 
     def get(self, session_id: str | None) -> Session | None:
         """The live session of that id (its expiry starts again), or None."""
         if not session_id:
             return None
-        session = self._sessions.get(session_id)
+        session = self._signed.get(session_id) or self._visitors.get(session_id)
         if session is not None:
-            self._sessions[session_id] = session  # setting it again restarts its time
+            self._map(session)[session_id] = session  # setting it again restarts its time
         return session
 
     def end(self, session_id: str) -> None:
         """Forget a session (sign-out)."""
-        self._sessions.pop(session_id, None)
+        self._signed.pop(session_id, None)
+        self._visitors.pop(session_id, None)
 
     def __len__(self) -> int:
-        self._sessions.expire()
-        return len(self._sessions)
+        """Signed-in sessions."""
+        self._signed.expire()
+        return len(self._signed)
 
 
 def _basic(client_id: str, secret: str) -> str:

@@ -208,3 +208,12 @@ def test_a_set_aside_row_reads_the_bus_headers() -> None:
         "2026-12-01T00:00:00+00:00", "e1", "tz.go.rita.DeathRegistered", "bad-signature",
         "signature does not verify",
     )  # fmt: skip
+
+
+def test_visitors_who_have_not_signed_in_never_push_out_a_signed_in_session() -> None:
+    store = SessionStore(ttl_s=60, max_sessions=3)
+    signed = store.new(Who(operator="alice"))
+    for _ in range(10):
+        store.new()
+    assert store.get(signed.id) is signed
+    assert len(store) == 1
