@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
 SESSION = "portal_session"
+MAX_ROWS = 500  # rejections or dead letters on one page, newest first
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -268,8 +269,8 @@ class Portal:
         """The institution's rejected events with reason and detail."""
         institution = self._institution(request)
         rows = await bus.rejections(self.settings.kafka, institution, self.settings.read_timeout_s)
-        return self._page("setaside.html", request, institution=institution, rows=rows,
-                          kind="rejections")  # fmt: skip
+        return self._page("setaside.html", request, institution=institution,
+                          rows=rows[:MAX_ROWS], total=len(rows), kind="rejections")  # fmt: skip
 
     async def dlq_page(self, request: web.Request) -> web.Response:
         """The institution's dead letters."""
@@ -277,8 +278,8 @@ class Portal:
         rows = await bus.dead_letters(
             self.settings.kafka, institution, self.settings.read_timeout_s
         )
-        return self._page("setaside.html", request, institution=institution, rows=rows,
-                          kind="dlq")  # fmt: skip
+        return self._page("setaside.html", request, institution=institution,
+                          rows=rows[:MAX_ROWS], total=len(rows), kind="dlq")  # fmt: skip
 
     async def _letters(self, institution: str, ids: set[str]) -> list[DeadLetter]:
         if not ids:
