@@ -26,7 +26,11 @@ from tests.integration import test_trace as traced
 from tests.integration.test_pipeline import _publisher
 from tests.unit.pipeline_fixtures import CATALOG, sample
 
-pytestmark = [pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow]
+# Each test starts a worker, a portal (which indexes the whole audit log) and maybe a sink.
+pytestmark = [
+    pytest.mark.kafka, pytest.mark.registry, pytest.mark.http, pytest.mark.slow,
+    pytest.mark.timeout(300),
+]  # fmt: skip
 
 # The fixtures of the trace tests: an HTTP agreement of the test's own, its sink, an endpoint
 # answering 503 then 200 (or 422), and `govesb trace` on an index of the test's own.
