@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.gateway.app import GatewayMetrics
 from connectors.http_sink.metrics import SinkMetrics
+from connectors.portal.metrics import PortalMetrics
 from streams.pipeline.metrics import PipelineMetrics
 
 SUFFIXES = {
@@ -48,12 +49,13 @@ def _families(process: str, registry: CollectorRegistry) -> list[ExportedMetric]
 
 
 def exported_metrics() -> dict[str, ExportedMetric]:
-    """Metric families by name, merged across worker, sink and gateway."""
+    """Metric families by name, merged across worker, sink, gateway and portal."""
     merged: dict[str, ExportedMetric] = {}
     for process, registry in (
         ("worker", PipelineMetrics().registry),
         ("sink", SinkMetrics().registry),
         ("gateway", GatewayMetrics().registry),
+        ("portal", PortalMetrics().registry),
     ):
         for metric in _families(process, registry):
             seen = merged.get(metric.name)

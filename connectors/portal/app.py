@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,10 @@ from aiohttp import web
 from connectors.gateway.errors import HttpError
 from connectors.http_sink.dlq import DeadLetter, read_dead_letters, replay
 from connectors.portal import bus, catalogue
+from connectors.portal.metrics import PortalMetrics
 from connectors.portal.sessions import COOKIE, Session, SessionStore, SignIn, Who
 from streams.contract.catalog import Catalog
+from streams.health import metrics_text, registry_view_check, report
 from streams.registry.view import RegistryView
 from streams.trace.queries import Asker, LookupRecorder, Refused, Trace, trace, track
 from streams.trace.store import TraceStore
@@ -55,6 +57,8 @@ class PortalContext:
     sessions: SessionStore
     sign_in: SignIn
     subject_key: bytes | None = None
+    metrics: PortalMetrics = field(default_factory=PortalMetrics)
+    follower: asyncio.Task[None] | None = None  # the trace index's follower, once started
 
 
 def redirect(location: str) -> web.Response:
@@ -94,6 +98,7 @@ class Portal:
         app.add_routes(
             [
                 web.get("/health", self.health),
+                web.get("/metrics", self.metrics),
                 web.get("/signin", self.signin_page),
                 web.post("/signin", self.signin),
                 web.post("/signout", self.signout),
@@ -116,7 +121,7 @@ class Portal:
 
     @web.middleware
     async def _sessions(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/health" or request.path.startswith("/static/"):
+        if request.path in ("/health", "/metrics") or request.path.startswith("/static/"):
             return await handler(request)  # no session for probes and the style sheet
         sessions = self.context.sessions
         session = sessions.get(request.cookies.get(COOKIE))
@@ -194,11 +199,20 @@ class Portal:
     # ----------------------------------------------------------------- sign-in
 
     async def health(self, request: web.Request) -> web.Response:
-        """The portal's own health: the registry view and the index."""
-        from streams.health import registry_view_check, report
-
-        status, body = report({"registry_view": registry_view_check(self.context.view)})
+        """The portal's own health: the registry view and the trace index's follower."""
+        follower = self.context.follower
+        status, body = report(
+            {
+                "registry_view": registry_view_check(self.context.view),
+                "trace_index": {"ok": follower is not None and not follower.done()},
+            }
+        )
         return web.json_response(body, status=status)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus exposition of the portal's metrics."""
+        body, content_type = metrics_text(self.context.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def signin_page(self, request: web.Request) -> web.Response:
         """The sign-in form."""
@@ -213,6 +227,8 @@ class Portal:
         try:
             who = await self.context.sign_in.check(kind, name, secret, request.remote or "")
         except HttpError as error:
+            outcome = "limited" if error.status == 429 else "refused"
+            self.context.metrics.sign_ins.labels(kind, outcome).inc()
             log.info("portal sign-in refused (%s, %s)", kind, error.status)
             message = (
                 "Too many failed sign-ins: wait a minute and try again."
@@ -223,6 +239,7 @@ class Portal:
         self.context.sessions.end(request[SESSION].id)
         request[SESSION] = self.context.sessions.new(who)
         request["new_session"] = True
+        self.context.metrics.sign_ins.labels(kind, "ok").inc()
         log.info("portal sign-in: %s", who.label)
         return redirect("/")
 
@@ -308,6 +325,7 @@ class Portal:
             raise web.HTTPBadRequest(text="confirm the replay")
         letters = await self._letters(institution, ids)
         count = await replay(self.settings.kafka, institution, letters, who.label)
+        self.context.metrics.replayed.labels(institution).inc(count)
         log.info("%s replayed %d dead letter(s) of %s: %s", who.label, count, institution,
                  ", ".join(sorted(letter.event_id for letter in letters)))  # fmt: skip
         rows = [bus.set_aside_row(letter) for letter in letters]
@@ -338,14 +356,17 @@ class Portal:
                               refused="The data tracker is not configured on this portal."
                               if self.context.subject_key is None else "Give a key.")  # fmt: skip
         asker = Asker(operator=who.operator, institution=who.institution)
+        asker_kind = "operator" if who.operator else "institution"
         try:
             found = await track(self.context.store, self.context.subject_key, key, asker,
                                 self.context.recorder)  # fmt: skip
         except Refused:
+            self.context.metrics.lookups.labels(asker_kind, "refused").inc()
             return self._page("tracker.html", request, status=403, tracking=None,
                               refused="You may not see what the bus delivered about this key: "
                               "operators and the institution that owns the data only. "
                               "This lookup was recorded.")  # fmt: skip
+        self.context.metrics.lookups.labels(asker_kind, "allowed").inc()
         return self._page("tracker.html", request, tracking=found, refused=None)
 
     # ----------------------------------------------------------------- operator pages

@@ -53,6 +53,7 @@ async def run_portal(settings: PortalSettings) -> None:
         store, settings.kafka, retention=dt.timedelta(days=settings.trace.retention_days)
     )
     follower = asyncio.create_task(index.follow(stopping), name="trace-index")
+    context.follower = follower
     runner = await serve(
         Portal(context).application(), settings.web_host, settings.web_port,
         access_log_class=AccessLog,

@@ -279,6 +279,11 @@ async def test_the_data_tracker_answers_an_operator_and_refuses_an_unrelated_ins
     assert response is not None
     assert response.status == 404
     await brela.shot("tracker-refused")
+    metrics = await _metrics(portal)
+    assert metrics['govesb_portal_tracker_lookups_total{asker="operator",outcome="allowed"}'] == 1
+    assert (
+        metrics['govesb_portal_tracker_lookups_total{asker="institution",outcome="refused"}'] == 1
+    )
     _no_secret_in(operator.seen + brela.seen)
 
 
@@ -332,6 +337,22 @@ async def test_forms_need_the_sessions_csrf_token_and_pages_need_a_sign_in(
         for path in ("/operator", "/institutions/nida", "/operator/audit"):
             async with rita.get(portal + path, allow_redirects=False) as page:
                 assert page.status == 303
+        metrics = await _metrics(portal)
+        assert metrics['govesb_portal_sign_ins_total{kind="institution",outcome="refused"}'] == 1
+        assert metrics['govesb_portal_sign_ins_total{kind="institution",outcome="ok"}'] == 1
+        async with rita.get(f"{portal}/health") as health:
+            assert (await health.json())["checks"]["trace_index"]["ok"] is True
+
+
+async def _metrics(portal: str) -> dict[str, float]:
+    """The portal's /metrics as series to value."""
+    async with aiohttp.ClientSession() as http, http.get(f"{portal}/metrics") as response:
+        text = await response.text()
+    return {
+        series: float(value)
+        for series, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if series and not series.startswith("#")
+    }
 
 
 async def _signed_in(http: aiohttp.ClientSession, portal: str, kind: str, name: str,
@@ -375,5 +396,9 @@ async def test_an_operator_replays_a_dead_letter_after_confirming_and_the_trace_
         lambda text: re.search(r"delivered\t" + name, text) is not None,
     )
     assert "by operator:alice" in timeline
+    replayed = (await _metrics(portal))[
+        f'govesb_portal_replayed_dead_letters_total{{subscriber="{name}"}}'
+    ]
+    assert replayed == 1
     assert event_id in endpoint.received
     _no_secret_in(operator.seen)
