@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from connectors.gateway.errors import HttpError
 from connectors.http_sink.dlq import DeadLetter, read_dead_letters, replay
@@ -162,6 +163,10 @@ class Portal:
             if exception.status == 400:
                 return self._page("error.html", request, status=400, message=exception.text)
             return web.Response(status=exception.status, headers=exception.headers)
+        except (TimeoutError, OSError, KafkaError) as error:  # the bus is down or slow
+            log.warning("%s %s: %s", request.method, request.path, type(error).__name__)
+            message = "The bus did not answer in time: try again shortly."
+            return self._page("error.html", request, status=503, message=message)
 
     def _page(
         self, name: str, request: web.Request, status: int = 200, **values: Any
