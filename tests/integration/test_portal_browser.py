@@ -230,6 +230,14 @@ async def test_an_institution_sees_its_agreements_as_owner_a_rejection_and_a_tra
     assert times == sorted(times)
     assert delivered in endpoint.received
     await rita.shot("trace")
+
+    # Readable on a phone: nothing wider than the screen (wide tables scroll in their box).
+    await rita.page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/catalogue", f"/trace?id={delivered}", "/institutions/rita"):
+        await rita.open(path)
+        width = await rita.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+    await rita.shot("institution-phone")
     _no_secret_in(rita.seen)
 
 
