@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import random
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,6 +82,47 @@ def govesb_request(envelope: Envelope, body: bytes, push_code: str, key: Private
             "Idempotency-Key": envelope.id,
             "ce-id": envelope.id,
             "ce-type": envelope.type,
+        },
+    )
+
+
+def is_late_answer(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> bool:
+    """Whether a record of ``esb.reply.<requester>`` is an answer its caller no longer waits
+    for (``esb_late``): those, and only those, are pushed to the requester's endpoint."""
+    found = dict(reversed(list(headers)))
+    return found.get("esb_late") == b"1" and found.get("esb_status") in (
+        b"answered",
+        b"provider-error",
+    )
+
+
+def govesb_answer_request(
+    envelope: Envelope,
+    body: bytes,
+    status: str,
+    message: str,
+    key: PrivateKey,
+) -> HttpRequest:
+    """A late answer pushed to the requester, in the GovESB async form the providers' own
+    ``/async`` call uses: ``{"data":{"success":…,"requestId":"<id>","esbBody":{…}[,"message":…]},
+    "signature":…}``, signed by the bus over the exact ``data`` bytes. ``requestId`` is the
+    request's id as the requester's GovESB answer gave it (32 hex digits)."""
+    request_id = uuid.UUID(envelope.correlation_id or envelope.id).hex
+    data = b"".join((
+        b'{"success":', b"true" if status == "answered" else b"false",
+        b',"requestId":"', request_id.encode(), b'"',
+        b',"esbBody":', body or b"{}",
+        (b',"message":' + json.dumps(message, ensure_ascii=False).encode()) if message else b"",
+        b"}",
+    ))  # fmt: skip
+    return HttpRequest(
+        b'{"data":' + data + b',"signature":"' + key.sign(data).encode() + b'"}',
+        {
+            "Content-Type": "application/json",
+            "Idempotency-Key": envelope.id,
+            "ce-id": envelope.id,
+            "ce-type": envelope.type,
+            "ce-correlationid": envelope.correlation_id or "",
         },
     )
 

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from streams.audit.chain import new_chain
-from streams.client.records import BusRecord, RecordFilter, read_records, resend, resent_headers
+from streams.client.records import (
+    BusRecord,
+    RecordFilter,
+    read_records,
+    replay_audit,
+    resend,
+    resent_headers,
+)
 from streams.contract import topics
 from streams.settings import KafkaSettings
 
@@ -44,26 +50,10 @@ async def replay(
     ``by`` names who asked (``operator:<name>`` from the portal); each replay's audit record
     says so after the dead letter it came from.
     """
-    chain = new_chain("dlq-replay")
-
-    def audited(letter: BusRecord) -> tuple[str, bytes, bytes]:
-        source = letter.header("ce_source").split("/")
-        key, value = chain.append(
-            outcome="replayed",
-            event_id=letter.event_id,
-            publisher=source[2] if len(source) > 2 else "",
-            event_type=letter.header("ce_type") or None,
-            payload_sha256=None,
-            subscribers=[subscriber],
-            reason=f"from {topics.dlq(subscriber)}[{letter.partition}]@{letter.offset}"
-            + (f" by {by}" if by else ""),
-        )
-        return topics.AUDIT, key, value
-
     return await resend(
         kafka,
         topics.deliver(subscriber),
         letters,
         lambda letter: resent_headers(letter, SINK_HEADERS.__contains__, "dlq"),
-        audited,
+        replay_audit("dlq-replay", topics.dlq(subscriber), lambda _: [subscriber], by=by),
     )

@@ -173,11 +173,15 @@ async def run_sink(settings: SinkSettings) -> None:
         every_poll=follow_registry,
         after_commit=lambda: record_lag(sink, consumer),
     )
-    consumer.subscribe([topics.deliver(settings.subscriber)], listener=flow)
+    # A subscriber that may call APIs also gets the answers that came after its call gave up.
+    asks = any(g.consumer == settings.subscriber for g in view.grants.values())
+    sources = [topics.deliver(settings.subscriber)]
+    sources += [topics.reply(settings.subscriber)] if asks else []
+    consumer.subscribe(sources, listener=flow)
     await consumer.start()
     stopping = stop_requested()
     runner = await serve_web(sink, settings, consumer, flow, view)
-    log.info("delivering %s to %s", topics.deliver(settings.subscriber), sink.endpoint.url)
+    log.info("delivering %s to %s", " and ".join(sources), sink.endpoint.url)
     try:
         await flow.run(stopping)
     finally:

@@ -38,8 +38,10 @@ from connectors.http_sink.delivery import (
     Verdict,
     basic_auth,
     cloudevents_request,
+    govesb_answer_request,
     govesb_request,
     hmac_signature,
+    is_late_answer,
     retry_after_s,
     sign_body,
     verdict,
@@ -63,6 +65,7 @@ from streams.retrying import until_available
 
 log = logging.getLogger(__name__)
 DELIVERY_CONTENT_TYPES = (JSON_CONTENT_TYPE, CONTENT_TYPE)
+REPLY_PREFIX = topics.reply("")  # esb.reply.<requester>: late answers are pushed too
 
 
 @dataclass
@@ -138,7 +141,13 @@ class HttpSink:
         return self.metrics.child(metric, self.subscriber, *labels)
 
     def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Queue a record; records of one key keep their order."""
+        """Queue a record; records of one key keep their order.
+
+        Of ``esb.reply.<subscriber>`` only late answers are queued: the caller got the answer
+        it waited for from the gateway or the SDK; the others are passed over (and committed).
+        """
+        if record.topic.startswith(REPLY_PREFIX) and not is_late_answer(record.headers):
+            return
         partition = TopicPartition(record.topic, record.partition)
         self._pending.setdefault(partition, OrderedDict()).setdefault(record.key, []).append(record)
 
@@ -172,14 +181,24 @@ class HttpSink:
         await self.flush()
         await self.session.close()
 
-    def request_for(self, envelope: Envelope, body: bytes, agreement: str) -> HttpRequest:
+    def request_for(
+        self,
+        envelope: Envelope,
+        body: bytes,
+        agreement: str,
+        *,
+        answer: tuple[str, str] | None = None,
+    ) -> HttpRequest:
         """The request for one delivery, with the auth headers that do not change between
         attempts (bearer, basic); HMAC and OAuth2 headers are made per attempt.
 
         ``envelope`` carries the bus's signature over ``body`` (the CloudEvents form uses it;
-        the GovESB form is signed over its ``data`` bytes here).
+        the GovESB form is signed over its ``data`` bytes here). ``answer``: the status and
+        message of a late answer to one of the subscriber's requests (GovESB's async form).
         """
-        if self.endpoint.format == "govesb":
+        if answer is not None and self.endpoint.format == "govesb":
+            request = govesb_answer_request(envelope, body, *answer, self.bus_key)
+        elif self.endpoint.format == "govesb":
             request = govesb_request(envelope, body, agreement, self.bus_key)
         else:
             request = cloudevents_request(envelope, body, agreement)
@@ -230,7 +249,14 @@ class HttpSink:
             await self._dead_letter(batch, record, None, 0, f"{error.reason}: {error.detail}")
             return
         agreement = next((v for k, v in record.headers if k == "esb_subscription"), b"").decode()
-        request = self.request_for(envelope, body, agreement)
+        answer = None
+        if record.topic.startswith(REPLY_PREFIX):  # a late answer: pushed as GovESB's async
+            found = dict(reversed(record.headers))
+            answer = (
+                found.get("esb_status", b"").decode(errors="replace"),
+                found.get("esb_message", b"").decode(errors="replace"),
+            )
+        request = self.request_for(envelope, body, agreement, answer=answer)
         attempts = token_failures = 0
         renewed = False
         started = time.monotonic()

@@ -43,7 +43,8 @@ def registry_lint(
     out.print(
         f"[green]✓[/green] {path}: {len(registry.document.institutions)} institutions, "
         f"{len(registry.catalog)} event types, {len(registry.document.subscriptions)} "
-        "subscriptions"
+        f"subscriptions, {len(registry.document.services)} services, "
+        f"{len(registry.document.grants)} grants"
     )
     pinned = sum(s.schema_version != "latest" for s in registry.document.subscriptions)
     if pinned:

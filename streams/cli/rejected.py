@@ -6,7 +6,8 @@ receive (``esb_subscription`` names it). Once the cause is fixed (the publisher'
 registered, the agreement re-pinned to a version the registry has, …), ``replay`` sends the
 records back to ``esb.ingress.<publisher>`` as they came, same event id and signature, with
 ``esb_replayed_from``; an ``internal`` copy keeps the bus's replay claim, so the pipeline
-delivers it to that one agreement and lets it past the duplicate window.
+delivers it to that one agreement and lets it past the duplicate window. Each replay is an
+audit record (``outcome: replayed``), as the dead letters' are.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import typer
 from rich.table import Table
 
 from streams.cli.common import out, read_set_aside, record_filter, settings_of
-from streams.client.records import BusRecord, read_records, resend, resent_headers
+from streams.client.records import (
+    BusRecord,
+    read_records,
+    replay_audit,
+    resend,
+    resent_headers,
+)
 from streams.contract import topics
 from streams.pipeline.replay import REPLAY_HEADERS
 from streams.pipeline.validation import VIA_HEADER
@@ -103,7 +110,14 @@ def rejected_replay(
     records = _read(ctx, publisher, since, ids, reason, subscription)
     settings = settings_of(ctx)
     topic = topics.ingress(publisher)
-    count = read_set_aside(settings.kafka, resend(settings.kafka, topic, records, replayed_headers))
+    audited = replay_audit(
+        "rejected-replay",
+        topics.rejected(publisher),
+        lambda r: [r.header("esb_subscription")] if r.header("esb_subscription") else [],
+    )
+    count = read_set_aside(
+        settings.kafka, resend(settings.kafka, topic, records, replayed_headers, audited)
+    )
     out.print(f"replayed {count} rejected event(s) to {topic}")
 
 

@@ -136,3 +136,34 @@ async def resend(
     finally:
         await producer.stop()
     return count
+
+
+def replay_audit(
+    chain_name: str,
+    from_topic: str,
+    subscribers_of: Callable[[BusRecord], list[str]],
+    by: str | None = None,
+) -> Callable[[BusRecord], tuple[str, bytes, bytes]]:
+    """The audit record of each replay (``outcome: replayed``, from which set-aside record,
+    and ``by`` whom when known), for :func:`resend`'s ``also``: an event's trace shows that an
+    operator sent it again."""
+    from streams.audit.chain import new_chain
+    from streams.contract import topics
+
+    chain = new_chain(chain_name)
+
+    def audited(record: BusRecord) -> tuple[str, bytes, bytes]:
+        source = record.header("ce_source").split("/")
+        key, value = chain.append(
+            outcome="replayed",
+            event_id=record.event_id,
+            publisher=source[2] if len(source) > 2 else "",
+            event_type=record.header("ce_type") or None,
+            payload_sha256=None,
+            subscribers=subscribers_of(record),
+            reason=f"from {from_topic}[{record.partition}]@{record.offset}"
+            + (f" by {by}" if by else ""),
+        )
+        return topics.AUDIT, key, value
+
+    return audited

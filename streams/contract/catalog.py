@@ -7,6 +7,7 @@ Schemas are loaded from disk, never copied into code. Each event type has exactl
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -86,11 +87,51 @@ class EventType:
 
 
 @dataclass(frozen=True)
+class Service:
+    """An API an institution answers (GovESB's ``apiCode``): its request and response records.
+
+    Both are schemas of the provider's namespace, registered like event types; ``pii`` names
+    the response fields that hold personal data.
+    """
+
+    api_code: str
+    provider: str
+    request: EventType
+    response: EventType
+    pii: tuple[str, ...] = ()
+    description: str = ""
+    key: str = ""  # the request's business-key field (the data tracker finds calls by it)
+
+
+API_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$")
+"""What an api code may be: GovESB's are short codes such as ``VERIFY_NIN`` or ``F2ZxK``."""
+
+
+@dataclass(frozen=True)
 class Catalog:
-    """All event types, by full name."""
+    """All event types, by full name, and the services, by api code."""
 
     path: Path
     event_types: dict[str, EventType] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def schema_types(self) -> list[EventType]:
+        """Every record the schema registry holds for the bus: event types, then each
+        service's request and response."""
+        return [
+            *self.event_types.values(),
+            *(t for s in self.services.values() for t in (s.request, s.response)),
+        ]
+
+    def service_of(self, type_name: str) -> tuple[Service, str] | None:
+        """The service whose request or response record ``type_name`` is, and which of the
+        two (``"request"`` or ``"response"``)."""
+        for service in self.services.values():
+            if service.request.name == type_name:
+                return service, "request"
+            if service.response.name == type_name:
+                return service, "response"
+        return None
 
     def __iter__(self) -> Iterator[EventType]:
         return iter(self.event_types.values())
@@ -156,7 +197,55 @@ class Catalog:
                 history=history,
                 history_paths=history_paths,
             )
-        return cls(path, event_types)
+        return cls(path, event_types, _services(path, document.get("services") or {}))
+
+
+def _service_record(
+    path: Path, where: str, entry: dict[str, Any], part: str, owner: str
+) -> EventType:
+    if not entry.get(part):
+        raise CatalogError(f"{where}.{part}: missing")
+    schema_path = path.parent / str(entry[part])
+    schema = load_schema(schema_path)
+    full_name = f"{schema.get('namespace', '')}.{schema.get('name', '')}".lstrip(".")
+    return EventType(
+        name=full_name,
+        owner=owner,
+        schema_path=schema_path,
+        schema=schema,
+        key="",  # a request's Kafka key is its request id
+        compatibility=str(entry.get("compatibility", "BACKWARD")).upper(),
+        description=str(schema.get("doc", "")),
+    )
+
+
+def _services(path: Path, entries: Any) -> dict[str, Service]:
+    if not isinstance(entries, dict):
+        raise CatalogError(f"{path}: 'services' must be a mapping of api codes")
+    services = {}
+    for api_code, entry in entries.items():
+        where = f"{path}: services.{api_code}"
+        if not isinstance(api_code, str) or not API_CODE.match(api_code):
+            raise CatalogError(f"{where}: an api code is 2-64 letters, digits, '_', '.' or '-'")
+        if not isinstance(entry, dict) or not entry.get("provider"):
+            raise CatalogError(f"{where}.provider: missing")
+        provider = str(entry["provider"])
+        request = _service_record(path, where, entry, "request", provider)
+        response = _service_record(path, where, entry, "response", provider)
+        if request.name == response.name:
+            raise CatalogError(f"{where}: request and response must be different records")
+        services[api_code] = Service(
+            api_code=api_code,
+            provider=provider,
+            request=request,
+            response=response,
+            pii=tuple(entry.get("pii") or ()),
+            description=str(entry.get("description", "")),
+            key=str(entry.get("key") or ""),
+        )
+        if services[api_code].key and services[api_code].key not in request.field_names:
+            raise CatalogError(f"{where}.key: the request has no field {entry['key']!r}")
+    return services
 
 
 def load_schema(path: Path) -> dict[str, Any]:

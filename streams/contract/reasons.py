@@ -41,6 +41,17 @@ class Reason(StrEnum):
     # A valid event whose delivery the broker refused for good (too large for the delivery
     # topic, topic absent or not authorized): esb_detail says which topic, size and error.
     UNDELIVERABLE = "undeliverable"
+    # Requests and answers (streams.contract.requests).
+    UNKNOWN_API = "unknown-api"
+    NO_GRANT = "no-grant"
+    RATE_EXCEEDED = "rate-exceeded"
+    BAD_TICKET = "bad-ticket"
+    LATE_ANSWER = "late-answer"
+    PROVIDER_ERROR = "provider-error"
+    PROVIDER_UNAVAILABLE = "provider-unavailable"
+    PROVIDER_SIGNATURE = "provider-signature"
+    INVALID_ANSWER = "invalid-answer"
+    TIMED_OUT = "timed-out"
 
 
 MAX_DETAIL = 300
@@ -49,6 +60,18 @@ MAX_DETAIL = 300
 # Reasons given after validation (delivery, output path): no ingress record alone causes
 # them, so the malformed corpus cannot hold a case for them.
 OUTPUT_REASONS = frozenset({Reason.INTERNAL, Reason.UNDELIVERABLE})
+# Reasons of requests and answers refused by the pipeline (tests/unit/test_requests.py has a
+# case for each, as the malformed corpus has for the event path's).
+REQUEST_REASONS = frozenset(
+    {Reason.UNKNOWN_API, Reason.NO_GRANT, Reason.RATE_EXCEEDED, Reason.BAD_TICKET,
+     Reason.LATE_ANSWER}
+)  # fmt: skip
+# Reasons of answers, not of rejected ingress records (the provider connector and the gateway
+# give them; the malformed corpus has no case for them either).
+ANSWER_REASONS = frozenset(
+    {Reason.PROVIDER_ERROR, Reason.PROVIDER_UNAVAILABLE, Reason.PROVIDER_SIGNATURE,
+     Reason.INVALID_ANSWER, Reason.TIMED_OUT}
+)  # fmt: skip
 
 
 class EventError(ValueError):
@@ -90,4 +113,20 @@ REASON_DOCS: dict[Reason, str] = {
     "refused its delivery to a subscriber for good (too large for the delivery topic, topic "
     "absent or not authorized); `esb_detail`, `esb_refused_topic` and `esb_refused_bytes` say "
     "what; the other subscribers got it",
+    Reason.UNKNOWN_API: "the request names an api code no institution serves",
+    Reason.NO_GRANT: "the requester has no grant for this api code",
+    Reason.RATE_EXCEEDED: "the requester sent more requests for this api code than its grant's "
+    "`rate_per_s`",
+    Reason.BAD_TICKET: "an answer without the request's reply ticket, with one the bus did not "
+    "sign, or for a request routed to another provider or api code",
+    Reason.LATE_ANSWER: "an answer after the service's deadline plus its `late_answers_s`",
+    Reason.PROVIDER_ERROR: "the provider answered that it could not serve the request "
+    "(`success: false`); its message is passed on",
+    Reason.PROVIDER_UNAVAILABLE: "the provider's endpoint could not be reached or kept failing "
+    "(every bounded retry was used before the deadline)",
+    Reason.PROVIDER_SIGNATURE: "the provider's answer is unsigned, or not signed by a current "
+    "key of the provider",
+    Reason.INVALID_ANSWER: "the provider's answer does not match the service's response schema",
+    Reason.TIMED_OUT: "no answer came before the service's deadline (a late answer still reaches "
+    "`esb.reply.<requester>`)",
 }

@@ -9,6 +9,7 @@ from streams.settings import TopicSettings
 REGISTRY = "esb.registry"
 AUDIT = "esb.audit"
 DUPLICATES = "esb.duplicates"
+TICKETS = "esb.tickets"
 _DAY_MS = 24 * 60 * 60 * 1000
 
 
@@ -30,6 +31,22 @@ def deliver(institution: str) -> str:
 def dlq(institution: str) -> str:
     """Deliveries to ``institution``'s HTTP endpoint that failed after every retry."""
     return f"esb.dlq.{institution}"
+
+
+def request(provider: str) -> str:
+    """The requests routed to ``provider``'s services, re-signed by the bus with a reply
+    ticket each."""
+    return f"esb.request.{provider}"
+
+
+def reply(requester: str) -> str:
+    """The answers to ``requester``'s requests (and the bus's refusals of them)."""
+    return f"esb.reply.{requester}"
+
+
+def provider_group(provider: str) -> str:
+    """The consumer group of ``provider``'s HTTP provider connector."""
+    return f"govesb-provider-{provider}"
 
 
 def sink_group(subscriber: str) -> str:
@@ -58,6 +75,20 @@ def institution_topics(institution: str, settings: TopicSettings) -> list[TopicS
     ]
 
 
+def service_topics(
+    providers: list[str], requesters: list[str], settings: TopicSettings
+) -> list[TopicSpec]:
+    """``esb.request.<provider>`` for every institution serving an API, ``esb.reply.<id>`` for
+    every institution granted one."""
+    keep = str(settings.retention_days * _DAY_MS)
+    return [
+        *(TopicSpec(request(p), settings.ingress_partitions, {"retention.ms": keep})
+          for p in providers),
+        *(TopicSpec(reply(r), settings.deliver_partitions, {"retention.ms": keep})
+          for r in requesters),
+    ]  # fmt: skip
+
+
 def shared_topics(settings: TopicSettings) -> list[TopicSpec]:
     """The audit log (kept forever), the compacted registry of institutions and the events the
     duplicate window accepted (kept a little longer than the window)."""
@@ -67,6 +98,11 @@ def shared_topics(settings: TopicSettings) -> list[TopicSpec]:
             DUPLICATES,
             1,  # every worker reads all of it
             {"retention.ms": str(settings.duplicates_retention_hours * 3600 * 1000)},
+        ),
+        TopicSpec(
+            TICKETS,  # the reply tickets of services that take late answers, for the gateway
+            1,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(7 * _DAY_MS)},
         ),
         TopicSpec(
             REGISTRY,

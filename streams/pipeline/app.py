@@ -260,9 +260,13 @@ class PipelineWorker:
         self.metrics.events.labels(outcome.publisher, outcome.event_type or "unknown", kind).inc()
         if outcome.reason:
             self.metrics.rejections.labels(outcome.publisher, str(outcome.reason)).inc()
-        for subscriber in outcome.subscribers:
+        for subscriber in outcome.subscribers if not outcome.api else ():  # calls: above
             if topics.deliver(subscriber) not in item.refused:
                 self.metrics.deliveries.labels(subscriber, outcome.event_type).inc()
+        if outcome.api:
+            self.metrics.calls.labels(outcome.api, outcome.call).inc()
+            if outcome.round_trip_s is not None:
+                self.metrics.call_seconds.labels(outcome.api).observe(outcome.round_trip_s)
         for failure in outcome.failures:
             self.metrics.delivery_failures.labels(
                 failure.subscription, failure.subscriber, str(failure.reason)

@@ -94,6 +94,20 @@ class PipelineMetrics:
             "all (not even its rejection); they stay held until the worker restarts.",
             registry=self.registry,
         )
+        self.calls = Counter(
+            "govesb_pipeline_calls",
+            "Requests and answers by api code and what became of them: routed, refused, "
+            "answered, provider-error, answer-refused.",
+            ["api", "outcome"],
+            registry=self.registry,
+        )
+        self.call_seconds = Histogram(
+            "govesb_pipeline_call_seconds",
+            "From a request's ce_time to its answer passing the pipeline, by api code.",
+            ["api"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
         self.acker_up = Gauge(
             "govesb_pipeline_acker_up",
             "1 while the tasks that ack ingress events run; 0 once one died (the worker exits).",

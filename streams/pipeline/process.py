@@ -26,11 +26,19 @@ import fastavro
 
 from streams.audit.chain import SUBJECT_KEY_PURPOSE, AuditChain, subject_digest
 from streams.contract import topics
-from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode, schema_id_of
+from streams.contract.codec import (
+    HEADER_SIZE,
+    RegistryUnavailableError,
+    SchemaStore,
+    WriterSchema,
+    encode,
+    schema_id_of,
+)
 from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
 from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import MAX_DETAIL, EventError, Reason
 from streams.contract.signing import PrivateKey, sign_event
+from streams.pipeline.calls import Calls
 from streams.pipeline.duplicates import DuplicateWindow, SeenEvents
 from streams.pipeline.replay import replay_claim, replay_headers
 from streams.pipeline.routing import delivery_name, delivery_schema, minimise, resolve, route
@@ -79,6 +87,12 @@ class Outcome:
     reason: Reason | None = None
     subscribers: tuple[str, ...] = ()
     failures: tuple[DeliveryFailure, ...] = ()
+    # Requests and answers (streams.pipeline.calls): the api code, what became of the call
+    # (routed, refused, answered, provider-error, answer-refused) and, for an answer, the
+    # time since the request was made.
+    api: str = ""
+    call: str = ""
+    round_trip_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,17 +126,43 @@ class Pipeline:
         self._agreement_json: dict[int, tuple[Subscription, str]] = {}
         # Business keys go to the audit log keyed-hashed (streams.trace finds them by it).
         self._subject_key = bus_key.key.derive_key(SUBJECT_KEY_PURPOSE)
+        self.calls = Calls(self)
+        self._directory: tuple[tuple[int, frozenset[str], frozenset[str]], Directory] | None = None
+
+    async def writer_of(self, record: IngressRecord) -> WriterSchema | None:
+        """The registered schema of the record's value (None if the registry has no such id).
+
+        Raises:
+            RegistryUnavailableError: the schema registry cannot be asked.
+            EventError: the value is not in the wire format.
+        """
+        if record.value is None or len(record.value) < HEADER_SIZE:
+            return None
+        try:
+            return await self.schemas.writer_schema(schema_id_of(record.value))
+        except EventError as error:
+            if error.reason is not Reason.UNKNOWN_SCHEMA_ID:
+                raise
+            return None
 
     def directory(self) -> Directory:
-        """The registry facts validation needs, from the live view."""
-        return Directory(
-            event_types=self.view.event_types,
-            key_owners=self.view.key_owners,
-            keyring=self.view.keyring,
-            gateway_keys=self.view.gateway_keys,
-            refused_keys=self.view.refused_keys,
-            withheld=self.view.withheld,
-        )
+        """The registry facts validation needs, from the live view (made again only when the
+        view changed: ``withheld`` alone walks every unreadable record)."""
+        view = self.view
+        stamp = (view.version, view.gateway_keys, view.refused_keys)
+        if self._directory is None or self._directory[0] != stamp:
+            self._directory = (
+                stamp,
+                Directory(
+                    event_types=view.event_types,
+                    key_owners=view.key_owners,
+                    keyring=view.keyring,
+                    gateway_keys=view.gateway_keys,
+                    refused_keys=view.refused_keys,
+                    withheld=view.withheld,
+                ),
+            )
+        return self._directory[1]
 
     async def handle(self, record: IngressRecord, now: dt.datetime | None = None) -> Outcome:
         """Process one ingress record; never raises for bad input (it becomes a rejection).
@@ -131,6 +171,20 @@ class Pipeline:
             RegistryUnavailableError: the schema registry cannot be asked; retry later.
         """
         now = now or dt.datetime.now(dt.UTC)
+        call = self.calls.kind_of(record)
+        if call is not None:
+            try:
+                service, part, api_code = call
+                if part == "request" or service is None:
+                    return await self.calls.request(record, service, api_code, now)
+                return await self.calls.answer(record, service, now)
+            except RegistryUnavailableError:
+                raise
+            except Exception as error:  # a poison record must not stall the partition
+                log.exception("unexpected failure on %s[%d]@%d", *record.position)
+                return self.reject(
+                    record, EventError(Reason.INVALID_PAYLOAD, f"processing failed: {error}"), now
+                )
         try:
             writer = None
             if record.value is not None:
@@ -182,7 +236,7 @@ class Pipeline:
         outputs = [*deliveries]
         for subscription, cause in failed:
             outputs += self.fail(record, event, subscription, cause, now)
-        audit = self._audit(
+        audit = self.audit_of(
             "routed" if subscriptions else "received", record, event.envelope, now, subscribers,
             agreements=tuple(s.id for s in subscriptions if s.id in delivered),
         )  # fmt: skip
@@ -250,7 +304,7 @@ class Pipeline:
             ),
         )
         copy = Output(topics.rejected(event.publisher), record.key, record.value, headers)
-        audit = self._audit(
+        audit = self.audit_of(
             "failed",
             record,
             event.envelope,
@@ -275,7 +329,7 @@ class Pipeline:
             ("esb_source", f"{record.topic}[{record.partition}]@{record.offset}".encode()),
         )
         rejected = Output(topics.rejected(publisher), record.key, record.value, headers)
-        audit = self._audit(
+        audit = self.audit_of(
             "rejected", record, envelope, now, (), reason=error.reason, detail=error.detail
         )
         return Outcome(
@@ -359,7 +413,7 @@ class Pipeline:
         self._delivery_ids[key] = entry
         return entry
 
-    def _audit(
+    def audit_of(
         self,
         outcome: str,
         record: IngressRecord,
@@ -370,7 +424,10 @@ class Pipeline:
         subscription: str | None = None,
         agreements: tuple[str, ...] = (),
         detail: str | None = None,
+        subject: str | None = None,
     ) -> Output:
+        """The audit record of ``outcome``; ``subject``: the business key, when it is not
+        ``ce_subject`` (a request's is its id; the data tracker needs the NIN asked about)."""
         key, value = self.chain.append(
             outcome=outcome,
             event_id=envelope.id if envelope else None,
@@ -382,7 +439,9 @@ class Pipeline:
             source=record.position,
             time=now,
             subscription=subscription,
-            subject=subject_digest(self._subject_key, envelope.subject)
+            subject=subject_digest(self._subject_key, subject)
+            if subject
+            else subject_digest(self._subject_key, envelope.subject)
             if envelope and envelope.subject
             else None,
             agreements=agreements,

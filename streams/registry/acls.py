@@ -96,6 +96,19 @@ class AclBinding:
         )
 
 
+def provider_user(provider: str) -> str:
+    """The Kafka user of ``provider``'s HTTP provider connector."""
+    return f"{BUS_USER_PREFIX}provider-{provider}"
+
+
+def http_providers(registry: BusRegistry) -> list[str]:
+    """Institutions serving an API over HTTP: each runs a provider connector."""
+    return sorted(
+        {registry.catalog.services[s.api_code].provider
+         for s in registry.document.services if s.served_by == "http"}
+    )  # fmt: skip
+
+
 def sink_user(subscriber: str) -> str:
     """The Kafka user of ``subscriber``'s HTTP sink."""
     return f"{BUS_USER_PREFIX}sink-{subscriber}"
@@ -146,8 +159,17 @@ def bus_acls(
     registry: BusRegistry, *, worker_group: str = DEFAULT_WORKER_GROUP
 ) -> dict[str, list[AclRule]]:
     """Every Kafka user of the bus and its ACLs: institutions first, then the bus's processes."""
+    from streams.registry.sync import providers, requesters  # sync imports this module
+
     ids = [institution.id for institution in registry.document.institutions]
+    serving, asking = providers(registry), requesters(registry)
     users = {i: institution_acls(i) for i in ids}
+    kafka_native = {registry.catalog.services[s.api_code].provider
+                    for s in registry.document.services if s.served_by == "kafka"}  # fmt: skip
+    for provider in sorted(kafka_native):  # a Kafka-native provider reads its requests
+        users[provider].append(_read(topics.request(provider)))
+    for requester in asking:
+        users[requester].append(_read(topics.reply(requester)))
     users[WORKER_USER] = [
         *(_read(topics.ingress(i)) for i in ids),
         AclRule("group", worker_group, ("Read",)),
@@ -157,12 +179,28 @@ def bus_acls(
         _write(topics.AUDIT),
         _read(topics.DUPLICATES),
         _write(topics.DUPLICATES),
+        *(_write(topics.request(p)) for p in serving),
+        *(_write(topics.reply(r)) for r in asking),
+        _write(topics.TICKETS),
         # max.message.bytes of its output topics: a record the broker refused only as part of
         # a too-large batch is sent again alone when it fits (streams.pipeline.writer).
         AclRule("topic", "esb.deliver.", ("DescribeConfigs",), prefix=True),
         AclRule("topic", "esb.rejected.", ("DescribeConfigs",), prefix=True),
     ]
-    users[GATEWAY_USER] = [*(_write(topics.ingress(i)) for i in ids), _read(topics.REGISTRY)]
+    users[GATEWAY_USER] = [
+        *(_write(topics.ingress(i)) for i in ids),
+        _read(topics.REGISTRY),
+        *(_read(topics.reply(r)) for r in asking),  # the answers to the calls it holds
+        _read(topics.TICKETS),  # late answers (/engine/esb/async)
+    ]
+    for provider in http_providers(registry):
+        users[provider_user(provider)] = [
+            _read(topics.request(provider)),
+            AclRule("group", topics.provider_group(provider), ("Read",)),
+            _read(topics.REGISTRY),
+            _write(topics.ingress(provider)),
+            _write(topics.AUDIT),
+        ]
     for subscriber in http_subscribers(registry):
         users[sink_user(subscriber)] = [
             _read(topics.deliver(subscriber)),
@@ -170,6 +208,8 @@ def bus_acls(
             _read(topics.REGISTRY),
             _write(topics.dlq(subscriber)),
             _write(topics.AUDIT),
+            # late answers to its own requests are pushed to its endpoint too
+            *([_read(topics.reply(subscriber))] if subscriber in asking else []),
         ]
     users[OPERATOR_USER] = [
         _read(topics.AUDIT),

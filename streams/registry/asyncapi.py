@@ -353,17 +353,121 @@ def operators(view: _View) -> Section:
     return section
 
 
-def services(view: _View) -> Section:
-    """Requests and answers (``esb.request.<provider>`` / ``esb.reply.<requester>``, DESIGN.md
-    "Requests and answers"): the services an institution serves and those it may call.
+def _service_channel(view: _View, family: str, title: str, description: str) -> dict[str, Any]:
+    """``esb.request.{institution}`` or ``esb.reply.{institution}``: the service topics."""
+    name = view.institution or "{institution}"
+    spec = topics.service_topics([name], [name], view.topic_settings)[
+        0 if family == "request" else 1
+    ]
+    channel: dict[str, Any] = {
+        "address": spec.name,
+        "title": title,
+        "description": description,
+        "messages": {},
+        "bindings": {"kafka": _topic_binding(spec)},
+    }
+    if view.institution is None:
+        ids = [i.id for i in view.registry.document.institutions]
+        channel["parameters"] = {
+            "institution": {"description": "An institution's id in the registry.", "enum": ids}
+        }
+    return channel
 
-    The registry has no services yet, so this contributes nothing. When it does, this is where
-    each service becomes a ``send`` operation on the requester's ingress with a ``reply`` on
-    ``esb.reply.<requester>``, and a ``receive`` operation on ``esb.request.<provider>`` for the
-    provider.
-    """
-    del view
-    return Section()
+
+def services(view: _View) -> Section:
+    """Requests and answers (``esb.request.<provider>`` / ``esb.reply.<requester>``): the
+    services an institution serves (a ``receive`` of its requests, with the answer it sends
+    back on its ingress topic as the reply) and those it may call (a ``send`` on its ingress
+    topic, with the answer, minimised to its grant, as the reply on ``esb.reply``)."""
+    section = Section()
+    registry = view.registry
+    wanted = {i.id for i in view.institutions}
+    served = [
+        (s, registry.catalog.services[s.api_code])
+        for s in registry.document.services
+        if registry.catalog.services[s.api_code].provider in wanted
+    ]
+    calls = [g for g in registry.document.grants if g.consumer in wanted]
+    if not served and not calls:
+        return section
+    ingress = view.channel(
+        "ingress", "Ingress",
+        "Where an institution publishes its signed events, its requests and its answers.",
+    )  # fmt: skip
+    section.channels["ingress"] = ingress
+    if served:
+        requests = _service_channel(
+            view, "request", "Requests",
+            "The requests routed to a provider's services, re-signed by the bus, each with its "
+            "reply ticket (`esb_ticket`, `esb_ticket_sig`, `esb_ticket_key`) to copy onto the "
+            "answer.",
+        )  # fmt: skip
+        section.channels["request"] = requests
+    for service, declared in served:
+        request_name, answer_name = f"{service.api_code}.request", f"{service.api_code}.answer"
+        section.messages[request_name] = messages.request_message(registry, declared, view.samples)
+        section.messages[answer_name] = messages.answer_message(registry, declared, view.samples)
+        requests["messages"][request_name] = parts.ref("components", "messages", request_name)
+        ingress["messages"][answer_name] = parts.ref("components", "messages", answer_name)
+        provider = declared.provider
+        via = (
+            "The bus's provider connector calls the provider's HTTP endpoint in GovESB format "
+            "and answers for it."
+            if service.served_by == "http"
+            else f"{provider} reads its requests (consumer group `{provider}.<anything>`) and "
+            "answers on its ingress topic."
+        )
+        section.operations[f"{provider}.serve.{service.api_code}"] = {
+            "action": "receive",
+            "channel": parts.ref("channels", "request"),
+            "title": f"{provider} serves {service.api_code}",
+            "summary": declared.description or f"Service {service.api_code}.",
+            "description": f"{via} Deadline: {service.deadline_s:g} s; late answers taken for "
+            f"{service.late_answers_s:g} s after it.",
+            "messages": [parts.ref("channels", "request", "messages", request_name)],
+            "reply": {
+                "channel": parts.ref("channels", "ingress"),
+                "messages": [parts.ref("channels", "ingress", "messages", answer_name)],
+            },
+            "x-govesb-institution": provider,
+            "x-govesb-api": service.api_code,
+        }
+    if calls:
+        replies = _service_channel(
+            view, "reply", "Answers",
+            "The answers to an institution's requests (minimised to its grant, as JSON, "
+            "re-signed by the bus), and the bus's refusals of them (`esb_status: refused`).",
+        )  # fmt: skip
+        section.channels["reply"] = replies
+    for grant in calls:
+        declared = registry.catalog.services[grant.api_code]
+        request_name = f"{grant.api_code}.request"
+        reply_name = f"{grant.api_code}.reply.{grant.id}"
+        section.messages.setdefault(
+            request_name, messages.request_message(registry, declared, view.samples)
+        )
+        section.messages[reply_name] = messages.reply_message(registry, declared, grant)
+        ingress["messages"][request_name] = parts.ref("components", "messages", request_name)
+        replies["messages"][reply_name] = parts.ref("components", "messages", reply_name)
+        section.operations[f"{grant.consumer}.call.{grant.api_code}"] = {
+            "action": "send",
+            "channel": parts.ref("channels", "ingress"),
+            "title": f"{grant.consumer} calls {grant.api_code}",
+            "summary": grant.purpose or f"Grant {grant.id}.",
+            "description": f"Answer fields: {', '.join(f'`{f}`' for f in grant.fields)}"
+            + (f"; masked: {', '.join(f'`{f}`' for f in grant.mask)}" if grant.mask else "")
+            + f". At most {grant.rate_per_s:g} requests/s (grant `{grant.id}`). Over HTTP, "
+            "any GovESB client calls `POST /engine/esb/request` with this `apiCode`.",
+            "messages": [parts.ref("channels", "ingress", "messages", request_name)],
+            "reply": {
+                "channel": parts.ref("channels", "reply"),
+                "messages": [parts.ref("channels", "reply", "messages", reply_name)],
+            },
+            "x-govesb-institution": grant.consumer,
+            "x-govesb-api": grant.api_code,
+            "x-govesb-grant": grant.id,
+        }
+    return section
 
 
 SECTIONS = (publishing, receiving, rejections, operators, services)

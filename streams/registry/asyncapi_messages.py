@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from streams.contract.catalog import EventType
+from streams.contract.catalog import EventType, Service
 from streams.contract.envelope import CONTENT_TYPE, JSON_CONTENT_TYPE, source_for
 from streams.pipeline.routing import delivery_schema, minimise
 from streams.registry import asyncapi_parts as parts
-from streams.registry.model import BusRegistry, Institution, Subscription
+from streams.registry.model import BusRegistry, Grant, Institution, Subscription
 
 REJECTED_RECORD = "RejectedRecord"
 DEAD_LETTER = "DeadLetter"
@@ -212,4 +212,155 @@ def audit_message() -> dict[str, Any]:
         "contentType": JSON_CONTENT_TYPE,
         "payload": parts.ref("components", "schemas", parts.AUDIT_RECORD),
         "bindings": parts.kafka_message_binding("The writer's chain id.", avro=False),
+    }
+
+
+def _call_headers(type_name: str, content_type: str, extra: dict[str, Any]) -> dict[str, Any]:
+    headers = parts.event_headers(type_name, content_type)
+    headers["allOf"][1]["properties"].update(extra)
+    return headers
+
+
+_TICKET = {
+    "esb_ticket": {"type": "string", "description": "The reply ticket (JSON: requester, "
+                   "provider, api_code, request_id, deadline_ms, until_ms), signed by the bus."},
+    "esb_ticket_sig": {"type": "string", "description": "The bus's signature of esb_ticket."},
+    "esb_ticket_key": {"type": "string", "description": "The bus key that signed it."},
+}  # fmt: skip
+
+
+def request_message(
+    registry: BusRegistry, service: Service, samples: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A request for ``service``: its Avro request record; on the provider's request topic
+    it also carries the reply ticket."""
+    record = service.request
+    message: dict[str, Any] = {
+        "name": f"{service.api_code}.request",
+        "title": f"{service.api_code} request",
+        "summary": record.description or f"A request for {service.api_code}.",
+        "description": (
+            f"`ce_id` is the request id, `ce_subject` and the Kafka key repeat it; `esb_api` is "
+            f"`{service.api_code}`. Served by `{service.provider}`.\n\n"
+            + parts.field_table(record.schema, ())
+        ),
+        "contentType": CONTENT_TYPE,
+        "headers": _call_headers(
+            record.name,
+            CONTENT_TYPE,
+            {"esb_api": {"const": service.api_code}, **_TICKET},
+        ),
+        "payload": parts.avro_payload(record.schema),
+        "correlationId": {"description": "The request id.", "location": "$message.header#/ce_id"},
+        "bindings": parts.kafka_message_binding("The request id (also `ce_id`, `ce_subject`)."),
+        "x-govesb-api": service.api_code,
+    }
+    sample = samples.get(f"{service.api_code}.request")
+    if isinstance(sample, Mapping):
+        caller = next((g.consumer for g in registry.document.grants
+                       if g.api_code == service.api_code), service.provider)  # fmt: skip
+        message["examples"] = [_call_example(registry, record, caller, sample)]
+    return message
+
+
+def _call_example(
+    registry: BusRegistry, record: EventType, institution: str, sample: Mapping[str, Any]
+) -> dict[str, Any]:
+    who = registry.institutions[institution]
+    return {
+        "name": "sample",
+        "summary": "From schemas/samples.yaml (values as JSON; Avro on the wire).",
+        "headers": parts.example_headers(
+            record,
+            source_for(who.id, who.systems[0]),
+            parts.EXAMPLE_EVENT_ID,
+            _key_id(who),
+            CONTENT_TYPE,
+        ),
+        "payload": parts.json_safe(sample),
+    }
+
+
+def answer_message(
+    registry: BusRegistry, service: Service, samples: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The provider's answer to a request for ``service``, on its own ingress topic."""
+    record = service.response
+    message: dict[str, Any] = {
+        "name": f"{service.api_code}.answer",
+        "title": f"{service.api_code} answer",
+        "summary": record.description or f"The answer to a {service.api_code} request.",
+        "description": (
+            "`ce_correlationid` and the Kafka key are the request id; the request's three "
+            "`esb_ticket*` headers are copied unchanged; `esb_status` is `answered` (this "
+            "record) or `provider-error` (no value; `esb_reason`, `esb_message`).\n\n"
+            + parts.field_table(record.schema, service.pii)
+        ),
+        "contentType": CONTENT_TYPE,
+        "headers": _call_headers(
+            record.name,
+            CONTENT_TYPE,
+            {"esb_status": {"enum": ["answered", "provider-error"]}, **_TICKET},
+        ),
+        "payload": parts.avro_payload(record.schema),
+        "correlationId": {
+            "description": "The request id.",
+            "location": "$message.header#/ce_correlationid",
+        },
+        "bindings": parts.kafka_message_binding("The request id."),
+        "x-govesb-api": service.api_code,
+        "x-govesb-pii": list(service.pii),
+    }
+    sample = samples.get(f"{service.api_code}.response")
+    if isinstance(sample, Mapping):
+        message["examples"] = [_call_example(registry, record, service.provider, sample)]
+    return message
+
+
+def reply_message(registry: BusRegistry, service: Service, grant: Grant) -> dict[str, Any]:
+    """What ``grant``'s consumer receives: the answer as JSON, only the granted fields."""
+    del registry
+    fields = {f["name"]: f for f in service.response.schema.get("fields", [])}
+    return {
+        "name": f"{service.api_code}.reply.{grant.id}",
+        "title": f"{service.api_code} answer for {grant.consumer}",
+        "summary": f"The answer to {grant.consumer}'s request, under grant {grant.id}.",
+        "description": (
+            "Compact JSON of the answer, re-signed by the bus; `esb_status` `answered`, "
+            "`provider-error` (with `esb_reason`, `esb_message`) or `refused` (the bus refused "
+            "the request: `esb_reason`, `esb_detail`); `esb_late: 1` when it came after the "
+            "deadline.\n\n"
+            + parts.field_table(
+                {"fields": [fields[f] for f in grant.fields if f in fields]},
+                service.pii,
+                grant.mask,
+            )
+        ),
+        "contentType": JSON_CONTENT_TYPE,
+        "headers": _call_headers(
+            service.response.name,
+            JSON_CONTENT_TYPE,
+            {
+                "esb_status": {"enum": ["answered", "provider-error", "refused"]},
+                "esb_subscription": {"const": grant.id},
+            },
+        ),
+        "payload": {
+            "type": "object",
+            "properties": {
+                f: {
+                    "description": str(fields[f].get("doc", ""))
+                    + (" (masked: only the last 4 characters)" if f in grant.mask else "")
+                }
+                for f in grant.fields
+                if f in fields
+            },
+            "additionalProperties": False,
+        },
+        "correlationId": {
+            "description": "The request id.",
+            "location": "$message.header#/ce_correlationid",
+        },
+        "bindings": parts.kafka_message_binding("The request id.", avro=False),
+        "x-govesb-grant": grant.id,
     }

@@ -82,7 +82,9 @@ def check_catalog_consistency(catalog: Catalog) -> list[Problem]:
     """Every declared field exists; every schema file is declared; owners match namespaces."""
     problems = []
     root = catalog.path.parent
-    declared = {p.resolve() for t in catalog for p in (t.schema_path, *t.history_paths)}
+    declared = {
+        p.resolve() for t in catalog.schema_types() for p in (t.schema_path, *t.history_paths)
+    }
     for path in sorted(root.rglob("*.avsc")):
         problems.extend(check_schema_file(path, root))
         if path.resolve() not in declared:
@@ -114,6 +116,19 @@ def check_catalog_consistency(catalog: Catalog) -> list[Problem]:
             )
             known = list(enumerate(event_type.versions[:version], start=1))
             problems.extend(check_evolution(step, known, label="version"))
+    for api_code, service in catalog.services.items():
+        where = f"catalog.yaml: services.{api_code}"
+        for part, record in (("request", service.request), ("response", service.response)):
+            if not record.name.startswith(f"tz.go.{service.provider}."):
+                problems.append(
+                    Problem(f"{where}.{part}", f"{record.name} is not in {service.provider}'s "
+                            "namespace")
+                )  # fmt: skip
+            if record.name in catalog.event_types:
+                problems.append(Problem(f"{where}.{part}", f"{record.name} is an event type"))
+        for index, name in enumerate(service.pii):
+            if name not in service.response.field_names:
+                problems.append(Problem(f"{where}.pii[{index}]", f"no field {name!r}"))
     return problems
 
 
@@ -209,7 +224,7 @@ async def check_against_registry(
 ) -> list[Problem]:
     """Evolution problems of every catalogue type against the registry."""
     problems = []
-    for event_type in catalog:
+    for event_type in catalog.schema_types():
         problems.extend(
             check_evolution(event_type, await registered_history(client, event_type.subject))
         )
@@ -234,13 +249,14 @@ async def register_catalog(
     Also sets each subject's compatibility level in the registry. Idempotent.
     """
     problems = check_catalog_consistency(catalog)
-    histories = {t.name: await registered_history(client, t.subject) for t in catalog}
-    for event_type in catalog:
+    kinds = catalog.schema_types()
+    histories = {t.name: await registered_history(client, t.subject) for t in kinds}
+    for event_type in kinds:
         problems.extend(check_evolution(event_type, histories[event_type.name]))
     if problems:
         return [], problems
     done = []
-    for event_type in catalog:
+    for event_type in kinds:
         registered = [schema for _, schema in histories[event_type.name]]
         # Superseded versions first, so that version numbers are the same in every registry.
         for version in event_type.versions:

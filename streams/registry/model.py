@@ -93,12 +93,48 @@ class Subscription(_Model):
     purpose: str = ""
 
 
+ApiCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$")]
+
+
+class Service(_Model):
+    """How an institution serves one API of the catalogue (its ``services`` entry).
+
+    ``served_by: http``: a legacy endpoint the provider connector calls in GovESB provider
+    format (``endpoint``, authenticated as the HTTP sink does). ``served_by: kafka``: a
+    Kafka-native provider reads ``esb.request.<provider>`` and answers on its ingress topic.
+    ``late_answers_s``: how long after the deadline a late answer (``/engine/esb/async``) is
+    still taken and passed on to the requester; 0 takes none.
+    """
+
+    api_code: ApiCode
+    served_by: Literal["http", "kafka"]
+    endpoint: Endpoint | None = None
+    deadline_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    late_answers_s: Annotated[float, Field(ge=0, le=7 * 86_400)] = 0.0
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+
+
+class Grant(_Model):
+    """An access right: ``consumer`` may call ``api_code``, and sees only ``fields`` of the
+    answers (``mask`` ones masked), at most ``rate_per_s`` requests per second."""
+
+    id: Identifier
+    consumer: Identifier
+    api_code: ApiCode
+    fields: list[str] = Field(min_length=1, description="the only answer fields the consumer sees")
+    mask: list[str] = []
+    rate_per_s: Annotated[float, Field(gt=0, le=100_000)] = 50.0
+    purpose: str = ""
+
+
 class RegistryDocument(_Model):
     """The YAML document as written."""
 
     catalog: Path
     institutions: list[Institution]
     subscriptions: list[Subscription] = []
+    services: list[Service] = []
+    grants: list[Grant] = []
 
 
 class BusRegistry(BaseModel):
@@ -118,6 +154,16 @@ class BusRegistry(BaseModel):
     def subscriptions(self) -> dict[str, Subscription]:
         """Subscriptions by id."""
         return {s.id: s for s in self.document.subscriptions}
+
+    @property
+    def services(self) -> dict[str, Service]:
+        """Services served, by api code."""
+        return {s.api_code: s for s in self.document.services}
+
+    @property
+    def grants(self) -> dict[str, Grant]:
+        """Grants by id."""
+        return {g.id: g for g in self.document.grants}
 
 
 def _yaml_path(location: tuple[Any, ...]) -> str:
@@ -238,6 +284,67 @@ def lint_document(document: RegistryDocument, catalog: Catalog) -> list[Problem]
                     )
                 )
         duplicates("field", subscription.fields, f"{where}.fields")
+    problems += lint_services(document, catalog)
+    return problems
+
+
+def lint_services(document: RegistryDocument, catalog: Catalog) -> list[Problem]:
+    """Services name an api code of the catalogue and say how they are reached; grants name
+    a served api code, a known consumer and fields of its response."""
+    problems: list[Problem] = []
+    institutions = {i.id: i for i in document.institutions}
+    for value, count in Counter(s.api_code for s in document.services).items():
+        if count > 1:
+            problems.append(Problem(path="services", message=f"duplicate api code {value!r}"))
+    for value, count in Counter(g.id for g in document.grants).items():
+        if count > 1:
+            problems.append(Problem(path="grants", message=f"duplicate grant id {value!r}"))
+    for index, service in enumerate(document.services):
+        where = f"services[{index}]"
+        declared = catalog.services.get(service.api_code)
+        if declared is None:
+            problems.append(
+                Problem(f"{where}.api_code", f"{service.api_code!r} is not in the catalogue")
+            )
+        elif declared.provider not in institutions:
+            problems.append(Problem(f"{where}.api_code", f"unknown provider {declared.provider!r}"))
+        elif not any(not k.revoked for k in institutions[declared.provider].keys):
+            problems.append(
+                Problem(f"{where}.api_code", f"{declared.provider} serves it but has no valid key")
+            )
+        if service.served_by == "http" and service.endpoint is None:
+            problems.append(Problem(f"{where}.endpoint", "served_by http needs an endpoint"))
+        if service.served_by == "kafka" and service.endpoint is not None:
+            problems.append(Problem(f"{where}.endpoint", "served_by kafka takes no endpoint"))
+    served = {s.api_code for s in document.services}
+    for index, grant in enumerate(document.grants):
+        where = f"grants[{index}]"
+        if grant.consumer not in institutions:
+            problems.append(Problem(f"{where}.consumer", f"unknown institution {grant.consumer!r}"))
+        declared = catalog.services.get(grant.api_code)
+        if grant.api_code not in served or declared is None:
+            problems.append(
+                Problem(f"{where}.api_code", f"{grant.api_code!r} is not served by anyone")
+            )
+            continue
+        fields = set(declared.response.field_names)
+        for list_name in ("fields", "mask"):
+            for field_index, name in enumerate(getattr(grant, list_name)):
+                if name not in fields:
+                    problems.append(
+                        Problem(
+                            f"{where}.{list_name}[{field_index}]",
+                            f"{declared.response.name} has no field {name!r}",
+                        )
+                    )
+        for field_index, name in enumerate(grant.mask):
+            if name not in grant.fields:
+                problems.append(
+                    Problem(
+                        f"{where}.mask[{field_index}]",
+                        f"{name!r} is masked but not among the fields the consumer sees",
+                    )
+                )
     return problems
 
 

@@ -52,6 +52,20 @@ def registry_records(registry: BusRegistry) -> dict[str, bytes]:
         )
     for subscription in registry.document.subscriptions:
         records[f"subscription/{subscription.id}"] = _encode(subscription.model_dump(mode="json"))
+    for service in registry.document.services:
+        declared = registry.catalog.services[service.api_code]
+        records[f"service/{service.api_code}"] = _encode(
+            {
+                **service.model_dump(mode="json"),
+                "provider": declared.provider,
+                "request_type": declared.request.name,
+                "response_type": declared.response.name,
+                "description": declared.description,
+                "key": declared.key,
+            }
+        )
+    for grant in registry.document.grants:
+        records[f"grant/{grant.id}"] = _encode(grant.model_dump(mode="json"))
     return records
 
 
@@ -69,7 +83,19 @@ def desired_topics(registry: BusRegistry, settings: TopicSettings) -> list[topic
     specs = topics.shared_topics(settings)
     for institution in registry.document.institutions:
         specs.extend(topics.institution_topics(institution.id, settings))
+    specs.extend(topics.service_topics(providers(registry), requesters(registry), settings))
     return specs
+
+
+def providers(registry: BusRegistry) -> list[str]:
+    """Institutions that serve at least one API."""
+    return sorted({registry.catalog.services[s.api_code].provider
+                   for s in registry.document.services})  # fmt: skip
+
+
+def requesters(registry: BusRegistry) -> list[str]:
+    """Institutions granted at least one API."""
+    return sorted({g.consumer for g in registry.document.grants})
 
 
 def replication_factor(settings: TopicSettings, brokers: int) -> int:

@@ -30,7 +30,7 @@ from streams.client import fetch_guard
 from streams.client.consuming import assign_whole_topic
 from streams.contract import topics
 from streams.contract.signing import KeyFormatError, KeyRing, PublicKey, load_public_key
-from streams.registry.model import Institution, Subscription
+from streams.registry.model import Grant, Institution, Service, Subscription
 from streams.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,23 @@ class EventTypeRecord(BaseModel):
     avro_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
 
 
+class ServiceRecord(Service):
+    """A service as published on ``esb.registry``: how it is served, plus its catalogue
+    entry's provider and record names."""
+
+    provider: str
+    request_type: str
+    response_type: str
+    description: str = ""
+    key: str = ""
+
+
 _MODELS: dict[str, type[BaseModel]] = {
     "institution": Institution,
     "event-type": EventTypeRecord,
     "subscription": Subscription,
+    "service": ServiceRecord,
+    "grant": Grant,
 }
 
 
@@ -87,7 +100,9 @@ def _concerns(kind: str, name: str, value: bytes) -> str | None:
         document = json.loads(value)
     except ValueError:
         return None
-    field = "subscriber" if kind == "subscription" else "owner"
+    field = {"subscription": "subscriber", "grant": "consumer", "service": "provider"}.get(
+        kind, "owner"
+    )
     found = document.get(field) if isinstance(document, dict) else None
     return found if isinstance(found, str) else None
 
@@ -150,6 +165,8 @@ class RegistryView:
         self.institutions: dict[str, Institution] = {}
         self.event_types: dict[str, EventTypeRecord] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        self.services: dict[str, ServiceRecord] = {}
+        self.grants: dict[str, Grant] = {}
         self.keyring = KeyRing()
         self.refused_keys = frozenset(refused_keys)
         self.gateway_keys = frozenset(gateway_keys)
@@ -193,7 +210,7 @@ class RegistryView:
         model = _MODELS.get(kind)
         read = self._read.get(kind, {})
         had = name in read
-        self._unreadable.pop(key, None)
+        was_unreadable = self._unreadable.pop(key, None) is not None
         if value is None:
             read.pop(name, None)
             self.raw.pop(key, None)
@@ -205,7 +222,11 @@ class RegistryView:
                 if model is None:
                     raise ValueError(f"unknown record kind {kind!r}")
                 document = model.model_validate(json.loads(value))
-                named = getattr(document, "id", None) or getattr(document, "name", None)
+                named = next(
+                    (getattr(document, a) for a in ("id", "name", "api_code")
+                     if getattr(document, a, None)),
+                    None,
+                )  # fmt: skip
                 if named != name:  # it would speak for another entry (keys, owners)
                     raise ValueError(f"the record is of {named!r}, not {name!r}")
                 read[name] = document
@@ -226,8 +247,10 @@ class RegistryView:
             served = set(self.subscriptions)
             self._rebuild(keys=kind == "institution")
             changed = changed or set(self.subscriptions) != served
-        if changed:
+        if changed or was_unreadable != (key in self._unreadable):
+            # (what is withheld may change with no record read: ``version`` says so too)
             self.version += 1
+        if changed:
             for listener in self._listeners:
                 listener(key)
 
@@ -241,6 +264,12 @@ class RegistryView:
             name: s
             for name, s in self._read["subscription"].items()
             if s.subscriber not in withheld
+        }
+        self.services = {
+            name: s for name, s in self._read["service"].items() if s.provider not in withheld
+        }
+        self.grants = {
+            name: g for name, g in self._read["grant"].items() if g.consumer not in withheld
         }
         if keys:
             self._rebuild_keys()
@@ -375,3 +404,21 @@ class RegistryView:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+def grant_for(view: RegistryView, consumer: str, api_code: str) -> Grant | None:
+    """The grant that lets ``consumer`` call ``api_code``, if any."""
+    return next(
+        (g for g in view.grants.values() if g.consumer == consumer and g.api_code == api_code),
+        None,
+    )
+
+
+def service_of_type(view: RegistryView, type_name: str) -> tuple[ServiceRecord, str] | None:
+    """The service whose request or response record ``type_name`` is, and which one."""
+    for service in view.services.values():
+        if service.request_type == type_name:
+            return service, "request"
+        if service.response_type == type_name:
+            return service, "response"
+    return None

@@ -17,6 +17,8 @@ from typing import Any
 # delivered, dead-lettered), `govesb dlq replay` (replayed) and the data tracker (lookup).
 WORKER_OUTCOMES = frozenset({"received", "routed", "rejected"})
 SINK_OUTCOMES = frozenset({"retrying", "delivered", "dead-lettered", "replayed"})
+# A request routed to its provider, and its answer passed on (or the provider's failure).
+CALL_OUTCOMES = frozenset({"requested", "answered", "answer-failed"})
 LOOKUP = "lookup"
 _RECEIPT = re.compile(r"status=(\d+) attempts=(\d+)(?: latency_ms=(\d+))?")
 
@@ -129,6 +131,35 @@ def parse_agreement(value: bytes, timestamp_ms: int) -> Agreement | None:
             valid_from=iso(dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def parse_grant(value: bytes, timestamp_ms: int) -> Agreement | None:
+    """A ``grant/<id>`` record of ``esb.registry`` as the data tracker sees it: an agreement
+    whose consumer receives answers of one api code (``delivery: answer``)."""
+    try:
+        body = json.loads(value)
+        return Agreement(
+            id=str(body["id"]),
+            subscriber=str(body["consumer"]),
+            event_types=(str(body["api_code"]),),
+            fields=tuple(str(f) for f in body.get("fields") or ()),
+            mask=tuple(str(m) for m in body.get("mask") or ()),
+            purpose=str(body.get("purpose") or ""),
+            delivery="answer",
+            valid_from=iso(dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def parse_service_owner(value: bytes) -> tuple[str, str] | None:
+    """``(response record, provider)`` of a ``service/<api code>`` record: whose data an
+    answer is."""
+    try:
+        body = json.loads(value)
+        return str(body["response_type"]), str(body["provider"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -19,7 +19,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from streams.client.consuming import assign_topics
 from streams.contract import topics
 from streams.settings import KafkaSettings
-from streams.trace.entries import iso, parse_agreement, parse_audit, parse_owner, version_digest
+from streams.trace.entries import (
+    iso,
+    parse_agreement,
+    parse_audit,
+    parse_grant,
+    parse_owner,
+    parse_service_owner,
+    version_digest,
+)
 from streams.trace.store import Batch, TraceStore
 
 log = logging.getLogger(__name__)
@@ -45,8 +53,14 @@ def batch_of(
             agreement = parse_agreement(record.value, record.timestamp)
             if agreement is not None:
                 batch.agreements.append((version_digest(record.value), agreement))
-        elif key.startswith("event-type/"):
-            owner = parse_owner(record.value)
+        elif key.startswith("grant/"):
+            grant = parse_grant(record.value, record.timestamp)
+            if grant is not None:
+                batch.agreements.append((version_digest(record.value), grant))
+        elif key.startswith(("event-type/", "service/")):
+            owner = (parse_owner if key.startswith("event-type/") else parse_service_owner)(
+                record.value
+            )
             if owner is not None:
                 batch.owners[owner[0]] = owner[1]
     return batch

@@ -15,7 +15,9 @@ from typing import Protocol
 
 from streams.audit.chain import subject_digest
 from streams.contract import topics
+from streams.contract.requests import answer_id
 from streams.trace.entries import (
+    CALL_OUTCOMES,
     SINK_OUTCOMES,
     WORKER_OUTCOMES,
     Agreement,
@@ -85,6 +87,21 @@ def _deliveries(entry: AuditEntry, subscribers: dict[str, str]) -> list[Delivery
 
 
 def _steps(entry: AuditEntry, deliveries: list[Delivery]) -> list[Step]:
+    grant = entry.agreements[0] if entry.agreements else None  # a call's one grant
+    if entry.outcome == "requested":  # a request: checked, then routed to its provider
+        provider = entry.subscribers[0] if entry.subscribers else None
+        return [
+            Step(entry.time, "received", entry.chain, detail=entry.source),
+            Step(entry.time, "accepted", entry.chain),
+            Step(entry.time, "requested", entry.chain, provider, grant,
+                 detail=f"{topics.request(provider or '?')} ({entry.detail})"),
+        ]  # fmt: skip
+    if entry.outcome in ("answered", "answer-failed"):  # the answer, passed on to the requester
+        requester = entry.subscribers[0] if entry.subscribers else None
+        return [
+            Step(entry.time, entry.outcome, entry.chain, requester, grant,
+                 reason=entry.reason, detail=entry.detail)
+        ]  # fmt: skip
     if entry.outcome in WORKER_OUTCOMES:
         steps = [Step(entry.time, "received", entry.chain, detail=entry.source)]
         if entry.outcome == "rejected":
@@ -108,12 +125,17 @@ def _steps(entry: AuditEntry, deliveries: list[Delivery]) -> list[Step]:
 
 
 def trace(store: TraceStore, event_id: str) -> Trace | None:
-    """The timeline of one event, or None when the index knows nothing of it."""
-    entries = [e for e in store.by_event(event_id) if e.outcome in WORKER_OUTCOMES | SINK_OUTCOMES]
+    """The timeline of one event (or request: its answer included), or None when the index
+    knows nothing of it."""
+    known = WORKER_OUTCOMES | SINK_OUTCOMES | CALL_OUTCOMES
+    entries = [e for e in store.by_event(event_id) if e.outcome in known]
+    if any(e.outcome == "requested" for e in entries):
+        answers = store.by_event(answer_id(event_id))
+        entries += [e for e in answers if e.outcome in known]
     if not entries:
         return None
     subscribers = _subscriber_of(store.agreement_versions(a for e in entries for a in e.agreements))
-    first = next((e for e in entries if e.outcome in WORKER_OUTCOMES), None)
+    first = next((e for e in entries if e.outcome in WORKER_OUTCOMES | {"requested"}), None)
     # The first record of a worker decides acceptance (a later copy of the event is a
     # duplicate it refused); deliveries are those of every record that routed it (after a
     # worker restart, an event read again is routed again by another chain).
@@ -210,7 +232,8 @@ def _version_at(versions: list[Agreement], time: str) -> Agreement | None:
 def _disclosures(
     store: TraceStore, entries: Iterable[AuditEntry], owners: dict[str, str]
 ) -> list[Disclosure]:
-    routed = [e for e in entries if e.outcome == "routed" and e.event_id]
+    # Deliveries under agreements, and answers under grants (what a requester was told).
+    routed = [e for e in entries if e.outcome in ("routed", "answered") and e.event_id]
     versions: dict[str, list[Agreement]] = {}
     for version in store.agreement_versions(a for e in routed for a in e.agreements):
         versions.setdefault(version.id, []).append(version)

@@ -165,5 +165,12 @@ async def test_a_broken_agreement_fails_alone_and_is_replayed_after_the_fix(
             ("routed", ["nida", "utumishi"], None),
         ]
         assert _metric(worker.metrics(), name, **failures) == 1.0
+        # ... and the operator's replay itself, naming where the copy came from.
+        records = await read_audit(KafkaSettings(bootstrap_servers=kafka), "esb.audit")
+        replays = [json.loads(v) for _, _, v in records if v and event_id.encode() in v]
+        replays = [r for r in replays if r["outcome"] == "replayed"]
+        assert [(r["subscribers"], r["reason"].split("[")[0]) for r in replays] == [
+            ([broken["id"]], "from esb.rejected.rita")
+        ]
     finally:
         await restore_registry(kafka, registry)

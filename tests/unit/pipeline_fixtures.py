@@ -27,7 +27,9 @@ KEY_IDS = {
     "tra": "tra-3509e6ac2798",
     "brela": "brela-a24c4621961c",
 }
-SCHEMA_IDS = {t.name: 100 + n for n, t in enumerate(CATALOG)}
+# Event types first (their ids as before), then each service's request and response.
+SCHEMA_TYPES = {t.name: t for t in CATALOG.schema_types()}
+SCHEMA_IDS = {name: 100 + n for n, name in enumerate(SCHEMA_TYPES)}
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
 
@@ -49,15 +51,23 @@ def directory(view: RegistryView | None = None) -> Directory:
 
 
 def writer(event_type: str) -> WriterSchema:
-    entry = CATALOG.get(event_type)
+    entry = SCHEMA_TYPES.get(event_type)
     assert entry is not None
     return WriterSchema(SCHEMA_IDS[event_type], event_type, entry.parsed, entry.schema_text)
 
 
+# samples.yaml keys a service's records by api code: `VERIFY_NIN.request`, `.response`.
+SAMPLE_KEYS = {
+    **{name: name for name in CATALOG.event_types},
+    **{getattr(s, part).name: f"{code}.{part}"
+       for code, s in CATALOG.services.items() for part in ("request", "response")},
+}  # fmt: skip
+
+
 def sample(event_type: str, **changes: Any) -> dict[str, Any]:
-    entry = CATALOG.get(event_type)
+    entry = SCHEMA_TYPES.get(event_type)
     assert entry is not None
-    return {**from_json(entry.schema, SAMPLES[event_type]), **changes}
+    return {**from_json(entry.schema, SAMPLES[SAMPLE_KEYS[event_type]]), **changes}
 
 
 def prepared(

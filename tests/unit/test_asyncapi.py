@@ -78,9 +78,11 @@ def test_whole_bus_has_one_parametrised_channel_per_topic_family(
         "rejected": "esb.rejected.{institution}",
         "dlq": "esb.dlq.{institution}",
         "audit": "esb.audit",
+        "request": "esb.request.{institution}",  # requests routed to a provider
+        "reply": "esb.reply.{institution}",  # the answers to a requester
     }
     ids = [i.id for i in registry.document.institutions]
-    for name in ("ingress", "deliver", "rejected", "dlq"):
+    for name in ("ingress", "deliver", "rejected", "dlq", "request", "reply"):
         assert bus["channels"][name]["parameters"]["institution"]["enum"] == ids
     assert "parameters" not in bus["channels"]["audit"]
     assert bus["channels"]["audit"]["bindings"]["kafka"]["topicConfiguration"] == {
@@ -140,15 +142,26 @@ def test_nida_view_has_what_nida_may_publish_and_nothing_it_may_not(
         "tz.go.nida.CitizenRegistered"
     ]
     assert nida["channels"]["ingress"]["address"] == "esb.ingress.nida"
-    assert list(nida["channels"]["ingress"]["messages"]) == ["tz.go.nida.CitizenRegistered"]
+    # its events, and (it serves VERIFY_NIN) its answers
+    assert list(nida["channels"]["ingress"]["messages"]) == [
+        "tz.go.nida.CitizenRegistered",
+        "VERIFY_NIN.answer",
+    ]
     # nida receives births and deaths under its agreements, but never as their publisher
     assert "tz.go.rita.BirthRegistered" not in nida["components"]["messages"]
     assert "tz.go.rita.DeathRegistered" not in nida["components"]["messages"]
     receives = {name for name, op in nida["operations"].items() if op["action"] == "receive"}
-    assert receives == {"nida.receive.nida-births", "nida.receive.nida-deaths", "nida.rejections"}
+    assert receives == {
+        "nida.receive.nida-births", "nida.receive.nida-deaths", "nida.rejections",
+        "nida.serve.VERIFY_NIN",
+    }  # fmt: skip
+    serve = nida["operations"]["nida.serve.VERIFY_NIN"]
+    assert serve["channel"] == {"$ref": "#/channels/request"}
+    assert serve["reply"]["channel"] == {"$ref": "#/channels/ingress"}
+    assert nida["channels"]["request"]["address"] == "esb.request.nida"
     assert not any(name.startswith("tra.") for name in nida["operations"])
-    # operators' topics are not nida's (ACLs)
-    assert set(nida["channels"]) == {"ingress", "deliver", "rejected"}
+    # operators' topics are not nida's (ACLs); nida calls no API: no reply topic
+    assert set(nida["channels"]) == {"ingress", "deliver", "rejected", "request"}
     assert nida["channels"]["deliver"]["address"] == "esb.deliver.nida"
     assert nida["channels"]["rejected"]["address"] == "esb.rejected.nida"
 
@@ -228,7 +241,8 @@ def test_every_example_payload_encodes_with_its_message_schema(bus: dict[str, An
             record = from_json(payload["schema"], example["payload"])
             fastavro.schemaless_writer(io.BytesIO(), parsed, record)  # raises if invalid
             checked += 1
-    assert checked == 9 + 9  # every event type, and every agreement's delivery
+    # every event type, every agreement's delivery, each service's request and answer
+    assert checked == 9 + 9 + 2 * 2
 
 
 def test_rejections_carry_every_reason_code_with_its_meaning(bus: dict[str, Any]) -> None:
@@ -383,3 +397,28 @@ def test_cli_refuses_an_unknown_institution_and_an_unknown_suffix(tmp_path: Path
     )
     assert suffix.exit_code == 2
     assert not (tmp_path / "doc.txt").exists()
+
+
+def test_the_services_an_institution_calls_have_their_request_and_granted_answer(
+    registry: BusRegistry,
+) -> None:
+    tra = asyncapi_document(registry, SAMPLES, institution="tra")
+    call = tra["operations"]["tra.call.VERIFY_NIN"]
+    assert call["action"] == "send"
+    assert call["channel"] == {"$ref": "#/channels/ingress"}
+    assert call["reply"]["channel"] == {"$ref": "#/channels/reply"}
+    assert tra["channels"]["reply"]["address"] == "esb.reply.tra"
+    [reply] = [
+        tra["components"]["messages"][r["$ref"].split("/")[-1]]
+        for r in tra["channels"]["reply"]["messages"].values()
+    ]
+    grant = registry.grants["tra-verify-nin"]
+    assert list(reply["payload"]["properties"]) == grant.fields
+    assert "masked" in reply["payload"]["properties"]["phoneNumber"]["description"]
+    assert "middleName" not in reply["payload"]["properties"]  # not granted to tra
+    # tra serves TIN_STATUS Kafka-natively: it reads esb.request.tra and answers on its ingress
+    serve = tra["operations"]["tra.serve.TIN_STATUS"]
+    assert serve["action"] == "receive"
+    assert tra["channels"]["request"]["address"] == "esb.request.tra"
+    # moh may call VERIFY_NIN too, but that is moh's: not in tra's view
+    assert "moh.call.VERIFY_NIN" not in tra["operations"]

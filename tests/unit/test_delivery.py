@@ -108,3 +108,36 @@ def test_the_hmac_header_covers_timestamp_and_body() -> None:
     header = hmac_signature(b"s3cret", b'{"a":1}', 1795000000)
     expected = hmac.new(b"s3cret", b'1795000000.{"a":1}', hashlib.sha256).hexdigest()
     assert header == f"t=1795000000,v1={expected}"
+
+
+def test_a_late_answer_is_pushed_in_govesb_s_async_form_signed_over_its_data() -> None:
+    import json as _json
+
+    from connectors.gateway.govesb import exact_data
+    from connectors.http_sink.delivery import govesb_answer_request, is_late_answer
+    from streams.contract.envelope import new_envelope
+    from streams.contract.signing import generate_private_key
+
+    key = generate_private_key()
+    request_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    envelope = new_envelope("nida", "crvs", "tz.go.nida.VerifyNinResponse", request_id,
+                            correlation_id=request_id)  # fmt: skip
+    pushed = govesb_answer_request(envelope, b'{"nin":"1","valid":true}', "answered", "", key)
+    text = pushed.body.decode()
+    body = _json.loads(text)
+    assert body["data"] == {
+        "success": True, "requestId": "0f8fad5bd9cb469fa16570867728950e",
+        "esbBody": {"nin": "1", "valid": True},
+    }  # fmt: skip
+    # Every GovESB client's way of verifying: the raw cut (PHP) and the compact form agree.
+    data = exact_data(text)
+    assert data == _json.dumps(body["data"], separators=(",", ":"))
+    assert key.public_key().verify(data.encode(), body["signature"])
+    failed = govesb_answer_request(envelope, b"", "provider-error", "NIDA is down", key)
+    assert _json.loads(failed.body)["data"] == {
+        "success": False, "requestId": "0f8fad5bd9cb469fa16570867728950e", "esbBody": {},
+        "message": "NIDA is down",
+    }  # fmt: skip
+    assert is_late_answer([("esb_status", b"answered"), ("esb_late", b"1")])
+    assert not is_late_answer([("esb_status", b"answered")])  # its caller got it
+    assert not is_late_answer([("esb_status", b"refused"), ("esb_late", b"1")])

@@ -81,7 +81,9 @@ def test_the_bus_processes_get_what_their_code_does_and_no_more(registry: BusReg
     assert writes == (
         {f"esb.deliver.{i}" for i in ids}
         | {f"esb.rejected.{i}" for i in ids}
-        | {"esb.audit", "esb.duplicates"}
+        | {"esb.audit", "esb.duplicates", "esb.tickets"}
+        | {"esb.request.nida", "esb.request.tra"}  # the providers of the example's services
+        | {"esb.reply.tra", "esb.reply.moh", "esb.reply.brela"}  # the institutions granted one
     )
     assert ("group", "govesb-pipeline", "literal", frozenset({"Read"})) in worker
 
@@ -89,7 +91,28 @@ def test_the_bus_processes_get_what_their_code_does_and_no_more(registry: BusReg
     assert {name for _, name, _, ops in gateway if "Write" in ops} == {
         f"esb.ingress.{i}" for i in ids
     }
-    assert {name for _, name, _, ops in gateway if "Read" in ops} == {"esb.registry"}
+    assert {name for _, name, _, ops in gateway if "Read" in ops} == {
+        "esb.registry",
+        "esb.tickets",
+        "esb.reply.tra",
+        "esb.reply.moh",
+        "esb.reply.brela",
+    }
+    # nida serves VERIFY_NIN over HTTP: its provider connector reads its requests and
+    # answers on nida's ingress; a Kafka-native provider (tra) reads them itself.
+    assert acls_of(users, "govesb-provider-nida") == {
+        ("topic", "esb.request.nida", "literal", frozenset({"Read", "Describe"})),
+        ("group", "govesb-provider-nida", "literal", frozenset({"Read"})),
+        ("topic", "esb.registry", "literal", frozenset({"Read", "Describe"})),
+        ("topic", "esb.ingress.nida", "literal", frozenset({"Write", "Describe"})),
+        ("topic", "esb.audit", "literal", frozenset({"Write", "Describe"})),
+    }
+    assert ("topic", "esb.request.tra", "literal", frozenset({"Read", "Describe"})) in acls_of(
+        users, "tra"
+    )
+    assert ("topic", "esb.reply.tra", "literal", frozenset({"Read", "Describe"})) in acls_of(
+        users, "tra"
+    )
 
     assert acls_of(users, sink_user("utumishi")) == {
         ("topic", "esb.deliver.utumishi", "literal", frozenset({"Read", "Describe"})),
@@ -113,7 +136,8 @@ def test_topics_are_those_registry_apply_creates(registry: BusRegistry) -> None:
     assert {
         t["spec"]["topicName"]: (t["spec"]["partitions"], t["spec"]["config"]) for t in exported
     } == expected
-    assert len(exported) == 4 * len(registry.institutions) + 3
+    # 4 per institution, audit/duplicates/tickets/registry, 2 request and 3 reply topics
+    assert len(exported) == 4 * len(registry.institutions) + 4 + 2 + 3
     for topic in exported:
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "bus"
         assert topic["metadata"]["namespace"] == "esb"
@@ -163,7 +187,7 @@ def test_the_command_writes_one_file_per_kind(registry: BusRegistry, tmp_path: P
     ]
     expected = strimzi_resources(registry, CliSettings().topics, cluster="govesb", namespace="esb")
     assert sorted(written, key=repr) == sorted(expected, key=repr)
-    assert "35 KafkaTopic, 13 KafkaUser" in result.stderr
+    assert "41 KafkaTopic, 14 KafkaUser" in result.stderr  # + services' topics, provider user
 
 
 def test_the_command_writes_yaml_to_stdout() -> None:

@@ -103,14 +103,14 @@ def test_lint_command_exits_1_and_prints_each_problem(tmp_path: Path, example: d
     assert "subscriptions[0].subscriber: unknown institution 'nhif'" in result.output
     ok = CliRunner().invoke(app, ["registry", "lint", str(EXAMPLE)])
     assert ok.exit_code == 0
-    assert "8 institutions, 9 event types, 9 subscriptions" in ok.output
+    assert "8 institutions, 9 event types, 9 subscriptions, 2 services, 3 grants" in ok.output
 
 
 def test_applying_the_same_registry_twice_changes_nothing() -> None:
     registry, _ = load_registry(EXAMPLE)
     assert registry is not None
     records = registry_records(registry)
-    assert len(records) == 8 + 9 + 9
+    assert len(records) == 8 + 9 + 9 + 2 + 3  # institutions, types, agreements, services, grants
     assert plan_changes(records, {}) == records
     assert plan_changes(records, dict(records)) == {}
     smaller = {k: v for k, v in records.items() if k != "subscription/nida-births"}

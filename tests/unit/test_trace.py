@@ -250,3 +250,76 @@ async def test_the_worker_audits_the_hashed_key_the_agreements_and_the_rejection
     assert (body["outcome"], body["reason"]) == ("rejected", "bad-signature")
     assert body["detail"] == "signature does not verify with nida-2e3f1f063154"
     assert "agreements" not in body
+
+
+def test_a_request_s_trace_shows_its_routing_and_its_answer(tmp_path: Path) -> None:
+    from streams.contract.requests import answer_id
+
+    store = SqliteStore(tmp_path / "index.sqlite")
+    worker = AuditChain("worker/h/3/0")
+    request = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    records = [
+        worker.append(outcome="requested", event_id=request, publisher="tra",
+                      event_type="tz.go.nida.VerifyNinRequest", payload_sha256="cd" * 32,
+                      subscribers=["nida"], agreements=["tra-verify-nin"],
+                      source=("esb.ingress.tra", 0, 3), time=at(0), detail="api VERIFY_NIN"),
+        worker.append(outcome="answered", event_id=answer_id(request), publisher="nida",
+                      event_type="tz.go.nida.VerifyNinResponse", payload_sha256="ef" * 32,
+                      subscribers=["tra"], agreements=["tra-verify-nin"],
+                      source=("esb.ingress.nida", 1, 9), time=at(0.2),
+                      detail=f"api VERIFY_NIN, request {request}"),
+    ]  # fmt: skip
+    batch = Batch(entries=[e for _, v in records if (e := parse_audit(v))])
+    batch.positions = {("esb.audit", 0): len(records)}
+    store.write(batch, not_before="2000-01-01")
+    found = trace(store, request)
+    assert found is not None
+    assert (found.accepted, found.publisher) == (True, "tra")
+    assert [(s.what, s.subscriber, s.agreement) for s in found.steps] == [
+        ("received", None, None),
+        ("accepted", None, None),
+        ("requested", "nida", "tra-verify-nin"),
+        ("answered", "tra", "tra-verify-nin"),
+    ]
+    assert found.steps[-1].time > found.steps[0].time
+
+
+async def test_the_tracker_shows_what_a_requester_was_told_about_a_key(tmp_path: Path) -> None:
+    """A NIN asked about through VERIFY_NIN: the answer's fields, under the grant, to whom."""
+    from streams.contract.requests import answer_id
+    from streams.trace.index import batch_of
+
+    store = SqliteStore(tmp_path / "index.sqlite")
+    grant = json.dumps(
+        {"id": "tra-verify-nin", "consumer": "tra", "api_code": "VERIFY_NIN",
+         "fields": ["nin", "valid", "firstName"], "mask": [], "purpose": "verify identity"}
+    ).encode()  # fmt: skip
+    service = json.dumps(
+        {"api_code": "VERIFY_NIN", "provider": "nida",
+         "request_type": "tz.go.nida.VerifyNinRequest",
+         "response_type": "tz.go.nida.VerifyNinResponse"}
+    ).encode()  # fmt: skip
+    registry = batch_of([registry_record(0, "grant/tra-verify-nin", grant, at(-60)),
+                         registry_record(1, "service/VERIFY_NIN", service, at(-60))])  # fmt: skip
+    worker = AuditChain("worker/h/4/0")
+    request = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    _, answered = worker.append(
+        outcome="answered", event_id=answer_id(request), publisher="nida",
+        event_type="tz.go.nida.VerifyNinResponse", payload_sha256="ef" * 32,
+        subscribers=["tra"], agreements=["tra-verify-nin"], time=at(1),
+        subject=subject_digest(KEY, NIN),
+    )  # fmt: skip
+    entry = parse_audit(answered)
+    assert entry is not None
+    registry.entries.append(entry)
+    registry.positions[("esb.audit", 0)] = 1
+    store.write(registry, not_before="2000-01-01")
+    recorder = Recorder()
+    told = await track(store, KEY, NIN, Asker(institution="nida"), recorder)  # the data owner
+    assert [(d.subscriber, d.agreement, d.fields, d.purpose, d.delivery, d.owner)
+            for d in told.disclosures] == [
+        ("tra", "tra-verify-nin", ("nin", "valid", "firstName"), "verify identity", "answer",
+         "nida"),
+    ]  # fmt: skip
+    with pytest.raises(Refused):
+        await track(store, KEY, NIN, Asker(institution="tra"), recorder)  # not tra's data
