@@ -275,6 +275,7 @@ class Portal:
         institution = self._institution(request)
         view, catalog = self.context.view, self.context.catalog
         subscriptions = list(view.subscriptions.values())
+        services, grants = list(view.services.values()), list(view.grants.values())
         _, texts = await bus.process_states(self.settings.processes, self.settings.read_timeout_s)
         return self._page(
             "institution.html", request,
@@ -282,8 +283,8 @@ class Portal:
             owned=[t.name for t in catalog.owned_by(institution)],
             as_owner=catalogue.as_owner(subscriptions, catalog, institution),
             as_subscriber=catalogue.as_subscriber(subscriptions, catalog, institution),
-            served=catalogue.services_served(institution),
-            called=catalogue.services_called(institution),
+            served=catalogue.services_served(services, grants, institution),
+            called=catalogue.services_called(services, grants, institution),
             flow=bus.flows(texts).get(institution, bus.Flow()),
         )  # fmt: skip
 

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from streams.contract.catalog import Catalog, EventType
-from streams.registry.model import Subscription
+from streams.registry.model import Grant, Subscription
+from streams.registry.view import ServiceRecord
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,16 @@ class AgreementRow:
 
 @dataclass(frozen=True)
 class ServiceRow:
-    """A request/reply service an institution serves or calls (filled in with the registry's
-    services; none are registered yet)."""
+    """A request/reply service an institution serves or may call, and under which grant."""
 
     api_code: str
     provider: str
-    consumer: str
+    consumers: tuple[str, ...]  # who may call it (for the provider), or the caller itself
     description: str
+    served_by: str  # http or kafka
+    deadline_s: float
+    fields: tuple[tuple[str, bool], ...] = ()  # answer fields the caller sees (field, masked)
+    purpose: str = ""
 
 
 def type_text(avro_type: Any) -> str:
@@ -166,13 +170,49 @@ def as_owner(
     )
 
 
-def services_served(institution: str) -> list[ServiceRow]:
-    """The request/reply services ``institution`` provides (none registered yet: the registry's
-    services fill this in)."""
-    return []
+def services_served(
+    services: Iterable[ServiceRecord], grants: Iterable[Grant], institution: str
+) -> list[ServiceRow]:
+    """The request/reply services ``institution`` provides, and who may call each."""
+    granted = list(grants)
+    return sorted(
+        (
+            ServiceRow(
+                api_code=s.api_code,
+                provider=s.provider,
+                consumers=tuple(sorted(g.consumer for g in granted if g.api_code == s.api_code)),
+                description=s.description,
+                served_by=s.served_by,
+                deadline_s=s.deadline_s,
+            )
+            for s in services
+            if s.provider == institution
+        ),
+        key=lambda r: r.api_code,
+    )
 
 
-def services_called(institution: str) -> list[ServiceRow]:
-    """The request/reply services ``institution`` may call (none registered yet: the
-    registry's access grants fill this in)."""
-    return []
+def services_called(
+    services: Iterable[ServiceRecord], grants: Iterable[Grant], institution: str
+) -> list[ServiceRow]:
+    """The services ``institution`` may call (its grants): which answer fields it sees, why."""
+    by_code = {s.api_code: s for s in services}
+    rows = []
+    for grant in grants:
+        service = by_code.get(grant.api_code)
+        if grant.consumer != institution or service is None:
+            continue
+        masked = set(grant.mask)
+        rows.append(
+            ServiceRow(
+                api_code=grant.api_code,
+                provider=service.provider,
+                consumers=(institution,),
+                description=service.description,
+                served_by=service.served_by,
+                deadline_s=service.deadline_s,
+                fields=tuple((f, f in masked) for f in grant.fields),
+                purpose=grant.purpose,
+            )
+        )
+    return sorted(rows, key=lambda r: r.api_code)

@@ -273,6 +273,9 @@ async def test_the_data_tracker_answers_an_operator_and_refuses_an_unrelated_ins
 
     brela = await _visitor(browser, portal, tmp_path)
     await brela.sign_in("institution", "brela", SECRETS["brela"])
+    called = await brela.page.inner_text("#called")  # the services brela may call
+    assert "TIN_STATUS" in called
+    assert "tra" in called
     await brela.open("/tracker")
     await brela.page.fill("#key", nin)
     await brela.page.click("main button[type=submit]")

@@ -16,6 +16,7 @@ from connectors.portal.sessions import SessionStore, SignIn, Who
 from streams.pipeline.metrics import PipelineMetrics
 from streams.registry.model import load_registry
 from streams.registry.sync import registry_records
+from streams.registry.view import ServiceRecord
 from streams.settings import REPO_ROOT
 from streams.trace.queries import Delivery, Step, Trace
 
@@ -138,8 +139,27 @@ def test_the_owner_sees_who_receives_its_data_which_fields_masked_and_why() -> N
     received = {a.id for a in catalogue.as_subscriber(SUBSCRIPTIONS, REGISTRY.catalog, "nida")}
     assert {"nida-births", "nida-deaths"} <= received
     assert "tra-citizen-identity" not in received
-    assert catalogue.services_served("nida") == []
-    assert catalogue.services_called("nida") == []
+
+
+def test_the_services_an_institution_serves_and_those_it_may_call_with_the_fields_it_sees(
+) -> None:  # fmt: skip
+    records = registry_records(REGISTRY)
+    services = [
+        ServiceRecord.model_validate_json(v) for k, v in records.items() if k.startswith("service/")
+    ]
+    grants = list(REGISTRY.document.grants)
+    [served] = catalogue.services_served(services, grants, "nida")
+    assert (served.api_code, served.provider, served.served_by) == ("VERIFY_NIN", "nida", "http")
+    assert {"tra", "moh"} <= set(served.consumers)
+    assert served.description
+    [called] = catalogue.services_called(services, grants, "tra")
+    assert (called.api_code, called.provider) == ("VERIFY_NIN", "nida")
+    assert ("phoneNumber", True) in called.fields
+    assert ("nin", False) in called.fields
+    assert called.purpose.startswith("Verify an individual's identity")
+    assert catalogue.services_called(services, grants, "nida") == []
+    assert catalogue.services_served(services, grants, "rita") == []
+    assert "TIN_STATUS" in {r.api_code for r in catalogue.services_served(services, grants, "tra")}
 
 
 def test_the_catalogue_shows_fields_with_docs_pii_marks_samples_and_versions() -> None:
