@@ -68,12 +68,13 @@ def redirect(location: str) -> web.Response:
 
 
 def visible_trace(found: Trace, who: Who) -> Trace | None:
-    """What ``who`` may see of a trace: everything for an operator and the publisher; for a
-    subscriber, the worker's steps and its own deliveries; nothing for anyone else."""
+    """What ``who`` may see of a trace: everything for an operator and the publisher (or
+    requester); for a subscriber (or a request's provider), the worker's steps and its own;
+    nothing for anyone else."""
     if who.operator or found.publisher == who.institution:
         return found
     mine = tuple(d for d in found.deliveries if d.subscriber == who.institution)
-    if not mine:
+    if not mine and all(s.subscriber != who.institution for s in found.steps):
         return None
     steps = tuple(s for s in found.steps if s.subscriber in (None, who.institution))
     return replace(found, deliveries=mine, steps=steps)

@@ -128,6 +128,24 @@ def test_a_trace_is_whole_for_operators_and_the_publisher_partial_for_a_receiver
     assert visible_trace(TRACE, Who(institution="brela")) is None
 
 
+def test_a_request_is_seen_by_its_requester_and_its_provider_only() -> None:
+    request = dataclasses.replace(
+        TRACE,
+        publisher="tra",
+        deliveries=(),
+        steps=(
+            Step("t1", "received", "w"),
+            Step("t1", "requested", "w", "nida", "tra-verify-nin"),
+            Step("t2", "answered", "w", "tra", "tra-verify-nin"),
+        ),
+    )
+    assert visible_trace(request, Who(institution="tra")) == request
+    provider = visible_trace(request, Who(institution="nida"))
+    assert provider is not None
+    assert [s.what for s in provider.steps] == ["received", "requested"]
+    assert visible_trace(request, Who(institution="brela")) is None
+
+
 def test_the_owner_sees_who_receives_its_data_which_fields_masked_and_why() -> None:
     owned = {a.id: a for a in catalogue.as_owner(SUBSCRIPTIONS, REGISTRY.catalog, "nida")}
     identity = owned["tra-citizen-identity"]
