@@ -287,6 +287,7 @@ class Portal:
             served=catalogue.services_served(services, grants, institution),
             called=catalogue.services_called(services, grants, institution),
             flow=bus.flows(texts).get(institution, bus.Flow()),
+            calls=bus.calls_by_api(texts),
         )  # fmt: skip
 
     async def rejections_page(self, request: web.Request) -> web.Response:

@@ -179,6 +179,23 @@ def _add(found: dict[str, Flow], name: str, labels: dict[str, str], value: float
         found[institution].lag += value
 
 
+def calls_by_api(metrics_texts: list[str]) -> dict[str, dict[str, float]]:
+    """Requests and answers per api code and outcome (routed, answered, refused, …) (pure)."""
+    found: dict[str, dict[str, float]] = defaultdict(dict)
+    for text in metrics_texts:
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:
+            continue
+        for family in families:
+            for sample in family.samples:
+                if sample.name == "govesb_pipeline_calls_total":
+                    outcomes = found[sample.labels.get("api", "")]
+                    outcome = sample.labels.get("outcome", "")
+                    outcomes[outcome] = outcomes.get(outcome, 0) + sample.value
+    return dict(found)
+
+
 def pending_changes(registry_file: Path | None, current: Mapping[str, bytes]) -> list[str]:
     """What ``registry apply`` of ``registry_file`` would change (``+``/``~``/``-`` key), or
     the file's problems when it does not lint."""

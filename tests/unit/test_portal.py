@@ -208,7 +208,10 @@ def test_metrics_of_the_worker_and_a_sink_become_flows_per_institution() -> None
     sink.deliveries.labels("utumishi", "dead-lettered", "422").inc(1)
     sink.attempts.labels("utumishi", "503").inc(2)
     sink.breaker.labels("utumishi").set(2)
+    pipeline.calls.labels("VERIFY_NIN", "routed").inc(3)
+    pipeline.calls.labels("VERIFY_NIN", "answered").inc(2)
     texts = [generate_latest(m.registry).decode() for m in (pipeline, sink)]
+    assert bus.calls_by_api(texts) == {"VERIFY_NIN": {"routed": 3, "answered": 2}}
     flows = bus.flows([*texts, "not prometheus {"])
     rita, utumishi = flows["rita"], flows["utumishi"]
     assert (rita.published, rita.rejected, rita.lag) == (7, 2, 3)
