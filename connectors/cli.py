@@ -141,7 +141,15 @@ def portal(
         err.print("[red]error:[/red] nobody can sign in: set GOVESB_CLIENTS__<INSTITUTION>="
                   "<secret> or GOVESB_OPERATORS__<NAME>=<password>")  # fmt: skip
         raise typer.Exit(2)
-    asyncio.run(run_portal(settings))
+    from aiokafka.errors import KafkaError
+
+    from streams.trace.store import StoreUnavailable
+
+    try:
+        asyncio.run(run_portal(settings))
+    except (LookupError, StoreUnavailable, OSError, KafkaError, TimeoutError) as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:

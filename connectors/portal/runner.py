@@ -18,7 +18,7 @@ from streams.contract.catalog import Catalog
 from streams.registry.view import RegistryView
 from streams.trace.index import AuditIndex
 from streams.trace.lookups import AuditLookupRecorder
-from streams.trace.store import open_store
+from streams.trace.store import TraceStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,24 @@ async def run_portal(settings: PortalSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
     catalog = Catalog.load(settings.catalog)
     url = settings.trace.database_url
-    store = open_store(settings.trace.database, url.get_secret_value() if url else None)
-    view = RegistryView(settings.kafka)
-    await view.start()
-    recorder = await AuditLookupRecorder.connect(settings.kafka)
+    async with contextlib.AsyncExitStack() as stack:  # what started is stopped, in reverse
+        store = open_store(settings.trace.database, url.get_secret_value() if url else None)
+        stack.callback(store.close)
+        view = RegistryView(settings.kafka)
+        await view.start()
+        stack.push_async_callback(view.stop)
+        recorder = await AuditLookupRecorder.connect(settings.kafka)
+        stack.push_async_callback(recorder.close)
+        await _serve(settings, catalog, store, view, recorder)
+
+
+async def _serve(
+    settings: PortalSettings,
+    catalog: Catalog,
+    store: TraceStore,
+    view: RegistryView,
+    recorder: AuditLookupRecorder,
+) -> None:
     key = settings.trace.subject_key
     context = PortalContext(
         settings=settings,
@@ -70,6 +84,3 @@ async def run_portal(settings: PortalSettings) -> None:
         await runner.cleanup()
         with contextlib.suppress(TimeoutError):  # bounded: the follower stops on `stopping`
             await asyncio.wait_for(follower, 10)
-        await recorder.close()
-        await view.stop()
-        store.close()
