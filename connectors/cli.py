@@ -1,7 +1,7 @@
 """The ``govesb`` command line: the commands of ``streams.cli.main`` plus the connectors'.
 
-``connect http-sink``, ``connect gateway`` and ``dlq list|replay`` live here so that the
-contract package (``streams``) never imports the connectors.
+``connect http-sink``, ``connect provider``, ``connect gateway`` and ``dlq list|replay`` live
+here so that the contract package (``streams``) never imports the connectors.
 """
 
 from __future__ import annotations
@@ -101,6 +101,27 @@ def connect_http_sink(
     try:
         asyncio.run(run_sink(settings))
     except SinkError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@connect_app.command("provider")
+def connect_provider(
+    ctx: typer.Context,
+    institution: Annotated[str, typer.Option(help="provider whose HTTP services to call")],
+    web_port: Annotated[int | None, typer.Option(help="port of /health and /metrics")] = None,
+) -> None:
+    """Answer esb.request.<institution> through the provider's HTTP API until SIGTERM."""
+    import logging
+
+    from connectors.provider.runner import ProviderError, run_provider
+    from connectors.settings import ProviderSettings
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    settings = process_settings(ctx, ProviderSettings, web_port=web_port, institution=institution)
+    try:
+        asyncio.run(run_provider(settings))
+    except ProviderError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
 

@@ -12,6 +12,7 @@ from streams.settings import (
     DemoKeyPolicy,
     IndexSettings,
     KafkaSettings,
+    KeyIds,
     SchemaRegistrySettings,
 )
 
@@ -231,6 +232,92 @@ class GatewaySettings(DemoKeyPolicy):
                 f"{', '.join(short)}"
             )
         return clients
+
+
+class ProviderSettings(DemoKeyPolicy):
+    """``govesb connect provider``: one process (or several, one group) per provider.
+
+    It signs the requests it sends to the provider with the bus's delivery key
+    (``GOVESB_DELIVERY_KEY_FILE``) and the answer events it produces with the gateway's key
+    (``GOVESB_SIGNING_KEY_FILE`` / ``GOVESB_SIGNING_KEY_ID``): like the gateway, it is an edge
+    of the bus that verified the provider's own signature. Endpoint secrets named by
+    ``secret_ref`` come from ``GOVESB_SECRETS__<SECRET_REF>``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOVESB_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    catalog: Path = Field(
+        default=DEFAULT_CATALOG,
+        description="the event catalogue YAML: answers are validated against, and encoded "
+        "with, its services' response schemas",
+    )
+    institution: str = Field(
+        default="",
+        description="the provider whose `esb.request.<institution>` this connector answers; "
+        "`--institution` sets it",
+    )
+    system: str = Field(
+        default="",
+        description="the provider's system named in the answers' `ce_source`; empty: the "
+        "institution's first system in the registry",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="address `/health` and `/metrics` listen on; `127.0.0.1`: this machine only",
+    )
+    web_port: int = Field(
+        default=6068, description="port of `/health` and `/metrics`; `--web-port` overrides it"
+    )
+    delivery_key_file: Path | None = Field(
+        default=None,
+        description="the bus's delivery key (PEM or base64 DER): signs the requests sent to "
+        "the provider, which verifies them with the key of the bus it knows",
+    )
+    signing_key_file: Path | None = Field(
+        default=None, description="the gateway's key: signs the answer events"
+    )
+    signing_key_id: str | None = Field(
+        default=None,
+        description="key id of that gateway key (one of the workers' `GOVESB_GATEWAY_KEY_IDS`)",
+    )
+    gateway_key_ids: KeyIds = Field(
+        default=[],
+        description="the bus's gateway key ids, never accepted on a routed request (the "
+        "connector's own `signing_key_id` is never either)",
+    )
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    backoff_initial_s: float = Field(
+        default=0.1,
+        description="backoff ceiling after the first failed attempt, in seconds; it doubles "
+        "each attempt (full jitter), and no wait goes past the request's deadline",
+    )
+    backoff_max_s: float = Field(default=2.0, description="cap of the backoff ceiling, in seconds")
+    concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="requests being answered at once (all partitions); a partition's offset "
+        "is committed past the requests whose answers are acknowledged",
+    )
+    session_timeout_ms: int = Field(default=10_000, description="consumer group session timeout")
+    heartbeat_interval_ms: int = Field(default=3_000, description="consumer heartbeat interval")
+    flush_wait_s: float = Field(
+        default=10.0,
+        description="how long a stop or a rebalance waits for requests in flight; those not "
+        "answered by then are answered by the partition's next consumer",
+    )
+    max_answer_bytes: int = Field(
+        default=1_000_000,
+        description="largest answer body read from the provider, and largest encoded answer, "
+        "in bytes; larger: an `invalid-answer` error answer",
+    )
+
+    def credentials(self) -> dict[str, str]:
+        """Every configured secret by lower-case name (never logged)."""
+        return {name.lower(): value.get_secret_value() for name, value in self.secrets.items()}
 
 
 class PortalSettings(BaseSettings):

@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from connectors.settings import GatewaySettings, PortalSettings, SinkSettings
+from connectors.settings import GatewaySettings, PortalSettings, ProviderSettings, SinkSettings
 from streams.dr.sites import DrCliSettings
 from streams.settings import REPO_ROOT, CliSettings, TraceSettings, WorkerSettings
 
@@ -46,6 +46,7 @@ PROCESSES = (
     Process("govesb worker", WorkerSettings),
     Process("govesb connect http-sink --subscriber <institution>", SinkSettings),
     Process("govesb connect gateway", GatewaySettings),
+    Process("govesb connect provider --institution <institution>", ProviderSettings),
     Process("govesb schemas|registry|publish|tail|audit|dlq …", CliSettings),
     Process("govesb dr status|failover", DrCliSettings),
     Process("govesb trace|track|index …", TraceSettings),

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from connectors.http_sink.delivery import basic_auth
+from deploy.demo_requests import client_secret, demo_clients
 from deploy.kafka.launcher import REPO, LauncherError, LocalBus, free_port
 from deploy.worker import (
     DEMO_BUS_KEY,
@@ -35,7 +36,7 @@ from streams.contract.jsonavro import to_json
 from streams.contract.signing import load_private_key
 
 SINK_TOKEN = "demo-utumishi-endpoint-token"  # noqa: S105 - the demo endpoint's token
-RITA_SECRET = "demo-rita-client-secret"  # noqa: S105 - the demo gateway client's secret
+RITA_SECRET = client_secret("rita")  # every demo institution's: demo-<id>-client-secret
 # The portal's demo operator account (name, password).
 DEMO_OPERATOR = ("operator", "demo-operator-password")
 DEATH = "tz.go.rita.DeathRegistered"
@@ -75,16 +76,25 @@ class PayrollEndpoint:
             await self.runner.cleanup()
 
 
-def registry_with_endpoint(port: int) -> Path:
-    """The example registry with utumishi's endpoint on this machine's demo port."""
+def registry_with_endpoint(port: int, nida_port: int | None = None) -> Path:
+    """The example registry with utumishi's endpoint on this machine's demo port (and NIDA's
+    VERIFY_NIN endpoint on ``nida_port``)."""
     document = yaml.safe_load((REPO / "deploy" / "registry.example.yaml").read_text())
     document["catalog"] = str(REPO / "schemas" / "catalog.yaml")
     utumishi = next(i for i in document["institutions"] if i["id"] == "utumishi")
     utumishi["endpoint"]["url"] = f"http://127.0.0.1:{port}/engine/esb/push-request"
+    if nida_port is not None:
+        verify_nin = next(s for s in document["services"] if s["api_code"] == "VERIFY_NIN")
+        verify_nin["endpoint"]["url"] = f"http://127.0.0.1:{nida_port}/api/verify-nin"
     path = REPO / ".cache" / "demo-registry.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def _institutions() -> list[str]:
+    document = yaml.safe_load((REPO / "deploy" / "registry.example.yaml").read_text())
+    return [institution["id"] for institution in document["institutions"]]
 
 
 def start_connectors(bus: LocalBus) -> tuple[WorkerProcess, WorkerProcess]:
@@ -107,7 +117,7 @@ def start_connectors(bus: LocalBus) -> tuple[WorkerProcess, WorkerProcess]:
     )
     gateway = start_govesb(
         ["connect", "gateway", "--web-port", str(gateway_port)],
-        {**common, **DEMO_GATEWAY_ENV, "GOVESB_CLIENTS__RITA": RITA_SECRET},
+        {**common, **DEMO_GATEWAY_ENV, **demo_clients(_institutions())},
         logs / "demo-gateway.log",
         gateway_port,
         lambda body: body["status"] == "ok",

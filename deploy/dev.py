@@ -4,15 +4,18 @@ Starts, and stops again on exit or Ctrl-C (only what it started):
 1. a real Kafka broker and Apicurio registry from the cached Maven jars;
 2. the catalogue's schemas and ``deploy/registry.example.yaml`` (utumishi's endpoint pointed
    at the sample legacy payroll endpoint on this machine);
-3. the sample legacy endpoint, ``govesb worker``, ``govesb connect http-sink --subscriber
-   utumishi``, ``govesb connect gateway``;
-4. a real Prometheus server scraping those three processes with the production alert rules;
+3. the sample legacy endpoint, NIDA's legacy VERIFY_NIN API, ``govesb worker``, ``govesb
+   connect http-sink --subscriber utumishi``, ``govesb connect gateway``, ``govesb connect
+   provider --institution nida``;
+4. a real Prometheus server scraping those processes with the production alert rules;
 5. ``govesb portal``, whose URL and demo sign-ins are printed.
 
 Then a stream of events (``--events`` valid, ``--invalid`` invalid, ``--rate`` per second)
-flows with a live view, a legacy system pushes GovESB-format events through the gateway, and
-a summary follows. The last line is ``delivered: D/E, rejected: R (expected R), lost: L``,
-every number counted from what arrived. ``--keep-running`` then leaves the stack up.
+flows with a live view, a legacy system pushes GovESB-format events through the gateway,
+institutions call each other's APIs over HTTP and Kafka (:mod:`deploy.demo_requests`, whose
+``requests: answered N/N, refused R (expected R), timed out T`` line comes just before the
+last), and a summary follows. The last line is ``delivered: D/E, rejected: R (expected R),
+lost: L``, every number counted from what arrived. ``--keep-running`` then leaves the stack up.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from deploy.demo_legacy import (
     start_connectors,
     start_portal,
 )
+from deploy.demo_requests import NidaEndpoint, RequestTally, request_flow, start_provider_connector
 from deploy.dev_stream import Tally, follow, publish_stream
 from deploy.kafka.launcher import REPO, LauncherError, LocalBus, free_port
 from deploy.prometheus_local import LocalPrometheus
@@ -74,6 +78,8 @@ class Stack:
     worker: WorkerProcess
     sink: WorkerProcess
     gateway: WorkerProcess
+    provider: WorkerProcess
+    nida: NidaEndpoint
     prometheus: LocalPrometheus
     portal: WorkerProcess
 
@@ -95,56 +101,67 @@ class Stack:
             ("HTTP sink (utumishi)", f"{local}:{self.sink.web_port}/health  /metrics"),
             ("gateway", f"{local}:{self.gateway.web_port}  (/openapi.json, /health, /metrics)"),
             ("legacy payroll endpoint", self.endpoint.url),
+            ("provider connector (nida)", f"{local}:{self.provider.web_port}/health  /metrics"),
+            ("NIDA's legacy VERIFY_NIN API", self.nida.url),
             ("Prometheus", f"{self.prometheus.url}  (/targets, /alerts)"),
             ("portal", self.portal_sign_in),
         ]
 
 
-async def prepare(bus: LocalBus, console: Console, legacy_port: int) -> BusRegistry:
+async def prepare(bus: LocalBus, console: Console, legacy_port: int, nida_port: int) -> BusRegistry:
     """Register the schemas; apply the example registry, utumishi's endpoint on this machine."""
     catalog = Catalog.load()
     _, problems = await register_catalog(
         catalog, AsyncSchemaRegistryClient({"url": bus.registry_url})
     )
-    registry, lint = load_registry(registry_with_endpoint(legacy_port))
+    registry, lint = load_registry(registry_with_endpoint(legacy_port, nida_port))
     if problems or registry is None:
         raise LauncherError("; ".join(map(str, [*problems, *lint])))
     await apply_registry(registry, KafkaSettings(bootstrap_servers=bus.bootstrap), TopicSettings())
     console.print(
         f"registered {len(catalog)} event types; applied {len(registry.institutions)} "
-        f"institutions, {len(registry.subscriptions)} agreements"
+        f"institutions, {len(registry.subscriptions)} agreements, {len(registry.services)} "
+        f"services, {len(registry.grants)} grants"
     )
     return registry
 
 
 def start_stack(bus: LocalBus, console: Console, stop: contextlib.ExitStack) -> Stack:
     """Schemas, registry, processes and Prometheus; each registered on ``stop``."""
-    legacy_port = free_port()
-    registry = asyncio.run(prepare(bus, console, legacy_port))
+    legacy_port, nida_port = free_port(), free_port()
+    registry = asyncio.run(prepare(bus, console, legacy_port, nida_port))
     DEV_DIR.mkdir(parents=True, exist_ok=True)
     worker = start_worker(bus.bootstrap, bus.registry_url, DEV_DIR / "worker.log")
     stop.callback(worker.stop)
     sink, gateway = start_connectors(bus)
     stop.callback(sink.stop)
     stop.callback(gateway.stop)
-    console.print("worker, HTTP sink (utumishi) and gateway ready")
+    provider = start_provider_connector(bus)
+    stop.callback(provider.stop)
+    console.print("worker, HTTP sink (utumishi), gateway and provider connector (nida) ready")
     prometheus = LocalPrometheus(
         DEV_DIR / "prometheus",
         {
             "govesb-worker": [f"127.0.0.1:{worker.web_port}"],
             "govesb-sink": [f"127.0.0.1:{sink.web_port}"],
             "govesb-gateway": [f"127.0.0.1:{gateway.web_port}"],
+            "govesb-provider": [f"127.0.0.1:{provider.web_port}"],
         },
     ).start()
     stop.callback(prometheus.stop)
     console.print(f"Prometheus ready at {prometheus.url}")
     portal = start_portal(
-        bus, {"worker": worker.web_port, "sink": sink.web_port, "gateway": gateway.web_port}
+        bus,
+        {
+            "worker": worker.web_port,
+            "sink": sink.web_port,
+            "gateway": gateway.web_port,
+            "provider": provider.web_port,
+        },
     )
     stop.callback(portal.stop)
-    stack = Stack(
-        bus, registry, PayrollEndpoint(legacy_port), worker, sink, gateway, prometheus, portal
-    )
+    stack = Stack(bus, registry, PayrollEndpoint(legacy_port), worker, sink, gateway, provider,
+                  NidaEndpoint(nida_port), prometheus, portal)  # fmt: skip
     console.print(f"portal ready at {stack.portal_sign_in}", highlight=False)
     return stack
 
@@ -264,23 +281,26 @@ async def summary(console: Console, stack: Stack, tally: Tally) -> bool:
 async def run(console: Console, stack: Stack, options: DevOptions) -> int:
     """The stream, the legacy push flow, the summary; then stay up if asked."""
     await stack.endpoint.start()
+    await stack.nida.start()
     try:
         tally = await stream_with_live_view(console, stack, options)
         pushed, pushed_delivered = await legacy_flow(
             console, stack.endpoint, stack.gateway.web_port
         )
+        calls: RequestTally = await request_flow(stack.bus, stack.gateway.web_port, console)
         healthy = await summary(console, stack, tally)
         delivered = len(set(tally.expected) & tally.delivered) + pushed_delivered
         expected = len(tally.expected) + pushed
         lost = tally.lost + (pushed - pushed_delivered)
         for event_id, (wanted, given) in tally.wrong.items():
             console.print(f"[red]{event_id}: expected {wanted}, rejected as {given}[/red]")
+        console.print(calls.line(), highlight=False)
         console.print(
             f"delivered: {delivered}/{expected}, rejected: {len(tally.rejected)} "
             f"(expected {len(tally.invalid)}), lost: {lost}",
             highlight=False,
         )
-        code = 0 if healthy and lost == 0 and not tally.wrong else 1
+        code = 0 if healthy and lost == 0 and not tally.wrong and calls.ok else 1
         if options.keep_running:
             table = Table(title="the stack stays up; Ctrl-C stops everything started here")
             table.add_column("service")
@@ -291,6 +311,7 @@ async def run(console: Console, stack: Stack, options: DevOptions) -> int:
             await asyncio.Event().wait()  # until Ctrl-C
         return code
     finally:
+        await stack.nida.stop()
         await stack.endpoint.stop()
 
 

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from connectors.gateway.app import GatewayMetrics
+from connectors.gateway.calls import HeldCalls
+from connectors.gateway.replies import RequestMetrics
 from connectors.http_sink.metrics import SinkMetrics
 from connectors.portal.metrics import PortalMetrics
+from connectors.provider.metrics import ProviderMetrics
 from streams.pipeline.metrics import PipelineMetrics
 
 SUFFIXES = {
@@ -48,13 +51,21 @@ def _families(process: str, registry: CollectorRegistry) -> list[ExportedMetric]
     return found
 
 
+def _gateway_registry() -> CollectorRegistry:
+    registry = GatewayMetrics().registry
+    RequestMetrics(registry, HeldCalls())  # the request routes' metrics, in the same registry
+    return registry
+
+
 def exported_metrics() -> dict[str, ExportedMetric]:
-    """Metric families by name, merged across worker, sink, gateway and portal."""
+    """Metric families by name, merged across worker, sink, gateway, provider connector and
+    portal."""
     merged: dict[str, ExportedMetric] = {}
     for process, registry in (
         ("worker", PipelineMetrics().registry),
         ("sink", SinkMetrics().registry),
-        ("gateway", GatewayMetrics().registry),
+        ("gateway", _gateway_registry()),
+        ("provider", ProviderMetrics().registry),
         ("portal", PortalMetrics().registry),
     ):
         for metric in _families(process, registry):

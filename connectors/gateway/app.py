@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,9 @@ class Gateway:
     max_body_bytes: int = 1_000_000
     produce_timeout_s: float = 10.0
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Routes and /health checks added by other parts (connectors.gateway.requests.attach).
+    route_installers: list[Callable[[web.Application], None]] = field(default_factory=list)
+    checks: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     _seen_signatures: ReplayWindow = field(default_factory=ReplayWindow)
 
     def __post_init__(self) -> None:
@@ -382,6 +386,8 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get("/openapi.json", _openapi)
+        for install in self.route_installers:
+            install(app)
         return app
 
     async def health(self, _: web.Request) -> web.Response:
@@ -390,6 +396,7 @@ class Gateway:
             {
                 "registry_view": health.registry_view_check(self.view),
                 "clients": {"ok": bool(self.auth.clients), "count": len(self.auth.clients)},
+                **{name: check() for name, check in self.checks.items()},
             }
         )
         return web.json_response(body, status=status)

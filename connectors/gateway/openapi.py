@@ -32,6 +32,90 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+_SIGNED_REPLY = {
+    "type": "object",
+    "required": ["data", "signature"],
+    "properties": {
+        "data": {
+            "type": "object",
+            "required": ["success"],
+            "properties": {
+                "success": {"type": "boolean"},
+                "requestId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                "esbBody": {
+                    "description": "the answer, only the fields the caller's grant "
+                    "shows (masked where it says)"
+                },
+                "message": {
+                    "type": "string",
+                    "description": "why not: "
+                    "<reason code>: <detail>, e.g. timed-out: no answer to request "
+                    "<requestId> within 10 s",
+                },
+            },
+        },
+        "signature": {
+            "type": "string",
+            "description": "ECDSA (base64 DER) by the gateway over the data text",
+        },
+    },
+}
+_SIGNED = {"application/json": {"schema": {"$ref": "#/components/schemas/SignedReply"}}}
+_GOVESB_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "text/plain; charset=ISO-8859-1": {"schema": {"type": "string"}},
+    },
+}
+
+
+def _request(summary: str, *, nida: bool) -> dict[str, Any]:
+    description = (
+        "The request is read and verified as a push is (ISO-8859-1 bodies, the caller's "
+        "token inside the signed data), checked (api code served, the caller's grant, "
+        "esbBody against the service's request record, the grant's rate), published to the "
+        "bus, and the call is held until the answer comes back or the service's deadline "
+        "passes. 200 whatever the answer: data.success says, data.message gives the reason "
+        "code (unknown-api, no-grant, invalid-payload, rate-exceeded, timed-out, "
+        "provider-error, ...). Authentication and format errors keep their status."
+    )
+    if nida:
+        description += (
+            " userId (the caller's own user) is required, signed, and never published; "
+            'esbBody {"Payload": {...}} is read as its Payload.'
+        )
+    return {
+        "summary": summary,
+        "description": description,
+        "security": [{"bearer": []}, {"rawToken": []}, {"apiKey": []}],
+        "requestBody": _GOVESB_BODY,
+        "responses": {
+            "200": {"description": "the answer, or why there is none, signed", "content": _SIGNED},
+            **_errors(400, 401, 413, 415, 429, 502, 503),
+        },
+    }
+
+
+def _late_answer() -> dict[str, Any]:
+    return {
+        "summary": "A provider's late answer: {data: {success, esbBody, requestId}, signature}",
+        "description": "Signed by the provider. The request must take late answers (its "
+        "service's late_answers_s), have been routed to the caller, and not be past its time; "
+        "the answer is published with the request's reply ticket and reaches the requester "
+        "marked late.",
+        "security": [{"bearer": []}, {"rawToken": []}, {"apiKey": []}],
+        "requestBody": _GOVESB_BODY,
+        "responses": {
+            "202": {"description": "published; a signed ack", "content": _SIGNED},
+            "403": {"description": "not the caller's request (bad-ticket)", "content": _SIGNED},
+            "404": {"description": "no such request takes answers now", "content": _SIGNED},
+            "410": {"description": "past the time answers were taken", "content": _SIGNED},
+            **_errors(400, 401, 413, 415, 429, 502, 503),
+        },
+    }
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "GovESB HTTP gateway", "version": "1.0.0"},
@@ -50,6 +134,7 @@ OPENAPI: dict[str, Any] = {
         },
         "schemas": {
             "Error": _ERROR,
+            "SignedReply": _SIGNED_REPLY,
             "CloudEvent": {
                 "type": "object",
                 "required": ["specversion", "type", "source", "data"],
@@ -172,6 +257,17 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/engine/esb/request": {
+            "post": _request("GovESB request: {data: {apiCode, esbBody}, signature}", nida=False)
+        },
+        "/engine/esb/nida-request": {
+            "post": _request(
+                "GovESB request with userId: {data: {apiCode, userId, esbBody}, signature}",
+                nida=True,
+            )
+        },
+        "/engine/esb/async": {"post": _late_answer()},
+        "/engine/esb/async-response": {"post": _late_answer()},
         "/health": {
             "get": {
                 "summary": "component checks",

@@ -13,7 +13,11 @@ from aiokafka import AIOKafkaProducer
 
 from connectors.gateway.app import Gateway
 from connectors.gateway.auth import Authenticator
+from connectors.gateway.calls import HeldCalls, ReplyReader
+from connectors.gateway.requests import attach
+from connectors.gateway.tickets import TicketBook
 from connectors.serving import serve, stop_requested
+from streams.audit.chain import new_chain
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.registry.view import RegistryView
@@ -62,6 +66,12 @@ async def run_gateway(settings: Any) -> None:
         max_body_bytes=settings.max_body_bytes,
         produce_timeout_s=settings.produce_timeout_s,
     )
+    # Answers are read before the first request is taken, so none is missed.
+    calls = ReplyReader(settings.kafka, view, HeldCalls(), settings.signing_key_id)
+    tickets = TicketBook(settings.kafka)
+    await calls.start()
+    await tickets.start()
+    attach(gateway, calls, tickets, new_chain("gateway"))
     stopping = stop_requested()
     runner = await serve(
         gateway.application(), settings.web_host, settings.web_port, access_log_class=AccessLog
@@ -72,4 +82,6 @@ async def run_gateway(settings: Any) -> None:
         await runner.cleanup()
         with contextlib.suppress(TimeoutError):  # bounded: a dead broker cannot be flushed
             await asyncio.wait_for(producer.stop(), settings.produce_timeout_s)
+        await tickets.stop()
+        await calls.stop()
         await view.stop()

@@ -20,6 +20,7 @@ from streams.cli import (
     keys,
     registry,
     rejected,
+    request,
     schemas,
     trace,
     worker,
@@ -38,6 +39,7 @@ BUS_COMMANDS: tuple[Register, ...] = (
     registry.register,
     audit.register,
     rejected.register,
+    request.register,
     trace.register,
     dr.register,
 )

@@ -71,6 +71,28 @@ def publishable(catalog: Catalog, institution: str, name: str) -> EventType:
     return event_type
 
 
+def checked_record(event_type: EventType, payload: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """``payload`` as a record of ``event_type``'s schema; :class:`PublishError` naming the
+    fields (never their values: they may be personal data) when it does not match."""
+    record = _as_record(payload)
+    try:
+        validate(record, event_type.parsed, raise_errors=True)
+    except ValidationError as error:
+        # Name the field and the expected type, never the value: it may be personal data.
+        problems = "; ".join(
+            f"{e.field}: expected {e.schema}, got {type(e.datum).__name__}" for e in error.errors
+        )
+        raise PublishError(
+            f"{event_type.name} payload does not match its schema: {problems}"
+        ) from None
+    except (ValueError, TypeError) as error:  # fastavro's logical-type conversions
+        raise PublishError(
+            f"{event_type.name} payload does not match its schema "
+            f"({type(error).__name__} in a date, time or decimal field)"
+        ) from None
+    return record
+
+
 class Publisher:
     """Publishes one institution system's events to its ingress topic."""
 
@@ -152,23 +174,7 @@ class Publisher:
         correlation_id: str | None = None,
     ) -> PreparedEvent:
         """Validate, encode and sign; no I/O."""
-        record = _as_record(payload)
-        try:
-            validate(record, event_type.parsed, raise_errors=True)
-        except ValidationError as error:
-            # Name the field and the expected type, never the value: it may be personal data.
-            problems = "; ".join(
-                f"{e.field}: expected {e.schema}, got {type(e.datum).__name__}"
-                for e in error.errors
-            )
-            raise PublishError(
-                f"{event_type.name} payload does not match its schema: {problems}"
-            ) from None
-        except (ValueError, TypeError) as error:  # fastavro's logical-type conversions
-            raise PublishError(
-                f"{event_type.name} payload does not match its schema "
-                f"({type(error).__name__} in a date, time or decimal field)"
-            ) from None
+        record = checked_record(event_type, payload)
         business_key = record.get(event_type.key)
         if not isinstance(business_key, str) or not business_key:
             raise PublishError(f"{event_type.name}: key field {event_type.key!r} must be set")

@@ -192,6 +192,7 @@ def bus_acls(
         _read(topics.REGISTRY),
         *(_read(topics.reply(r)) for r in asking),  # the answers to the calls it holds
         _read(topics.TICKETS),  # late answers (/engine/esb/async)
+        _write(topics.AUDIT),  # the calls it answered timed-out
     ]
     for provider in http_providers(registry):
         users[provider_user(provider)] = [

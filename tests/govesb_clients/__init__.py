@@ -61,10 +61,11 @@ def install_python_client(cache: Path = npm.CACHE) -> Path:
     return target
 
 
-def python_push(client: Path, config: dict[str, Any]) -> Any:
-    """What ``python_push.py`` printed, run with the installed ``govesb`` on its path."""
+def python_push(client: Path, config: dict[str, Any], script: str = "python_push.py") -> Any:
+    """What ``script`` (``python_push.py``, ``python_request.py``) printed, run with the
+    installed ``govesb`` on its path."""
     done = subprocess.run(
-        [sys.executable, str(HERE / "python_push.py")],
+        [sys.executable, str(HERE / script)],
         input=json.dumps(config),
         capture_output=True,
         text=True,

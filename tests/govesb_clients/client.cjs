@@ -1,6 +1,7 @@
 // Drives GovESB's Node client (govesb-connector-js), unmodified, as its README says:
-// configured with keys, client id and secret, token URL and engine URL, then pushData (or,
-// with "replies" in the configuration, only verifyThenReturnData on each of them).
+// configured with keys, client id and secret, token URL and engine URL, then pushData
+// (requestData with "apiCode", requestNida with "apiCode" and "nidaUserId"; or, with
+// "replies" in the configuration, only verifyThenReturnData on each of them).
 // Reads that configuration as JSON on stdin; prints {"verified": <the data text its own
 // verifyThenReturnData accepted, or null>} (a list of them for "replies").
 "use strict";
@@ -18,10 +19,19 @@ async function main() {
     clientSecret: config.clientSecret,
     esbTokenUrl: config.esbTokenUrl,
     esbEngineUrl: config.esbEngineUrl,
+    nidaUserId: config.nidaUserId,
   });
-  const verified = config.replies
-    ? config.replies.map((reply) => helper.verifyThenReturnData(reply, "json"))
-    : await helper.pushData(config.pushCode, JSON.stringify(config.esbBody), "json");
+  const body = JSON.stringify(config.esbBody);
+  let verified;
+  if (config.replies) {
+    verified = config.replies.map((reply) => helper.verifyThenReturnData(reply, "json"));
+  } else if (config.apiCode && config.nidaUserId) {
+    verified = await helper.requestNida(config.apiCode, body, "json");
+  } else if (config.apiCode) {
+    verified = await helper.requestData(config.apiCode, body, "json");
+  } else {
+    verified = await helper.pushData(config.pushCode, body, "json");
+  }
   process.stdout.write(JSON.stringify({ verified }));
 }
 

@@ -69,6 +69,20 @@ def test_dev_delivers_everything_loses_nothing_and_ctrl_c_stops_only_what_it_sta
         for reason in INVALID_KINDS:  # each kind of invalid event, rejected with its reason
             assert re.search(rf"│ {reason} +│ 2 +│ 2 +│", text), reason
         assert "legacy: pushed 3, delivered to the payroll endpoint 3" in text
+        calls = re.findall(
+            r"requests: answered (\d+)/(\d+), refused (\d+) \(expected (\d+)\), timed out (\d+)",
+            text,
+        )
+        assert len(calls) == 1, text[-3000:]
+        answered, asked, refused, expected_refused, timed_out = map(int, calls[0])
+        # tra's two VERIFY_NIN over HTTP, moh's two over Kafka, brela's TIN_STATUS.
+        assert answered == asked == 5
+        assert "not sent" not in text
+        assert refused == expected_refused == 3  # no-grant, schema-mismatch, unknown-api
+        assert timed_out == 0
+        lines = text.splitlines()
+        last = next(n for n, line in enumerate(lines) if line.startswith("delivered: "))
+        assert lines[last - 1].startswith("requests: answered")  # just before the last line
         assert "INVALID" not in text
         for service in ("Kafka bootstrap", "Prometheus", "gateway", "legacy payroll endpoint"):
             assert service in text
