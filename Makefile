@@ -1,7 +1,8 @@
 # GovESB developer commands. Every target sets up what it needs on a fresh machine
 # (Python venv, pinned packages, Kafka + Apicurio jars from Maven Central into .cache/).
 # Needs: Python 3.11+, Java 17+, Maven; for `make test` also Node.js 20+ and npm (the official
-# AsyncAPI parser, installed into .cache/ by the tests from tests/asyncapi/package-lock.json).
+# AsyncAPI parser, installed into .cache/ by the tests from tests/asyncapi/package-lock.json);
+# `make setup` installs Debian's prometheus, postgresql and chromium when they are missing.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -31,6 +32,10 @@ setup: $(BIN)/.installed ## Create the venv, install pinned packages, fetch Kafk
 	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	@# Debian's chromium: the portal's browser tests drive it with Playwright (no browser download).
+	@command -v chromium >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: setup ## Run the test suite (unit + integration on a real broker and registry; not chaos)
 	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)

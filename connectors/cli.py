@@ -149,10 +149,35 @@ def connect_gateway(
     asyncio.run(run_gateway(settings))
 
 
+def portal(
+    ctx: typer.Context,
+    web_port: Annotated[int | None, typer.Option(help="listening port")] = None,
+) -> None:
+    """Serve the web portal for institutions and operators until SIGTERM."""
+    from connectors.portal.runner import run_portal
+    from connectors.settings import PortalSettings
+
+    settings = process_settings(ctx, PortalSettings, web_port=web_port)
+    if not settings.clients and not settings.operators:
+        err.print("[red]error:[/red] nobody can sign in: set GOVESB_CLIENTS__<INSTITUTION>="
+                  "<secret> or GOVESB_OPERATORS__<NAME>=<password>")  # fmt: skip
+        raise typer.Exit(2)
+    from aiokafka.errors import KafkaError
+
+    from streams.trace.store import StoreUnavailable
+
+    try:
+        asyncio.run(run_portal(settings))
+    except (LookupError, StoreUnavailable, OSError, KafkaError, TimeoutError) as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``govesb dlq`` and ``govesb connect``."""
+    """Add ``govesb dlq``, ``govesb connect`` and ``govesb portal``."""
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(connect_app, name="connect")
+    app.command("portal")(portal)
 
 
 app = build_app([register])

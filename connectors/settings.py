@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from streams.settings import (
     DEFAULT_CATALOG,
     DemoKeyPolicy,
+    IndexSettings,
     KafkaSettings,
     KeyIds,
     SchemaRegistrySettings,
@@ -317,3 +318,97 @@ class ProviderSettings(DemoKeyPolicy):
     def credentials(self) -> dict[str, str]:
         """Every configured secret by lower-case name (never logged)."""
         return {name.lower(): value.get_secret_value() for name, value in self.secrets.items()}
+
+
+class PortalSettings(BaseSettings):
+    """``govesb portal``: the web portal for institutions and operators.
+
+    Institutions sign in with their gateway client credentials (``GOVESB_CLIENTS__<ID>``, the
+    same variables as the gateway's); operators with an account from
+    ``GOVESB_OPERATORS__<NAME>=<password>`` (at least 16 characters). The processes whose
+    ``/health`` and ``/metrics`` the portal shows come from ``GOVESB_PROCESSES__<NAME>=<base
+    URL>`` (e.g. ``GOVESB_PROCESSES__WORKER=http://127.0.0.1:6066``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOVESB_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    trace: IndexSettings = IndexSettings()
+    catalog: Path = Field(
+        default=DEFAULT_CATALOG,
+        description="the event catalogue YAML: types, field docs, PII marks, versions",
+    )
+    samples: Path | None = Field(
+        default=None,
+        description="one sample payload per event type (YAML keyed by type); default: "
+        "`samples.yaml` beside the catalogue",
+    )
+    registry_file: Path | None = Field(
+        default=None,
+        description="the registry YAML operators edit: what it would change in `esb.registry` "
+        "is shown as pending changes (none given: no pending changes shown)",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="address the portal listens on; `127.0.0.1`: this machine only",
+    )
+    web_port: int = Field(default=8090, description="port of the portal; `--web-port` overrides it")
+    clients: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="an institution's client secret, as the gateway has it: the institution "
+        "signs in with its id and this secret",
+    )
+    operators: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="an operator account's password (at least 16 characters): operators see "
+        "every institution, the flow, health, audit chains, and replay dead letters",
+    )
+    processes: dict[str, str] = Field(
+        default_factory=dict,
+        description="base URL of a bus process (worker, sink, gateway) whose `/health` and "
+        "`/metrics` the portal shows",
+    )
+    session_ttl_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="a session ends after this many seconds without a request; signing in "
+        "again is needed after",
+    )
+    max_sessions: int = Field(
+        default=10_000, ge=1, description="most sessions held at once (the oldest go first)"
+    )
+    secure_cookies: bool = Field(
+        default=False,
+        description="send the session cookie only over HTTPS (set it behind a TLS proxy)",
+    )
+    sign_in_failures_per_ip: int = Field(
+        default=30,
+        ge=1,
+        description="failed sign-ins allowed per source address per minute; beyond: refused",
+    )
+    read_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="longest a page waits for Kafka (rejections, dead letters, audit chains) "
+        "or for a process's `/health` and `/metrics`",
+    )
+
+    @field_validator("clients", "operators")
+    @classmethod
+    def _long_enough(cls, secrets_: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        short = sorted(
+            name for name, secret in secrets_.items()
+            if len(secret.get_secret_value()) < MIN_CLIENT_SECRET_CHARS
+        )  # fmt: skip
+        if short:
+            raise ValueError(
+                f"secrets need at least {MIN_CLIENT_SECRET_CHARS} characters: {', '.join(short)}"
+            )
+        return clients_lower(secrets_)
+
+
+def clients_lower(secrets_: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    """Names from environment variables are upper case: ids are lower case."""
+    return {name.lower(): secret for name, secret in secrets_.items()}

@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from connectors.settings import GatewaySettings, ProviderSettings, SinkSettings
+from connectors.settings import GatewaySettings, PortalSettings, ProviderSettings, SinkSettings
 from streams.dr.sites import DrCliSettings
 from streams.settings import REPO_ROOT, CliSettings, TraceSettings, WorkerSettings
 
@@ -50,6 +50,7 @@ PROCESSES = (
     Process("govesb schemas|registry|publish|tail|audit|dlq …", CliSettings),
     Process("govesb dr status|failover", DrCliSettings),
     Process("govesb trace|track|index …", TraceSettings),
+    Process("govesb portal", PortalSettings),
 )
 
 

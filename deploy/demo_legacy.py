@@ -37,6 +37,8 @@ from streams.contract.signing import load_private_key
 
 SINK_TOKEN = "demo-utumishi-endpoint-token"  # noqa: S105 - the demo endpoint's token
 RITA_SECRET = client_secret("rita")  # every demo institution's: demo-<id>-client-secret
+# The portal's demo operator account (name, password).
+DEMO_OPERATOR = ("operator", "demo-operator-password")
 DEATH = "tz.go.rita.DeathRegistered"
 
 
@@ -121,6 +123,37 @@ def start_connectors(bus: LocalBus) -> tuple[WorkerProcess, WorkerProcess]:
         lambda body: body["status"] == "ok",
     )
     return sink, gateway
+
+
+def start_portal(bus: LocalBus, processes: dict[str, int]) -> WorkerProcess:
+    """``govesb portal``: rita signs in with its gateway client secret, the demo operator with
+    its password; the processes' ``/health`` and ``/metrics`` (name to port) are shown."""
+    from streams.audit.chain import SUBJECT_KEY_PURPOSE
+
+    logs = REPO / ".cache" / "dev"
+    database = logs / "portal-trace.sqlite"
+    for suffix in ("", "-wal", "-shm"):  # a new bus each demo: the index starts afresh
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    subject_key = load_private_key(DEMO_BUS_KEY.read_text()).derive_key(SUBJECT_KEY_PURPOSE)
+    port = free_port()
+    return start_govesb(
+        ["portal", "--web-port", str(port)],
+        {
+            "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bus.bootstrap,
+            "GOVESB_CLIENTS__RITA": RITA_SECRET,
+            f"GOVESB_OPERATORS__{DEMO_OPERATOR[0].upper()}": DEMO_OPERATOR[1],
+            "GOVESB_TRACE__DATABASE": str(database),
+            "GOVESB_TRACE__SUBJECT_KEY": subject_key.hex(),
+            "GOVESB_REGISTRY_FILE": str(REPO / ".cache" / "demo-registry.yaml"),
+            **{
+                f"GOVESB_PROCESSES__{name.upper()}": f"http://127.0.0.1:{web_port}"
+                for name, web_port in processes.items()
+            },
+        },
+        logs / "demo-portal.log",
+        port,
+        lambda body: body["status"] == "ok",
+    )
 
 
 async def legacy_flow(

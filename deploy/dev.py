@@ -7,7 +7,8 @@ Starts, and stops again on exit or Ctrl-C (only what it started):
 3. the sample legacy endpoint, NIDA's legacy VERIFY_NIN API, ``govesb worker``, ``govesb
    connect http-sink --subscriber utumishi``, ``govesb connect gateway``, ``govesb connect
    provider --institution nida``;
-4. a real Prometheus server scraping those three processes with the production alert rules.
+4. a real Prometheus server scraping those processes with the production alert rules;
+5. ``govesb portal``, whose URL and demo sign-ins are printed.
 
 Then a stream of events (``--events`` valid, ``--invalid`` invalid, ``--rate`` per second)
 flows with a live view, a legacy system pushes GovESB-format events through the gateway,
@@ -33,10 +34,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from deploy.demo_legacy import (
+    DEMO_OPERATOR,
+    RITA_SECRET,
     PayrollEndpoint,
     legacy_flow,
     registry_with_endpoint,
     start_connectors,
+    start_portal,
 )
 from deploy.demo_requests import NidaEndpoint, RequestTally, request_flow, start_provider_connector
 from deploy.dev_stream import Tally, follow, publish_stream
@@ -77,6 +81,15 @@ class Stack:
     provider: WorkerProcess
     nida: NidaEndpoint
     prometheus: LocalPrometheus
+    portal: WorkerProcess
+
+    @property
+    def portal_sign_in(self) -> str:
+        """The portal's URL and its demo sign-ins."""
+        return (
+            f"http://127.0.0.1:{self.portal.web_port}/  (sign in as institution rita / "
+            f"{RITA_SECRET}, or as operator {DEMO_OPERATOR[0]} / {DEMO_OPERATOR[1]})"
+        )
 
     def urls(self) -> list[tuple[str, str]]:
         """(what, where) for every service of the stack."""
@@ -91,6 +104,7 @@ class Stack:
             ("provider connector (nida)", f"{local}:{self.provider.web_port}/health  /metrics"),
             ("NIDA's legacy VERIFY_NIN API", self.nida.url),
             ("Prometheus", f"{self.prometheus.url}  (/targets, /alerts)"),
+            ("portal", self.portal_sign_in),
         ]
 
 
@@ -136,8 +150,20 @@ def start_stack(bus: LocalBus, console: Console, stop: contextlib.ExitStack) -> 
     ).start()
     stop.callback(prometheus.stop)
     console.print(f"Prometheus ready at {prometheus.url}")
-    return Stack(bus, registry, PayrollEndpoint(legacy_port), worker, sink, gateway, provider,
-                 NidaEndpoint(nida_port), prometheus)  # fmt: skip
+    portal = start_portal(
+        bus,
+        {
+            "worker": worker.web_port,
+            "sink": sink.web_port,
+            "gateway": gateway.web_port,
+            "provider": provider.web_port,
+        },
+    )
+    stop.callback(portal.stop)
+    stack = Stack(bus, registry, PayrollEndpoint(legacy_port), worker, sink, gateway, provider,
+                  NidaEndpoint(nida_port), prometheus, portal)  # fmt: skip
+    console.print(f"portal ready at {stack.portal_sign_in}", highlight=False)
+    return stack
 
 
 async def stream_with_live_view(console: Console, stack: Stack, options: DevOptions) -> Tally:

@@ -14,6 +14,7 @@ from connectors.gateway.app import GatewayMetrics
 from connectors.gateway.calls import HeldCalls
 from connectors.gateway.replies import RequestMetrics
 from connectors.http_sink.metrics import SinkMetrics
+from connectors.portal.metrics import PortalMetrics
 from connectors.provider.metrics import ProviderMetrics
 from streams.pipeline.metrics import PipelineMetrics
 
@@ -57,13 +58,15 @@ def _gateway_registry() -> CollectorRegistry:
 
 
 def exported_metrics() -> dict[str, ExportedMetric]:
-    """Metric families by name, merged across worker, sink, gateway and provider connector."""
+    """Metric families by name, merged across worker, sink, gateway, provider connector and
+    portal."""
     merged: dict[str, ExportedMetric] = {}
     for process, registry in (
         ("worker", PipelineMetrics().registry),
         ("sink", SinkMetrics().registry),
         ("gateway", _gateway_registry()),
         ("provider", ProviderMetrics().registry),
+        ("portal", PortalMetrics().registry),
     ):
         for metric in _families(process, registry):
             seen = merged.get(metric.name)

@@ -42,12 +42,18 @@ async def read_dead_letters(
     return await read_records(kafka, topics.dlq(subscriber), wanted)
 
 
-async def replay(kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter]) -> int:
-    """Send ``letters`` back to the deliver topic (acks=all); return how many."""
+async def replay(
+    kafka: KafkaSettings, subscriber: str, letters: list[DeadLetter], by: str | None = None
+) -> int:
+    """Send ``letters`` back to the deliver topic (acks=all); return how many.
+
+    ``by`` names who asked (``operator:<name>`` from the portal); each replay's audit record
+    says so after the dead letter it came from.
+    """
     return await resend(
         kafka,
         topics.deliver(subscriber),
         letters,
         lambda letter: resent_headers(letter, SINK_HEADERS.__contains__, "dlq"),
-        replay_audit("dlq-replay", topics.dlq(subscriber), lambda _: [subscriber]),
+        replay_audit("dlq-replay", topics.dlq(subscriber), lambda _: [subscriber], by=by),
     )

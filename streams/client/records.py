@@ -139,10 +139,14 @@ async def resend(
 
 
 def replay_audit(
-    chain_name: str, from_topic: str, subscribers_of: Callable[[BusRecord], list[str]]
+    chain_name: str,
+    from_topic: str,
+    subscribers_of: Callable[[BusRecord], list[str]],
+    by: str | None = None,
 ) -> Callable[[BusRecord], tuple[str, bytes, bytes]]:
-    """The audit record of each replay (``outcome: replayed``, from which set-aside record),
-    for :func:`resend`'s ``also``: an event's trace shows that an operator sent it again."""
+    """The audit record of each replay (``outcome: replayed``, from which set-aside record,
+    and ``by`` whom when known), for :func:`resend`'s ``also``: an event's trace shows that an
+    operator sent it again."""
     from streams.audit.chain import new_chain
     from streams.contract import topics
 
@@ -157,7 +161,8 @@ def replay_audit(
             event_type=record.header("ce_type") or None,
             payload_sha256=None,
             subscribers=subscribers_of(record),
-            reason=f"from {from_topic}[{record.partition}]@{record.offset}",
+            reason=f"from {from_topic}[{record.partition}]@{record.offset}"
+            + (f" by {by}" if by else ""),
         )
         return topics.AUDIT, key, value
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -85,9 +86,15 @@ def test_dev_delivers_everything_loses_nothing_and_ctrl_c_stops_only_what_it_sta
         assert "INVALID" not in text
         for service in ("Kafka bootstrap", "Prometheus", "gateway", "legacy payroll endpoint"):
             assert service in text
+        portal = re.search(r"portal ready at (http://127\.0\.0\.1:\d+/)", text)
+        assert portal is not None, text[-3000:]
+        assert "sign in as institution rita / demo-rita-client-secret" in text
+        with urllib.request.urlopen(portal.group(1) + "signin", timeout=10) as page:
+            assert "Sign in" in page.read().decode()
 
         started = _children(dev.pid)
-        assert len(started) >= 6, started  # broker, registry, worker, sink, gateway, Prometheus
+        # broker, registry, worker, sink, gateway, Prometheus, portal
+        assert len(started) >= 7, started
         dev.send_signal(signal.SIGINT)
         assert dev.wait(90) == 130
         time.sleep(0.5)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -112,12 +113,7 @@ async def subscriber(kafka: str, registry: str, endpoint, start_worker, tmp_path
         "GOVESB_SIGNING_KEY_ID": DEMO_BUS_KEY_ID,
         "GOVESB_BACKOFF_INITIAL_S": "0.05",
     }
-    with (tmp_path / "sink.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("govesb")), "connect", "http-sink",
-            "--subscriber", name, "--web-port", str(free_port()),
-            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-        )  # fmt: skip
+    process = await _start_sink(name, env, tmp_path / "sink.log", apply)
     yield name, apply
     process.terminate()
     try:
@@ -125,6 +121,42 @@ async def subscriber(kafka: str, registry: str, endpoint, start_worker, tmp_path
     except TimeoutError:
         process.kill()
         await process.wait()
+
+
+async def _start_sink(name: str, env: dict[str, str], log_path: Path, apply: Any) -> Any:
+    """``govesb connect http-sink --subscriber name``, once it has its partitions. On a shared
+    bus another test's ``registry apply`` may remove the institution just before the sink reads
+    the registry (it then exits: no endpoint): apply again and restart it, a few times."""
+    for _ in range(3):
+        port = free_port()
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).with_name("govesb")), "connect", "http-sink",
+                "--subscriber", name, "--web-port", str(port),
+                env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while process.returncode is None and time.monotonic() < deadline:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                        body = await response.json()
+                        if body["checks"]["consumer"]["partitions"] > 0:
+                            return process
+                except (aiohttp.ClientError, KeyError, ValueError):
+                    pass
+                await asyncio.sleep(0.2)
+        log = _text(log_path)
+        if process.returncode is None:
+            raise AssertionError(f"the sink did not get its partitions: {log}")
+        if "has no HTTP endpoint" not in log:
+            raise AssertionError(f"the sink exited: {log}")
+        await apply()
+    raise AssertionError(f"the sink never found its endpoint: {_text(log_path)}")
+
+
+def _text(path: Path) -> str:
+    return path.read_text()
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The web portal: pages for institutions and operators (``govesb portal``)."""
