@@ -17,6 +17,7 @@ from connectors.serving import serve, stop_requested
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.registry.view import RegistryView
+from streams.tracing import GATEWAY, Tracing
 
 
 class AccessLog(AbstractAccessLogger):
@@ -61,6 +62,7 @@ async def run_gateway(settings: Any) -> None:
         ),
         max_body_bytes=settings.max_body_bytes,
         produce_timeout_s=settings.produce_timeout_s,
+        tracing=Tracing(settings.tracing, GATEWAY),
     )
     stopping = stop_requested()
     runner = await serve(
@@ -73,3 +75,4 @@ async def run_gateway(settings: Any) -> None:
         with contextlib.suppress(TimeoutError):  # bounded: a dead broker cannot be flushed
             await asyncio.wait_for(producer.stop(), settings.produce_timeout_s)
         await view.stop()
+        await asyncio.to_thread(gateway.tracing.shutdown)  # the last spans exported
