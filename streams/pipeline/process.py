@@ -31,7 +31,7 @@ from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
 from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import MAX_DETAIL, EventError, Reason
 from streams.contract.signing import PrivateKey, sign_event
-from streams.contract.tracecontext import TraceParent, retraced
+from streams.contract.tracecontext import TraceParent, retraced, trace_headers
 from streams.pipeline.duplicates import DuplicateWindow, SeenEvents
 from streams.pipeline.replay import replay_claim, replay_headers
 from streams.pipeline.routing import delivery_name, delivery_schema, minimise, resolve, route
@@ -396,10 +396,11 @@ def traced(outcome: Outcome, hop: TraceParent, creation: TraceParent) -> Outcome
     """``outcome`` with every output (deliveries, rejections, audit records) carrying the
     worker's hop as ``traceparent`` and the event's creation context as ``ce_traceparent``,
     in place of the trace headers a copied ingress record had."""
+    trace = trace_headers(hop, creation)
     return replace(
         outcome,
         outputs=[
-            Output(o.topic, o.key, o.value, retraced(o.headers, hop, creation))
+            Output(o.topic, o.key, o.value, retraced(o.headers, trace) if o.headers else trace)
             for o in outcome.outputs
         ],
     )

@@ -20,6 +20,7 @@ from streams.contract.tracecontext import (
     TraceParent,
     contexts,
     retraced,
+    trace_headers,
 )
 from streams.pipeline.process import Outcome, Output, traced
 from streams.settings import REPO_ROOT, TracingSettings
@@ -147,14 +148,14 @@ def test_a_hop_replaces_every_trace_header_and_keeps_the_others_in_order() -> No
     old = TraceParent(1, 2, 1, "old=1")
     hop, creation = TraceParent(3, 4, 1, "new=1"), TraceParent(3, 5)
     headers = [("ce_id", b"x"), *old.headers(), *old.headers(creation=True), ("esb_reason", b"y")]
-    assert retraced(headers, hop, creation) == (
+    assert retraced(headers, trace_headers(hop, creation)) == (
         ("ce_id", b"x"),
         ("esb_reason", b"y"),
         (CE_TRACEPARENT, b"00-00000000000000000000000000000003-0000000000000005-01"),
         (TRACEPARENT, b"00-00000000000000000000000000000003-0000000000000004-01"),
         (TRACESTATE, b"new=1"),
     )
-    assert CE_TRACESTATE not in dict(retraced(headers, hop, creation))
+    assert CE_TRACESTATE not in dict(retraced(headers, trace_headers(hop, creation)))
 
 
 def test_every_output_of_the_worker_carries_its_hop_and_the_events_creation() -> None:
