@@ -143,10 +143,13 @@ def contexts(headers: Headers) -> tuple[TraceParent | None, TraceParent | None]:
             found[name] = value
     if not found:
         return None, None
-    return (
-        TraceParent.parse(found.get(TRACEPARENT), found.get(TRACESTATE)),
-        TraceParent.parse(found.get(CE_TRACEPARENT), found.get(CE_TRACESTATE)),
-    )
+    hop = TraceParent.parse(found.get(TRACEPARENT), found.get(TRACESTATE))
+    if (found.get(CE_TRACEPARENT), found.get(CE_TRACESTATE)) == (
+        found.get(TRACEPARENT),
+        found.get(TRACESTATE),
+    ):  # a first hop writes both alike: read once
+        return hop, hop
+    return hop, TraceParent.parse(found.get(CE_TRACEPARENT), found.get(CE_TRACESTATE))
 
 
 def trace_headers(hop: TraceParent, creation: TraceParent) -> tuple[tuple[str, bytes], ...]:
