@@ -244,7 +244,10 @@ class TracingSettings(BaseModel):
             return None
         if "," in url:
             raise ValueError("must be one http:// or https:// URL")
-        return registry_urls(url)
+        url = registry_urls(url)
+        if "@" in urlsplit(url).netloc:  # the exporter's errors quote the URL
+            raise ValueError("must not carry credentials")
+        return url
 
 
 class CliSettings(BaseSettings):

@@ -203,9 +203,16 @@ def test_the_endpoint_setting_is_one_http_url() -> None:
     assert TracingSettings(otlp_endpoint="").otlp_endpoint is None
     url = "http://127.0.0.1:4318/v1/traces"
     assert TracingSettings(otlp_endpoint=url).otlp_endpoint == url
-    for wrong in ("collector:4318", "ftp://x/v1/traces", "http://a/v1/traces,http://b/v1/traces"):
-        with pytest.raises(ValueError, match="otlp_endpoint"):
+    for wrong in (
+        "collector:4318",
+        "ftp://x/v1/traces",
+        "http://a/v1/traces,http://b/v1/traces",
+        "https://user:secret@collector/v1/traces",
+    ):
+        with pytest.raises(ValueError, match="otlp_endpoint") as refused:
             TracingSettings(otlp_endpoint=wrong)
+        # what `govesb` prints of it (streams.cli.common): never the value
+        assert "secret" not in str(refused.value.errors(include_input=False))
 
 
 def test_a_published_event_carries_the_context_it_was_created_in_as_both_pairs() -> None:
