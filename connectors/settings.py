@@ -14,6 +14,7 @@ from streams.settings import (
     KafkaSettings,
     KeyIds,
     SchemaRegistrySettings,
+    TracingSettings,
 )
 
 MIN_CLIENT_SECRET_CHARS = 16
@@ -32,6 +33,7 @@ class SinkSettings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    tracing: TracingSettings = TracingSettings()
     subscriber: str = Field(
         default="",
         description="institution whose `esb.deliver.<institution>` this sink sends to the HTTP "
@@ -135,6 +137,7 @@ class GatewaySettings(DemoKeyPolicy):
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    tracing: TracingSettings = TracingSettings()
     catalog: Path = Field(
         default=DEFAULT_CATALOG,
         description="the event catalogue YAML: JSON data is validated against, and encoded "

@@ -211,6 +211,45 @@ class TopicSettings(BaseModel):
     )
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans of a process (gateway, worker, HTTP sink), exported over OTLP/HTTP.
+
+    Trace context (W3C ``traceparent``) is carried through the bus whether or not spans are
+    exported; without an endpoint no span is recorded and nothing is sent anywhere.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP (protobuf) traces URL of the collector, with its path, e.g. "
+        "`http://otel-collector:4318/v1/traces`; unset: no spans are recorded, only the trace "
+        "headers are carried",
+    )
+    export_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="longest a finished span waits before it is sent to the collector, in "
+        "seconds (sooner once 512 wait; sent from a thread of their own; past 2,048 waiting, "
+        "as while the collector is down, new ones are dropped)",
+    )
+    export_timeout_s: float = Field(
+        default=10.0, gt=0, description="how long one export may take, in seconds"
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if "," in url:
+            raise ValueError("must be one http:// or https:// URL")
+        url = registry_urls(url)
+        if "@" in urlsplit(url).netloc:  # the exporter's errors quote the URL
+            raise ValueError("must not carry credentials")
+        return url
+
+
 class CliSettings(BaseSettings):
     """Settings of the ``govesb`` command line."""
 
@@ -317,6 +356,7 @@ class WorkerSettings(DemoKeyPolicy):
         description="`/health` calls the registry view stale when `esb.registry` has records "
         "it has not read and it read nothing for this long, in seconds",
     )
+    tracing: TracingSettings = TracingSettings()
 
     def key_problem(self) -> str | None:
         """Why this worker must not start with its delivery key, if it must not."""

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +55,10 @@ from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode
 from streams.contract.envelope import new_envelope, parse_source, source_for
 from streams.contract.jsonavro import JsonAvroError, from_json
 from streams.contract.signing import PrivateKey, sign_event
+from streams.contract.tracecontext import TRACEPARENT, TRACESTATE, TraceParent
 from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
 from streams.registry.view import RegistryView
+from streams.tracing import SpanKind, Tracing
 
 CLOUDEVENT_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "correlationid")
 
@@ -99,6 +101,7 @@ class Gateway:
     # Routes and /health checks added by other parts (connectors.gateway.requests.attach).
     route_installers: list[Callable[[web.Application], None]] = field(default_factory=list)
     checks: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    tracing: Tracing = field(default_factory=Tracing)
     _seen_signatures: ReplayWindow = field(default_factory=ReplayWindow)
 
     def __post_init__(self) -> None:
@@ -126,11 +129,52 @@ class Gateway:
         event_id: str | None = None,
         correlation_id: str | None = None,
         data_field: str = "data",
+        trace: Mapping[str, str] | None = None,
+        created_in: TraceParent | None = None,
     ) -> str:
         """Validate JSON against the schema, encode, sign, produce; return the event id.
 
         ``data_field`` names where ``data`` was in the request, for the refusal of none.
+        ``trace`` is the request's headers: the event's trace continues its ``traceparent``
+        (a new one starts when it has none, or none the gateway can read: never a refusal).
+        ``created_in`` is the event's own trace extension, when the client sent one; else the
+        gateway's span is where the event was created.
         """
+        parent = TraceParent.parse(trace.get(TRACEPARENT), trace.get(TRACESTATE)) if trace else None
+        hop = self.tracing.start(
+            f"publish {event_type.name}", parent, SpanKind.SERVER,
+            {"cloudevents.event_type": event_type.name, "govesb.publisher": institution},
+            creation=created_in,
+        )  # fmt: skip
+        try:
+            published = await self._publish(
+                institution, system, event_type, data, hop.context, created_in or hop.context,
+                event_id=event_id, correlation_id=correlation_id, data_field=data_field,
+            )  # fmt: skip
+        except HttpError as error:
+            hop.set({"http.response.status_code": error.status})
+            hop.end(error=error.code)
+            raise
+        except BaseException as error:
+            hop.end(error=type(error).__name__)
+            raise
+        hop.set({"cloudevents.event_id": published, "http.response.status_code": 202})
+        hop.end()
+        return published
+
+    async def _publish(
+        self,
+        institution: str,
+        system: str,
+        event_type: EventType,
+        data: Any,
+        hop: TraceParent,
+        creation: TraceParent,
+        *,
+        event_id: str | None,
+        correlation_id: str | None,
+        data_field: str,
+    ) -> str:
         if data is None:
             raise HttpError(400, "invalid_data", f"{data_field} is required", field=data_field)
         try:
@@ -183,7 +227,12 @@ class Gateway:
                     topics.ingress(institution),
                     value,
                     key=envelope.subject.encode(),
-                    headers=[*envelope.to_headers(), (VIA_HEADER, VIA_GATEWAY)],
+                    headers=[
+                        *envelope.to_headers(),
+                        (VIA_HEADER, VIA_GATEWAY),
+                        *creation.headers(creation=True),
+                        *hop.headers(),
+                    ],
                 ),
                 self.produce_timeout_s,
             )
@@ -249,9 +298,12 @@ class Gateway:
                 raise HttpError(400, "invalid_event", "a CloudEvent must be a JSON object")
             attributes = {name: event.get(name) for name in CLOUDEVENT_ATTRIBUTES}
             data = event.get("data")
+            extension = (event.get(TRACEPARENT), event.get(TRACESTATE))
         else:
             attributes = {name: request.headers.get(f"ce-{name}") for name in CLOUDEVENT_ATTRIBUTES}
             data = parse_strict(raw)
+            headers = request.headers
+            extension = (headers.get("ce-traceparent"), headers.get("ce-tracestate"))
         for name, value in attributes.items():
             # Header values aiohttp could not decode as UTF-8 arrive with lone surrogates.
             if value is not None and not is_text(value):
@@ -271,6 +323,7 @@ class Gateway:
         published = await self.publish(
             institution, system, event_type, data, event_id=event_id,
             correlation_id=attributes["correlationid"] or None,
+            trace=request.headers, created_in=TraceParent.parse(*map(_text_or_none, extension)),
         )  # fmt: skip
         return web.json_response({"id": published, "status": "accepted"}, status=202)
 
@@ -327,7 +380,7 @@ class Gateway:
         try:
             published = await self.publish(
                 institution, "govesb-push", event_type, data.get("esbBody"),
-                event_id=event_id, data_field="data.esbBody",
+                event_id=event_id, data_field="data.esbBody", trace=request.headers,
             )  # fmt: skip
         except BaseException:
             self._seen_signatures.discard(identity)
@@ -402,6 +455,11 @@ class Gateway:
         """Prometheus text."""
         text, content_type = health.metrics_text(self.metrics.registry)
         return web.Response(body=text, headers={"Content-Type": content_type})
+
+
+def _text_or_none(value: Any) -> str | None:
+    """A CloudEvent attribute that must be text: anything else is not there."""
+    return value if isinstance(value, str) else None
 
 
 async def _openapi(_: web.Request) -> web.Response:

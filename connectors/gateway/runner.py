@@ -21,6 +21,7 @@ from streams.audit.chain import new_chain
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.registry.view import RegistryView
+from streams.tracing import GATEWAY, Tracing
 
 
 class AccessLog(AbstractAccessLogger):
@@ -65,6 +66,7 @@ async def run_gateway(settings: Any) -> None:
         ),
         max_body_bytes=settings.max_body_bytes,
         produce_timeout_s=settings.produce_timeout_s,
+        tracing=Tracing(settings.tracing, GATEWAY),
     )
     # Answers are read before the first request is taken, so none is missed.
     calls = ReplyReader(settings.kafka, view, HeldCalls(), settings.signing_key_id)
@@ -85,3 +87,4 @@ async def run_gateway(settings: Any) -> None:
         await tickets.stop()
         await calls.stop()
         await view.stop()
+        await asyncio.to_thread(gateway.tracing.shutdown)  # the last spans exported

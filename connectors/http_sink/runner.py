@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -25,6 +26,7 @@ from streams.contract.signing import load_private_key
 from streams.health import metrics_text, registry_view_check, report
 from streams.registry.view import RegistryView
 from streams.settings import PRODUCE_BATCH_BYTES
+from streams.tracing import SINK, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ async def build_sink(settings: SinkSettings, view: RegistryView) -> HttpSink:
         concurrency=settings.concurrency,
         max_response_bytes=settings.max_response_bytes,
         ssl_context=tls_context(settings, endpoint.verify_tls),
+        tracing=Tracing(settings.tracing, SINK),
     )
 
 
@@ -189,5 +192,6 @@ async def run_sink(settings: SinkSettings) -> None:
         await sink.close()
         await sink.producer.stop()
         await view.stop()
+        await asyncio.to_thread(sink.tracing.shutdown)  # the last spans exported
         with contextlib.suppress(Exception):
             await runner.cleanup()

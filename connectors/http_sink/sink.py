@@ -60,8 +60,10 @@ from streams.contract.envelope import CONTENT_TYPE, JSON_CONTENT_TYPE, Envelope,
 from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import EventError
 from streams.contract.signing import PrivateKey
+from streams.contract.tracecontext import TRACEPARENT, TRACESTATE, TraceParent, contexts
 from streams.registry.model import Endpoint
 from streams.retrying import until_available
+from streams.tracing import Hop, SpanKind, Tracing
 
 log = logging.getLogger(__name__)
 DELIVERY_CONTENT_TYPES = (JSON_CONTENT_TYPE, CONTENT_TYPE)
@@ -120,6 +122,7 @@ class HttpSink:
     max_response_bytes: int = 65_536
     metrics: SinkMetrics = field(default_factory=SinkMetrics)
     ssl_context: ssl.SSLContext | None = None
+    tracing: Tracing = field(default_factory=Tracing)
     _pending: dict[
         TopicPartition, OrderedDict[bytes | None, list[ConsumerRecord[bytes, bytes]]]
     ] = field(default_factory=dict)
@@ -233,6 +236,42 @@ class HttpSink:
         return sign_body(envelope, body, self.bus_key, self.bus_key_id), body
 
     async def _deliver(self, record: ConsumerRecord[bytes, bytes], batch: _Flush) -> None:
+        """Deliver one record (or dead-letter it) as one hop of its event's trace: the
+        endpoint gets ``traceparent`` (the sink's hop, the same for every attempt) and, in
+        CloudEvents form, the event's creation context as ``ce-traceparent``."""
+        written, creation = contexts(record.headers)
+        hop = self.tracing.start(
+            f"deliver {record.topic}", written or creation, SpanKind.CLIENT,
+            {"messaging.system": "kafka", "messaging.destination.name": record.topic,
+             "govesb.subscriber": self.subscriber},
+            creation=creation,
+        )  # fmt: skip
+        try:
+            outcome = await self._deliver_as(record, batch, hop, creation or hop.context)
+        except BaseException as error:
+            hop.end(error=type(error).__name__)
+            raise
+        hop.end(error=None if outcome == "delivered" else outcome)
+
+    def trace_headers(self, hop: TraceParent, creation: TraceParent) -> dict[str, str]:
+        """The trace headers of a request: W3C ``traceparent``/``tracestate`` (this hop), and
+        for CloudEvents HTTP binary mode the distributed-tracing extension (the creation)."""
+        headers = {TRACEPARENT: hop.header()}
+        if hop.state:
+            headers[TRACESTATE] = hop.state
+        if self.endpoint.format != "govesb":
+            headers["ce-traceparent"] = creation.header()
+            if creation.state:
+                headers["ce-tracestate"] = creation.state
+        return headers
+
+    async def _deliver_as(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        batch: _Flush,
+        hop: Hop,
+        creation: TraceParent,
+    ) -> str:
         try:
             envelope = Envelope.from_headers(record.headers, accept=DELIVERY_CONTENT_TYPES)
             body = record.value or b""
@@ -248,7 +287,7 @@ class HttpSink:
                 )
         except EventError as error:
             await self._dead_letter(batch, record, None, 0, f"{error.reason}: {error.detail}")
-            return
+            return "dead-lettered"
         agreement = next((v for k, v in record.headers if k == "esb_subscription"), b"").decode()
         answer = None
         if record.topic.startswith(REPLY_PREFIX):  # a late answer: pushed as GovESB's async
@@ -258,6 +297,8 @@ class HttpSink:
                 found.get("esb_message", b"").decode(errors="replace"),
             )
         request = self.request_for(envelope, body, agreement, answer=answer)
+        request.headers.update(self.trace_headers(hop.context, creation))
+        hop.set({"cloudevents.event_id": envelope.id, "cloudevents.event_type": envelope.type})
         attempts = token_failures = 0
         renewed = False
         started = time.monotonic()
@@ -295,12 +336,18 @@ class HttpSink:
                 await self._receipt(
                     "delivered", envelope, attempt.status, attempts, started, agreement
                 )
-                return
+                hop.set(
+                    {"http.response.status_code": attempt.status or 0, "govesb.attempts": attempts}
+                )
+                return "delivered"
             if attempt.outcome == "dead-letter" or attempts >= self.policy.max_attempts:
                 await self._dead_letter(
                     batch, record, attempt.status, attempts, attempt.error, envelope, started
                 )
-                return
+                hop.set(
+                    {"http.response.status_code": attempt.status or 0, "govesb.attempts": attempts}
+                )
+                return "dead-lettered"
             # One receipt per failed attempt, with its status: the event's trace shows it.
             await self._receipt("retrying", envelope, attempt.status, attempts, started, agreement)
             await asyncio.sleep(

@@ -9,6 +9,11 @@
 wire format, signs it, sends it to ``esb.ingress.<institution>`` (acks=all, idempotent
 producer) and returns the event id only after the broker acknowledged it. Retrying with the
 same ``event_id`` keeps the event's identity.
+
+Each event carries its trace context (W3C ``traceparent`` as ``ce_traceparent`` and
+``traceparent``): that of the span current in the calling system's OpenTelemetry context (a
+``send`` span of its own when that system records spans), or of the ``traceparent`` given,
+or else a new trace. The bus's processes continue it; the trace headers are not signed.
 """
 
 from __future__ import annotations
@@ -20,15 +25,21 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, set_span_in_context
 
 from streams.contract import topics
 from streams.contract.catalog import Catalog, EventType
 from streams.contract.codec import SchemaStore, encode, schema_errors
 from streams.contract.envelope import Envelope, new_envelope
 from streams.contract.signing import PrivateKey, sign_event
+from streams.contract.tracecontext import TraceParent
 from streams.settings import DEFAULT_CATALOG, KafkaSettings, SchemaRegistrySettings
+from streams.tracing import remote
 
 MAX_PAYLOAD_BYTES = 1_000_000
+# The OpenTelemetry API only: spans are recorded when the calling system set up an SDK.
+_TRACER = trace.get_tracer(__name__)
 
 
 class PublishError(ValueError):
@@ -43,11 +54,16 @@ class PreparedEvent:
     key: bytes
     value: bytes
     envelope: Envelope
+    trace: TraceParent | None = None
 
     @property
     def headers(self) -> list[tuple[str, bytes]]:
-        """Kafka headers (CloudEvents binary mode)."""
-        return self.envelope.to_headers()
+        """Kafka headers (CloudEvents binary mode), with the trace context: the event is
+        created in it and this is its first hop, so both pairs carry the same."""
+        headers = self.envelope.to_headers()
+        if self.trace is not None:
+            headers += [*self.trace.headers(creation=True), *self.trace.headers()]
+        return headers
 
 
 def _as_record(payload: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -172,8 +188,9 @@ class Publisher:
         *,
         event_id: str | None = None,
         correlation_id: str | None = None,
+        trace: TraceParent | None = None,
     ) -> PreparedEvent:
-        """Validate, encode and sign; no I/O."""
+        """Validate, encode and sign; no I/O. ``trace``: the context the event is created in."""
         record = checked_record(event_type, payload)
         business_key = record.get(event_type.key)
         if not isinstance(business_key, str) or not business_key:
@@ -198,7 +215,11 @@ class Publisher:
             value,
         )
         return PreparedEvent(
-            self.topic, business_key.encode(), value, envelope.signed(self._key_id, signature)
+            self.topic,
+            business_key.encode(),
+            value,
+            envelope.signed(self._key_id, signature),
+            trace,
         )
 
     async def publish(
@@ -208,17 +229,43 @@ class Publisher:
         *,
         event_id: str | None = None,
         correlation_id: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> str:
-        """Publish one event; return its id once the broker acknowledged it (acks=all)."""
+        """Publish one event; return its id once the broker acknowledged it (acks=all).
+
+        ``traceparent`` (and ``tracestate``): the W3C context to publish in, e.g. that of the
+        request being served; by default the current OpenTelemetry context. One that is not
+        a traceparent counts as none.
+        """
         entry = self.event_type(event_type)
         try:
             schema_id = await self._schemas.id_for(entry)
         except LookupError as error:
             raise PublishError(str(error)) from None
-        event = self.prepare(
-            entry, schema_id, payload, event_id=event_id, correlation_id=correlation_id
-        )
-        await self._producer.send_and_wait(
-            event.topic, event.value, key=event.key, headers=event.headers
-        )
+        given = TraceParent.parse(traceparent, tracestate)
+        with _TRACER.start_as_current_span(
+            f"send {self.topic}",
+            context=set_span_in_context(remote(given)) if given is not None else None,
+            kind=SpanKind.PRODUCER,
+        ) as span:
+            event = self.prepare(
+                entry, schema_id, payload, event_id=event_id, correlation_id=correlation_id,
+                trace=_created_in(span, given),
+            )  # fmt: skip
+            span.set_attribute("cloudevents.event_id", event.envelope.id)
+            await self._producer.send_and_wait(
+                event.topic, event.value, key=event.key, headers=event.headers
+            )
         return event.envelope.id
+
+
+def _created_in(span: Span, given: TraceParent | None) -> TraceParent:
+    """The context an event is created in: the span's own when it is recorded; else a child
+    of whatever context is current (``given``, or the caller's); else a new trace."""
+    own = span.get_span_context()
+    if not own.is_valid:
+        return TraceParent.new()
+    state = own.trace_state.to_header() if own.trace_state else ""
+    found = TraceParent(own.trace_id, own.span_id, int(own.trace_flags), state)
+    return found if span.is_recording() else found.child()

@@ -90,6 +90,8 @@ def canonical_bytes(
 
     A JSON array, so that no attribute can run into the next one whatever characters it
     holds, with the SHA-256 of the payload rather than the payload itself.
+    The trace context headers (``ce_traceparent``, ``traceparent``, …) are not covered, on
+    purpose: they are diagnostics that every hop rewrites (:mod:`streams.contract.tracecontext`).
 
     Args:
         event_id: The CloudEvents ``id``.

@@ -39,6 +39,7 @@ from streams.contract import topics
 from streams.contract.codec import RegistryUnavailableError, SchemaStore
 from streams.contract.reasons import Reason
 from streams.contract.signing import load_private_key
+from streams.contract.tracecontext import TraceParent, contexts
 from streams.health import metrics_text
 from streams.pipeline.acking import InFlightBudget, Lanes
 from streams.pipeline.consumer import App, QuietMonitor
@@ -51,13 +52,14 @@ from streams.pipeline.outputs import (
     is_rejection,
     was_cut,
 )
-from streams.pipeline.process import BusKey, Outcome, Output, Pipeline
+from streams.pipeline.process import BusKey, Outcome, Output, Pipeline, traced
 from streams.pipeline.supervisor import ProcessSlot
 from streams.pipeline.validation import IngressRecord, Limits
 from streams.pipeline.writer import OutputWriter, Unwritable, event_id
 from streams.registry.view import RegistryView
 from streams.retrying import until_available
 from streams.settings import KafkaSettings, WorkerSettings
+from streams.tracing import WORKER, Hop, SpanKind, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class _InFlight:
     futures: list[asyncio.Future[Any]]
     started: float
     size: int
+    hop: Hop
     refused: list[str] = field(default_factory=list)  # delivery topics that refused
 
     @property
@@ -92,6 +95,7 @@ class PipelineWorker:
         self.app = app
         self.settings = settings
         self.metrics = PipelineMetrics()
+        self.tracing = Tracing(settings.tracing, WORKER)
         self.view = RegistryView(
             settings.kafka,
             refused_keys=settings.refused_key_ids,
@@ -180,14 +184,26 @@ class PipelineWorker:
                 timestamp_ms=int((message.timestamp or 0) * 1000),
             )
             started = time.monotonic()
-            outcome = await self._handle(record)
+            hop, creation = self._hop(record)
+            outcome = traced(await self._handle(record), hop.context, creation or hop.context)
             size = _size(record, outcome)
             await self.budget.acquire(size)
             futures = [await self.writer.send(output) for output in outcome.outputs]
             self.metrics.in_flight.inc()
             self.metrics.in_flight_bytes.inc(size)
-            item = _InFlight(event, record, outcome, futures, started, size)
+            item = _InFlight(event, record, outcome, futures, started, size, hop)
             self.lanes.put((record.topic, record.partition), item)
+
+    def _hop(self, record: IngressRecord) -> tuple[Hop, TraceParent | None]:
+        """The worker's hop of ``record``'s trace (the child of the writer's ``traceparent``,
+        or of the event's creation context), and that creation context if it has one."""
+        written, creation = contexts(record.headers)
+        hop = self.tracing.start(
+            f"process {record.topic}", written or creation, SpanKind.CONSUMER,
+            {"messaging.system": "kafka", "messaging.destination.name": record.topic},
+            creation=creation,
+        )  # fmt: skip
+        return hop, creation
 
     async def _handle(self, record: IngressRecord) -> Outcome:
         pipeline = self.pipeline
@@ -253,6 +269,16 @@ class PipelineWorker:
         await self.budget.release(item.size)
         self.metrics.in_flight_bytes.dec(item.size)
         self._account(item)
+        if item.hop.span is not None:  # acknowledged: the worker's hop is over
+            outcome = item.outcome
+            item.hop.set({
+                "cloudevents.event_id": item.event_id,
+                "cloudevents.event_type": outcome.event_type,
+                "govesb.outcome": str(outcome.reason or ("routed" if outcome.subscribers
+                                                         else "received")),
+                "govesb.subscribers": ",".join(outcome.subscribers),
+            })  # fmt: skip
+            item.hop.end(error=str(outcome.reason) if outcome.reason else None)
 
     def _account(self, item: _InFlight) -> None:
         outcome, record = item.outcome, item.record
@@ -303,6 +329,7 @@ class PipelineWorker:
         await self.duplicates.stop()
         await self.writer.stop()
         await self.view.stop()
+        await asyncio.to_thread(self.tracing.shutdown)  # the last spans exported
 
     def unconsumed_ingress(self) -> set[str]:
         """Ingress topics of registered institutions this process does not consume."""

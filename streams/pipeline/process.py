@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fastavro
@@ -38,6 +38,7 @@ from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
 from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import MAX_DETAIL, EventError, Reason
 from streams.contract.signing import PrivateKey, sign_event
+from streams.contract.tracecontext import TraceParent, retraced, trace_headers
 from streams.pipeline.calls import Calls
 from streams.pipeline.duplicates import DuplicateWindow, SeenEvents
 from streams.pipeline.replay import replay_claim, replay_headers
@@ -448,3 +449,17 @@ class Pipeline:
             detail=detail,
         )
         return Output(topics.AUDIT, key, value)
+
+
+def traced(outcome: Outcome, hop: TraceParent, creation: TraceParent) -> Outcome:
+    """``outcome`` with every output (deliveries, rejections, audit records) carrying the
+    worker's hop as ``traceparent`` and the event's creation context as ``ce_traceparent``,
+    in place of the trace headers a copied ingress record had."""
+    trace = trace_headers(hop, creation)
+    return replace(
+        outcome,
+        outputs=[
+            Output(o.topic, o.key, o.value, retraced(o.headers, trace) if o.headers else trace)
+            for o in outcome.outputs
+        ],
+    )

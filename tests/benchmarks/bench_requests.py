@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 import aiohttp
+import yaml
 from aiohttp import web
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
@@ -103,9 +104,16 @@ def start_provider(port: int) -> ChildServer:
 # ----------------------------------------------------------------- the bus side
 
 
-async def prepare(bus: BenchBus, provider_port: int) -> None:
-    """Register the schemas; apply the example registry, NIDA's endpoint on this machine."""
-    registry, lint = load_registry(registry_with_endpoint(free_port(), provider_port))
+async def prepare(bus: BenchBus, provider_port: int, rate: float) -> None:
+    """Register the schemas; apply the example registry, NIDA's endpoint on this machine and
+    TRA's grant allowing ``rate`` requests/s (the example's 100/s would refuse the rest)."""
+    path = registry_with_endpoint(free_port(), provider_port)
+    document = yaml.safe_load(path.read_text())
+    grant = next(g for g in document["grants"] if g["id"] == "tra-verify-nin")
+    grant["rate_per_s"] = max(grant["rate_per_s"], rate * 2)
+    path = LOGS / "requests-registry.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    registry, lint = load_registry(path)
     if registry is None:
         raise LauncherError("; ".join(map(str, lint)))
     _, problems = await register_catalog(
@@ -267,7 +275,7 @@ async def run(
     processes: list[WorkerProcess] = []
     started = time.monotonic()
     try:
-        await prepare(bus, provider.port)
+        await prepare(bus, provider.port, max(rates))
         app_id = f"bench-requests-{uuid.uuid4().hex[:8]}"
         skipped = await skip_backlog(kafka, app_id, "esb.ingress.")
         skipped += await skip_backlog(kafka, topics.provider_group("nida"), "esb.request.nida")
