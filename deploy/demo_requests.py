@@ -149,7 +149,6 @@ class Outcome:
     expect: str  # answered | refused:<reason>
     answer: Answer | None = None
     millis: float = 0.0
-    missing: str = ""  # why it could not be sent (a part of the bus not there)
 
 
 @dataclass
@@ -160,7 +159,7 @@ class RequestTally:
 
     def line(self) -> str:
         """``requests: answered N/N, refused R (expected R), timed out T``."""
-        sent = [o for o in self.outcomes if not o.missing]
+        sent = self.outcomes
         wanted = [o for o in sent if o.expect == "answered"]
         answered = sum(1 for o in wanted if o.answer and o.answer.success)
         refused = sum(1 for o in sent if o.answer and o.answer.status == "refused"
@@ -174,7 +173,7 @@ class RequestTally:
     def ok(self) -> bool:
         """Every request came back as expected."""
         return all(
-            o.missing or (o.answer is not None and (
+            (o.answer is not None and (
                 o.answer.success if o.expect == "answered"
                 else f"refused:{o.answer.reason}" == o.expect))
             for o in self.outcomes
@@ -260,9 +259,6 @@ async def _http_request(gateway_port: int, outcome: Outcome, body: dict[str, Any
             text = await response.text()
             status = response.status
     outcome.millis = (time.monotonic() - started) * 1000
-    if status == 404:
-        outcome.missing = "the gateway has no /engine/esb/request yet"
-        return outcome
     try:
         reply = json.loads(text)["data"]
     except (ValueError, KeyError, TypeError):
@@ -330,9 +326,6 @@ async def request_flow(bus: LocalBus, gateway_port: int, console: Console) -> Re
     for column in ("requester", "how", "api", "outcome", "reason / message", "ms", "answer"):
         table.add_column(column)
     for o in tally.outcomes:
-        if o.missing:
-            table.add_row(o.who, o.how, o.api, "[yellow]not sent[/yellow]", o.missing, "", "")
-            continue
         a = o.answer
         if a is None:
             continue
@@ -342,7 +335,4 @@ async def request_flow(bus: LocalBus, gateway_port: int, console: Console) -> Re
         table.add_row(o.who, o.how, o.api, f"[{colour}]{a.status}[/{colour}]",
                       f"{a.reason or ''} {a.message}"[:60], f"{o.millis:.0f}", shown)  # fmt: skip
     console.print(table)
-    for o in tally.outcomes:
-        if o.missing:
-            console.print(f"[yellow]not shown:[/yellow] {o.who} over {o.how}: {o.missing}")
     return tally
