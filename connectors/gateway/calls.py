@@ -36,7 +36,9 @@ from streams.contract.requests import (
     MESSAGE_HEADER,
     STATUS_HEADER,
     Status,
+    answer_id,
     header,
+    refusal_id,
 )
 from streams.contract.signing import KeyRing, SigningError, verify_event
 from streams.pipeline.validation import OPERATOR
@@ -92,9 +94,12 @@ def read_answer(
         status = Status(status_text)
     except ValueError:
         raise UnreadableAnswer(f"esb_status {status_text!r} is none the contract knows") from None
-    signature = header(headers, "ce_signature")
-    if status is not Status.REFUSED or signature is not None:
-        _check_signed(value, headers, keyring, bus_keys)
+    # Refusals are signed by the bus too; and the signature covers ce_id, not
+    # ce_correlationid: an id derived from the request binds the record to it.
+    _check_signed(value, headers, keyring, bus_keys)
+    event_id = _text(headers, "ce_id") or ""
+    if event_id not in (answer_id(request_id), refusal_id(request_id)):
+        raise UnreadableAnswer("ce_id is not the answer's or the refusal's id of its request")
     body: Any = None
     if status is Status.ANSWERED:
         try:
@@ -137,21 +142,34 @@ class HeldCalls:
 
     def __init__(self) -> None:
         self._calls: dict[str, asyncio.Future[Answer]] = {}
+        self._owners: dict[str, tuple[str, str]] = {}
 
-    def hold(self, request_id: str) -> asyncio.Future[Answer]:
-        """A future for the answer to ``request_id`` (released with :meth:`release`)."""
+    def hold(
+        self, request_id: str, requester: str = "", api_code: str = ""
+    ) -> asyncio.Future[Answer]:
+        """A future for the answer to ``request_id`` of ``requester`` for ``api_code``
+        (released with :meth:`release`)."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._calls[request_id] = future
+        self._owners[request_id] = (requester, api_code)
         return future
 
     def release(self, request_id: str) -> None:
         """Stop holding ``request_id`` (answered, timed out, or its publishing failed)."""
         self._calls.pop(request_id, None)
+        self._owners.pop(request_id, None)
 
-    def resolve(self, answer: Answer) -> bool:
-        """Hand ``answer`` to the call waiting for it; whether this replica held one."""
+    def resolve(self, answer: Answer, topic: str | None = None) -> bool:
+        """Hand ``answer`` (read from ``topic``) to the call waiting for it; whether this
+        replica held one. Only an answer on the caller's own reply topic, for the api code
+        it called, is its answer: the same request id elsewhere is someone else's."""
         future = self._calls.get(answer.request_id)
         if future is None or future.done():
+            return False
+        requester, api_code = self._owners.get(answer.request_id, ("", ""))
+        if topic is not None and requester and topic != topics.reply(requester):
+            return False
+        if api_code and answer.api_code and answer.api_code != api_code:
             return False
         future.set_result(answer)
         return True
@@ -299,7 +317,7 @@ class ReplyReader:
                 record.topic, record.offset, record.partition, error,
             )  # fmt: skip
             return
-        self.calls.resolve(answer)
+        self.calls.resolve(answer, record.topic)
 
     def health(self) -> dict[str, Any]:
         """``/health``'s ``replies`` check."""

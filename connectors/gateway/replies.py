@@ -99,7 +99,9 @@ def request_payload(data: Mapping[str, Any], *, nida: bool) -> Any:
     ``esbBody.Payload`` when the body is that wrapper, as GovESB's NIDA helpers send it)."""
     body = data.get("esbBody")
     if nida and isinstance(body, dict) and set(body) == {"Payload"}:
-        return body["Payload"]
+        body = body["Payload"]
+        if isinstance(body, dict) and set(body) == {"NIN"}:  # the helpers' own key
+            return {"nin": body["NIN"]}
     return body
 
 

@@ -257,7 +257,7 @@ class RequestDesk:
                 503, "replies_unavailable",
                 f"the answers to {institution} cannot be read now; try again", retry_after=5,
             )  # fmt: skip
-        future = self.calls.hold(request_id)
+        future = self.calls.hold(request_id, institution, service.api_code)
         try:
             await self._produce(
                 institution, "govesb-request", request_type, record, request_id,

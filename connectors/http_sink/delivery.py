@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from connectors.gateway.govesb import UnportableReply, signed_reply
 from streams.contract.envelope import Envelope
 from streams.contract.signing import PrivateKey, sign_event
 
@@ -108,15 +109,20 @@ def govesb_answer_request(
     "signature":…}``, signed by the bus over the exact ``data`` bytes. ``requestId`` is the
     request's id as the requester's GovESB answer gave it (32 hex digits)."""
     request_id = uuid.UUID(envelope.correlation_id or envelope.id).hex
-    data = b"".join((
-        b'{"success":', b"true" if status == "answered" else b"false",
-        b',"requestId":"', request_id.encode(), b'"',
-        b',"esbBody":', body or b"{}",
-        (b',"message":' + json.dumps(message, ensure_ascii=False).encode()) if message else b"",
-        b"}",
-    ))  # fmt: skip
+    data: dict[str, object] = {
+        "success": status == "answered",
+        "requestId": request_id,
+        "esbBody": json.loads(body) if body else {},
+    }
+    if message:
+        data["message"] = message
+    try:  # the one text every GovESB client re-serializes to itself (as the gateway's)
+        signed = signed_reply(data, key).encode()
+    except UnportableReply:  # a value no text verifies everywhere: signed as it came
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        signed = b'{"data":' + text + b',"signature":"' + key.sign(text).encode() + b'"}'
     return HttpRequest(
-        b'{"data":' + data + b',"signature":"' + key.sign(data).encode() + b'"}',
+        signed,
         {
             "Content-Type": "application/json",
             "Idempotency-Key": envelope.id,

@@ -270,7 +270,12 @@ class ProviderConnector:
                 )
         except TokenUnavailableError as error:
             self.metrics.child(self.metrics.attempts, self.provider, "token").inc()
-            return (None if error.retryable else 401), None, b"", None, str(error)
+            # Only what happened goes to the requester: never the token endpoint's own words.
+            log.warning("%s: token endpoint: %s", self.provider, error)
+            shown = "the provider's token endpoint " + (
+                "could not be reached" if error.retryable else "refused the bus's credentials"
+            )
+            return (None if error.retryable else 401), None, b"", None, shown
         except (aiohttp.ClientError, TimeoutError) as error:
             self.metrics.child(self.metrics.attempts, self.provider, "error").inc()
             return None, None, b"", None, type(error).__name__

@@ -111,8 +111,12 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
             tasks = self._in_flight.get(partition)
             done = None
             while tasks and next(iter(tasks.values())).done():
-                offset, task = tasks.popitem(last=False)
-                task.result()
+                offset, task = next(iter(tasks.items()))
+                # A failed task stays first (nothing is committed past it, even by the bounded
+                # wait at the stop) and raises: the process stops with it uncommitted.
+                if not task.cancelled() and task.exception() is not None:
+                    task.result()
+                tasks.popitem(last=False)
                 done = offset
             if tasks is not None and not tasks:
                 del self._in_flight[partition]

@@ -236,6 +236,10 @@ class Provider:
             ticket = read_ticket(record.headers, self._view.keyring, bus_keys(self._view))
         except TicketError:
             envelope = None
+        if envelope is not None and (
+            ticket.provider != self.institution or ticket.request_id != envelope.id
+        ):
+            envelope = None  # routed by the bus, but not to this provider nor this request
         service = self._catalog.services.get(ticket.api_code) if envelope else None
         if envelope is None or service is None:
             log.warning("request at %s[%d]@%d ignored: not routed by the bus",

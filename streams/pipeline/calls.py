@@ -96,7 +96,9 @@ class Calls:
             call = validate_request(
                 record, service, services, pipeline.directory(), writer, now, pipeline.limits
             )
-            pipeline.recent.check(call.envelope.source, call.envelope.id, record.position, now)
+            # A request id is the bus's, whoever sent it: one reused from another source
+            # (an id a provider saw) would otherwise take over its ticket and answers.
+            pipeline.recent.check("request", call.envelope.id.lower(), record.position, now)
             if not self.rates.admit(call.grant, now.timestamp()):
                 raise EventError(
                     Reason.RATE_EXCEEDED,
@@ -219,8 +221,11 @@ class Calls:
             answer = validate_answer(
                 record, service, pipeline.directory(), writer, now, pipeline.limits
             )
+            # One answer per request; a provider's error (its connector gave up at the
+            # deadline) may still be followed by its late answer (/engine/esb/async).
+            kind = "answer" if answer.status is Status.ANSWERED else "answer-error"
             pipeline.recent.check(
-                f"answer:{answer.provider}", answer.ticket.request_id, record.position, now
+                f"{kind}:{answer.provider}", answer.ticket.request_id, record.position, now
             )
         except EventError as error:
             outcome = pipeline.reject(record, error, now)

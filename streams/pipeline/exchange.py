@@ -27,6 +27,7 @@ from streams.contract.requests import (
     Status,
     Ticket,
     TicketError,
+    answer_id,
     header,
     read_ticket,
 )
@@ -258,6 +259,12 @@ def validate_answer(
     if envelope.correlation_id != ticket.request_id:
         raise EventError(
             Reason.BAD_TICKET, "ce_correlationid is not the request id the ticket names"
+        )
+    if envelope.id != answer_id(ticket.request_id):
+        # The signature covers the id, not ce_correlationid: bound to the request, an answer
+        # cannot be relabelled onto another request.
+        raise EventError(
+            Reason.INVALID_HEADER, "ce_id of an answer is answer_id(request id) (contract)"
         )
     if now.timestamp() * 1000 > ticket.until_ms:
         raise EventError(

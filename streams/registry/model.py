@@ -116,7 +116,12 @@ class Service(_Model):
 
 class Grant(_Model):
     """An access right: ``consumer`` may call ``api_code``, and sees only ``fields`` of the
-    answers (``mask`` ones masked), at most ``rate_per_s`` requests per second."""
+    answers (``mask`` ones masked), at most ``rate_per_s`` requests per second.
+
+    The rate is kept by each gateway replica and each worker process for what it sees (a
+    requester's requests spread over its ingress partitions): with N of them the bound is at
+    most N times ``rate_per_s``.
+    """
 
     id: Identifier
     consumer: Identifier

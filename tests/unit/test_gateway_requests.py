@@ -4,6 +4,7 @@ caller is sent, JSON requests against their schema, held calls and the ticket bo
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 import uuid
@@ -25,7 +26,7 @@ from connectors.gateway.replies import (
 from connectors.gateway.requests import Refusal, RequestDesk
 from connectors.gateway.tickets import TicketBook
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, DEMO_GATEWAY_KEY, DEMO_GATEWAY_KEY_ID
-from streams.contract.envelope import JSON_CONTENT_TYPE, new_envelope
+from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope, new_envelope
 from streams.contract.requests import Status, Ticket, answer_id, govesb_request_id
 from streams.contract.signing import KeyRing, load_private_key, sign_event
 from streams.settings import KafkaSettings
@@ -104,10 +105,19 @@ def test_a_provider_error_carries_its_reason_and_message() -> None:
     }
 
 
-def test_the_bus_refusal_is_read_unsigned_and_says_why() -> None:
+def test_the_bus_refusal_is_read_signed_and_says_why() -> None:
+    from streams.contract.envelope import format_time
+    from streams.contract.requests import refusal_id
+
     request_id = str(uuid.uuid4())
+    envelope = Envelope(
+        id=refusal_id(request_id), source="/institutions/ega/systems/govesb",
+        type=VERIFY_NIN.request.name, time=format_time(dt.datetime.now(dt.UTC)),
+        subject=request_id, correlation_id=request_id,
+    )  # fmt: skip
+    signature = sign_event(BUS, envelope.id, envelope.source, envelope.type, envelope.time, b"")
     headers: list[tuple[str, bytes | None]] = [
-        ("ce_correlationid", request_id.encode()),
+        *envelope.signed_headers(DEMO_BUS_KEY_ID, signature),
         ("esb_status", b"refused"),
         ("esb_reason", b"no-grant"),
         ("esb_detail", b"brela has no grant for VERIFY_NIN"),
@@ -116,6 +126,13 @@ def test_the_bus_refusal_is_read_unsigned_and_says_why() -> None:
     assert answer_data(answer, request_id)["message"] == (
         "no-grant: brela has no grant for VERIFY_NIN"
     )
+    unsigned = [h for h in headers if h[0] not in ("ce_signature", "ce_sigkeyid")]
+    with pytest.raises(UnreadableAnswer):  # anyone could write that one
+        read_answer(request_id.encode(), None, unsigned, RING, BUS_KEYS)
+    relabelled = [(k, v) if k != "ce_correlationid" else (k, str(uuid.uuid4()).encode())
+                  for k, v in headers]  # fmt: skip
+    with pytest.raises(UnreadableAnswer, match="ce_id"):  # bound to its own request
+        read_answer(None, None, relabelled, RING, BUS_KEYS)
 
 
 @pytest.mark.parametrize(
@@ -249,3 +266,12 @@ def test_a_refusal_no_client_could_verify_is_sent_with_its_reason_alone() -> Non
     assert json.loads(reply)["data"] == {"success": False, "message": "invalid-payload"}
     signature = json.loads(reply)["signature"]
     assert GATEWAY.public_key().verify(python_verified_text(reply).encode(), signature)
+
+
+def test_the_nida_helpers_payload_wrapper_and_key_are_read() -> None:
+    from connectors.gateway.replies import request_payload
+
+    nin = "19900114141010000125"
+    assert request_payload({"esbBody": {"Payload": {"NIN": nin}}}, nida=True) == {"nin": nin}
+    assert request_payload({"esbBody": {"Payload": {"nin": nin}}}, nida=True) == {"nin": nin}
+    assert request_payload({"esbBody": {"nin": nin}}, nida=False) == {"nin": nin}

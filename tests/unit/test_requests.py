@@ -250,12 +250,15 @@ async def test_a_second_answer_to_the_same_request_is_a_duplicate() -> None:
     pipeline = _pipeline()
     routed = _only(await _route(pipeline), "esb.request.nida")
     first = await pipeline.handle(_answer_to(routed, ANSWER, offset=1), NOW)
-    again = await pipeline.handle(
-        _answer_to(routed, ANSWER, offset=2, answer_id="6f2c4a8e-1b3d-4e5f-8a9b-0c1d2e3f4a5b"),
-        NOW,
-    )
+    again = await pipeline.handle(_answer_to(routed, ANSWER, offset=2), NOW)
     assert first.reason is None
     assert str(again.reason) == "duplicate"
+    # ... and an answer under any other id is not this request's answer (ids are bound)
+    other = await pipeline.handle(
+        _answer_to(routed, ANSWER, offset=3, answer_id="6f2c4a8e-1b3d-4e5f-8a9b-0c1d2e3f4a5b"),
+        NOW,
+    )
+    assert str(other.reason) == "invalid-header"
 
 
 async def test_an_answer_without_the_request_s_ticket_or_for_another_is_refused() -> None:
@@ -310,3 +313,30 @@ async def test_a_provider_error_is_passed_on_with_its_reason_and_message() -> No
     assert reply["esb_status"] == "provider-error"
     assert reply["esb_reason"] == "provider-unavailable"
     assert reply["esb_message"] == "connection refused after 3 attempts"
+
+
+async def test_a_late_answer_follows_the_connector_s_error_at_the_deadline() -> None:
+    """VERIFY_NIN takes late answers: the connector's provider-unavailable at the deadline is
+    passed on, and the provider's answer through /engine/esb/async after it too."""
+    pipeline = _pipeline()
+    pipeline.view.gateway_keys = frozenset({"ega-811cb62f3e2d"})
+    routed = _only(await _route(pipeline), "esb.request.nida")
+    ticket = tuple((k, v) for k, v in routed.headers if k in TICKET_HEADERS)
+    gave_up = _answer_to(
+        routed, None, key=GATEWAY_KEY, key_id="ega-811cb62f3e2d", offset=1,
+        extra=(*ticket, (STATUS_HEADER, b"provider-error"),
+               ("esb_reason", b"provider-unavailable"), ("esb_via", b"gateway")),
+    )  # fmt: skip
+    late = _answer_to(
+        routed, ANSWER, key=GATEWAY_KEY, key_id="ega-811cb62f3e2d", offset=2,
+        extra=(*ticket, ("esb_via", b"gateway")),
+    )  # fmt: skip
+    first = await pipeline.handle(gave_up, NOW + dt.timedelta(seconds=10))
+    second = await pipeline.handle(late, NOW + dt.timedelta(minutes=5))
+    assert (first.call, second.call) == ("provider-error", "answered")
+    assert _headers(_only(second, "esb.reply.tra"))["esb_late"] == "1"
+    again = await pipeline.handle(_answer_to(routed, ANSWER, key=GATEWAY_KEY,
+                                             key_id="ega-811cb62f3e2d", offset=3,
+                                             extra=(*ticket, ("esb_via", b"gateway"))),
+                                  NOW + dt.timedelta(minutes=6))  # fmt: skip
+    assert str(again.reason) == "duplicate"  # one answer, still
