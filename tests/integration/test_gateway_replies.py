@@ -16,12 +16,15 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.gateway.calls import HeldCalls, ReplyReader
-from deploy.worker import DEMO_GATEWAY_KEY_ID
+from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, DEMO_GATEWAY_KEY_ID
 from streams.contract import topics
-from streams.contract.requests import Status
-from streams.registry.model import Grant
+from streams.contract.envelope import Envelope, format_time
+from streams.contract.requests import Status, refusal_id
+from streams.contract.signing import load_private_key, sign_event
+from streams.registry.model import Grant, load_registry
+from streams.registry.sync import registry_records
 from streams.registry.view import RegistryView
-from streams.settings import KafkaSettings
+from streams.settings import REPO_ROOT, KafkaSettings
 from tests.conftest import TopicFactory
 
 pytestmark = [pytest.mark.kafka]
@@ -38,6 +41,23 @@ def requester(kafka: str) -> Iterator[str]:
     admin.delete_topics([name], operation_timeout=10)[name].result(timeout=15)
 
 
+def _refusal(request_id: str, reason: bytes, detail: bytes) -> list[tuple[str, bytes]]:
+    """The headers of the bus's refusal of ``request_id``, signed with the demo bus key."""
+    import datetime as dt
+
+    envelope = Envelope(
+        id=refusal_id(request_id), source="/institutions/ega/systems/govesb",
+        type="tz.go.nida.VerifyNinRequest", time=format_time(dt.datetime.now(dt.UTC)),
+        subject=request_id, correlation_id=request_id,
+    )  # fmt: skip
+    key = load_private_key(DEMO_BUS_KEY.read_text())
+    signature = sign_event(key, envelope.id, envelope.source, envelope.type, envelope.time, b"")
+    return [
+        *envelope.signed_headers(DEMO_BUS_KEY_ID, signature),
+        ("esb_status", b"refused"), ("esb_reason", reason), ("esb_detail", detail),
+    ]  # fmt: skip
+
+
 async def _until(condition: Callable[[], bool], bound_s: float = 20) -> None:
     async with asyncio.timeout(bound_s):
         while not condition():  # noqa: ASYNC110 - polls the reader's state
@@ -51,6 +71,12 @@ async def test_a_requester_granted_later_is_followed_and_its_answer_reaches_the_
     registry_topic = topic_factory("test-registry")
     producer = AIOKafkaProducer(bootstrap_servers=kafka)
     await producer.start()
+    # The operator's record (its keys sign answers and refusals) on the test's registry topic.
+    example, _ = load_registry(REPO_ROOT / "deploy" / "registry.example.yaml")
+    assert example is not None
+    await producer.send_and_wait(
+        registry_topic, registry_records(example)["institution/ega"], key=b"institution/ega"
+    )
     view = RegistryView(settings, topic=registry_topic)
     await view.start()
     reader = ReplyReader(settings, view, HeldCalls(), DEMO_GATEWAY_KEY_ID)
@@ -61,7 +87,7 @@ async def test_a_requester_granted_later_is_followed_and_its_answer_reaches_the_
         stale = str(uuid.uuid4())
         await producer.send_and_wait(
             topics.reply(requester), None, key=stale.encode(),
-            headers=[("ce_correlationid", stale.encode()), ("esb_status", b"refused")],
+            headers=_refusal(stale, b"no-grant", b"stale"),
         )  # fmt: skip
 
         grant = Grant(id=f"g{uuid.uuid4().hex[:12]}", consumer=requester,
@@ -77,8 +103,7 @@ async def test_a_requester_granted_later_is_followed_and_its_answer_reaches_the_
         call = reader.calls.hold(request_id)
         await producer.send_and_wait(
             topics.reply(requester), None, key=request_id.encode(),
-            headers=[("ce_correlationid", request_id.encode()), ("esb_status", b"refused"),
-                     ("esb_reason", b"no-grant"), ("esb_detail", b"withdrawn")],
+            headers=_refusal(request_id, b"no-grant", b"withdrawn"),
         )  # fmt: skip
         answer = await asyncio.wait_for(call, 20)
         assert (answer.status, answer.reason, answer.message) == (
@@ -94,6 +119,15 @@ async def test_a_requester_granted_later_is_followed_and_its_answer_reaches_the_
         )  # fmt: skip
         await _until(lambda: reader.unreadable >= 1)
         assert not unsigned_call.done()
+        # Nor does a refusal nobody signed (anyone who may write the topic could send one).
+        forged = str(uuid.uuid4())
+        forged_call = reader.calls.hold(forged)
+        await producer.send_and_wait(
+            topics.reply(requester), None, key=forged.encode(),
+            headers=[("ce_correlationid", forged.encode()), ("esb_status", b"refused")],
+        )  # fmt: skip
+        await _until(lambda: reader.unreadable >= 2)
+        assert not forged_call.done()
         assert reader.health()["ok"] is True
     finally:
         await reader.stop()
