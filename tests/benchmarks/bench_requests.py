@@ -133,6 +133,9 @@ def start_gateway(bus: BenchBus) -> tuple[WorkerProcess, int]:
             "GOVESB_SCHEMA_REGISTRY__URL": bus.registry_url,
             **DEMO_GATEWAY_ENV,
             **demo_clients(["tra"]),
+            # the per-institution limit (100/s by default) would refuse a part of 200/s
+            "GOVESB_RATE_PER_S": "10000",
+            "GOVESB_BURST": "10000",
         },
         LOGS / "requests-gateway.log",
         port,
