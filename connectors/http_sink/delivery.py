@@ -18,7 +18,7 @@ from typing import Literal
 
 from connectors.gateway.govesb import UnportableReply, signed_reply
 from streams.contract.envelope import Envelope
-from streams.contract.signing import PrivateKey, sign_event
+from streams.contract.signing import PrivateKey
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 Verdict = Literal["delivered", "retry", "dead-letter"]
@@ -35,8 +35,7 @@ class HttpRequest:
 def sign_body(envelope: Envelope, body: bytes, key: PrivateKey, key_id: str) -> Envelope:
     """The envelope carrying the bus's signature over ``body`` (canonical bytes over id,
     source, type, time and the body's SHA-256), as the pipeline signs HTTP deliveries."""
-    signature = sign_event(key, envelope.id, envelope.source, envelope.type, envelope.time, body)
-    return envelope.signed(key_id, signature)
+    return envelope.sealed(key_id, key, body)
 
 
 def cloudevents_request(envelope: Envelope, body: bytes, subscription: str) -> HttpRequest:

@@ -41,7 +41,7 @@ from streams.contract.envelope import Envelope, format_time, source_for
 from streams.contract.jsonavro import JsonAvroError, from_json, to_json
 from streams.contract.reasons import EventError, Reason
 from streams.contract.requests import Status, TicketError, read_ticket
-from streams.contract.signing import PrivateKey, SigningError, sign_event, verify_event
+from streams.contract.signing import PrivateKey, SigningError, verify_event
 from streams.pipeline.validation import OPERATOR, VIA_GATEWAY, VIA_HEADER
 from streams.registry.view import RegistryView
 from streams.retrying import until_available
@@ -92,8 +92,7 @@ def answer_event(
         subject=request_id,
         correlation_id=request_id,
     )
-    signature = sign_event(key, envelope.id, envelope.source, envelope.type, envelope.time, value)
-    headers = envelope.signed(key_id, signature).to_headers()
+    headers = envelope.sealed(key_id, key, value).to_headers()
     given = list(request_headers)
     headers += [(name, requests.header(given, name) or b"") for name in requests.TICKET_HEADERS]
     headers += [(requests.API_HEADER, api_code.encode()), (requests.STATUS_HEADER, status.encode())]

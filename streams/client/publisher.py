@@ -32,7 +32,7 @@ from streams.contract import topics
 from streams.contract.catalog import Catalog, EventType
 from streams.contract.codec import SchemaStore, encode, schema_errors
 from streams.contract.envelope import Envelope, new_envelope
-from streams.contract.signing import PrivateKey, sign_event
+from streams.contract.signing import PrivateKey
 from streams.contract.tracecontext import TraceParent
 from streams.settings import DEFAULT_CATALOG, KafkaSettings, SchemaRegistrySettings
 from streams.tracing import remote
@@ -206,21 +206,8 @@ class Publisher:
             event_id=event_id,
             correlation_id=correlation_id,
         )
-        signature = sign_event(
-            self._key,
-            envelope.id,
-            envelope.source,
-            envelope.type,
-            envelope.time,
-            value,
-        )
-        return PreparedEvent(
-            self.topic,
-            business_key.encode(),
-            value,
-            envelope.signed(self._key_id, signature),
-            trace,
-        )
+        sealed = envelope.sealed(self._key_id, self._key, value)
+        return PreparedEvent(self.topic, business_key.encode(), value, sealed, trace)
 
     async def publish(
         self,

@@ -39,7 +39,7 @@ from streams.contract.codec import SchemaStore, encode
 from streams.contract.envelope import new_envelope
 from streams.contract.reasons import Reason
 from streams.contract.requests import Status
-from streams.contract.signing import PrivateKey, SigningError, sign_event, verify_event
+from streams.contract.signing import PrivateKey, SigningError, verify_event
 from streams.registry.view import RegistryView
 from streams.settings import DEFAULT_CATALOG, KafkaSettings, SchemaRegistrySettings
 
@@ -204,10 +204,8 @@ class Requester:
         request_id = requests.new_request_id()
         envelope = new_envelope(self.institution, self.system, service.request.name,
                                 request_id, event_id=request_id)  # fmt: skip
-        signature = sign_event(self._key, envelope.id, envelope.source, envelope.type,
-                               envelope.time, value)  # fmt: skip
         headers = [
-            *envelope.signed(self._key_id, signature).to_headers(),
+            *envelope.sealed(self._key_id, self._key, value).to_headers(),
             (requests.API_HEADER, api_code.encode()),
         ]
         self._waiting[request_id] = asyncio.get_running_loop().create_future()

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from streams.contract.reasons import EventError, Reason
+from streams.contract.signing import PrivateKey, sign_event
 
 SPEC_VERSION = "1.0"
 _SPEC_VERSION_BYTES = SPEC_VERSION.encode()
@@ -97,6 +98,15 @@ class Envelope:
     def signed(self, key_id: str, signature: str) -> Envelope:
         """A copy carrying ``key_id`` and ``signature``."""
         return replace(self, sig_key_id=key_id, signature=signature)
+
+    def signature_by(self, key: PrivateKey, payload: bytes) -> str:
+        """``key``'s signature of this event with ``payload``: over the canonical bytes of
+        id, source, type, time and the payload (:func:`~streams.contract.signing.sign_event`)."""
+        return sign_event(key, self.id, self.source, self.type, self.time, payload)
+
+    def sealed(self, key_id: str, key: PrivateKey, payload: bytes) -> Envelope:
+        """A copy signed by ``key`` (named ``key_id``) with ``payload``."""
+        return self.signed(key_id, self.signature_by(key, payload))
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers in CloudEvents Kafka binary mode."""

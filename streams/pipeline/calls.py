@@ -31,7 +31,6 @@ from streams.contract.requests import (
     header,
     refusal_id,
 )
-from streams.contract.signing import sign_event
 from streams.pipeline.exchange import (
     RateGate,
     Services,
@@ -125,9 +124,7 @@ class Calls:
             until_ms=deadline_ms + int(service.late_answers_s * 1000),
         )
         value = record.value or b""
-        signature = sign_event(
-            bus.key, envelope.id, envelope.source, envelope.type, envelope.time, value
-        )
+        signature = envelope.signature_by(bus.key, value)
         ticket_headers = ticket.headers(bus.key_id, bus.key)
         deadline = format_time(dt.datetime.fromtimestamp(deadline_ms / 1000, dt.UTC))
         headers = (
@@ -197,9 +194,7 @@ class Calls:
             subject=request_id,
             correlation_id=request_id,
         )
-        signature = sign_event(
-            bus.key, envelope.id, envelope.source, envelope.type, envelope.time, b""
-        )
+        signature = envelope.signature_by(bus.key, b"")
         headers = (
             *envelope.signed_headers(bus.key_id, signature),
             (API_HEADER, api_code.encode()),
@@ -260,9 +255,7 @@ class Calls:
             if answer.payload is not None
             else b""
         )
-        signature = sign_event(
-            bus.key, envelope.id, envelope.source, envelope.type, envelope.time, value
-        )
+        signature = envelope.signature_by(bus.key, value)
         late = ticket.late(now)
         headers = [
             *envelope.signed_headers(bus.key_id, signature, JSON_CONTENT_TYPE),

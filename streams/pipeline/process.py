@@ -37,7 +37,7 @@ from streams.contract.codec import (
 from streams.contract.envelope import JSON_CONTENT_TYPE, Envelope
 from streams.contract.jsonavro import to_json_bytes
 from streams.contract.reasons import MAX_DETAIL, EventError, Reason
-from streams.contract.signing import PrivateKey, sign_event
+from streams.contract.signing import PrivateKey
 from streams.contract.tracecontext import TraceParent, retraced, trace_headers
 from streams.pipeline.calls import Calls
 from streams.pipeline.duplicates import DuplicateWindow, SeenEvents
@@ -363,9 +363,7 @@ class Pipeline:
         else:
             schema_id, parsed = await self._delivery_schema(envelope.type, subscription, event)
             value = encode(schema_id, parsed, payload)
-        signature = sign_event(
-            self.bus_key.key, envelope.id, envelope.source, envelope.type, envelope.time, value
-        )
+        signature = envelope.signature_by(self.bus_key.key, value)
         headers = (
             *envelope.signed_headers(self.bus_key.key_id, signature, content_type),
             ("esb_subscription", subscription.id.encode()),
