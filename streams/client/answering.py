@@ -27,12 +27,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
+from streams.client.lifecycle import Lifecycle
 from streams.client.publisher import PublishError, checked_record
 from streams.contract import requests, topics
 from streams.contract.catalog import Catalog
@@ -132,7 +132,7 @@ def signed_by_bus(record: ConsumerRecord[bytes, bytes], view: RegistryView) -> E
     return envelope
 
 
-class Provider:
+class Provider(Lifecycle):
     """A Kafka-native provider: answers its institution's requests with async handlers."""
 
     def __init__(
@@ -202,18 +202,6 @@ class Provider:
         await self._consumer.stop()
         await self._producer.stop()
         await self._view.stop()
-
-    async def __aenter__(self) -> Provider:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Answer requests until ``stopping`` is set."""

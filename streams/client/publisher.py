@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -28,6 +27,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, set_span_in_context
 
+from streams.client.lifecycle import Lifecycle
 from streams.contract import topics
 from streams.contract.catalog import Catalog, EventType
 from streams.contract.codec import SchemaStore, encode, schema_errors
@@ -109,7 +109,7 @@ def checked_record(event_type: EventType, payload: Mapping[str, Any] | Any) -> d
     return record
 
 
-class Publisher:
+class Publisher(Lifecycle):
     """Publishes one institution system's events to its ingress topic."""
 
     def __init__(
@@ -164,18 +164,6 @@ class Publisher:
         """Flush and close the producer."""
         await self._producer.stop()
 
-    async def __aenter__(self) -> Publisher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     def event_type(self, name: str) -> EventType:
         """The catalogue entry for ``name`` if this institution may publish it."""
         return publishable(self._catalog, self.institution, name)
@@ -189,10 +177,12 @@ class Publisher:
         event_id: str | None = None,
         correlation_id: str | None = None,
         trace: TraceParent | None = None,
+        subject: str | None = None,
     ) -> PreparedEvent:
-        """Validate, encode and sign; no I/O. ``trace``: the context the event is created in."""
+        """Validate, encode and sign; no I/O. ``trace``: the context the event is created in;
+        ``subject``: the event's subject and Kafka key (by default its business key field)."""
         record = checked_record(event_type, payload)
-        business_key = record.get(event_type.key)
+        business_key = subject if subject is not None else record.get(event_type.key)
         if not isinstance(business_key, str) or not business_key:
             raise PublishError(f"{event_type.name}: key field {event_type.key!r} must be set")
         value = encode(schema_id, event_type.parsed, record)

@@ -24,7 +24,6 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -32,11 +31,11 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from streams.client.answering import bus_keys
 from streams.client.consuming import assign_topics
-from streams.client.publisher import PublishError, checked_record
+from streams.client.lifecycle import Lifecycle
+from streams.client.publisher import Publisher, PublishError, checked_record
 from streams.contract import requests, topics
 from streams.contract.catalog import Catalog
-from streams.contract.codec import SchemaStore, encode
-from streams.contract.envelope import new_envelope
+from streams.contract.codec import SchemaStore
 from streams.contract.reasons import Reason
 from streams.contract.requests import Status
 from streams.contract.signing import PrivateKey, SigningError, verify_event
@@ -89,7 +88,7 @@ def read_reply(record: ConsumerRecord[bytes, bytes], request_id: str) -> Answer:
     )
 
 
-class Requester:
+class Requester(Lifecycle):
     """Sends one institution system's requests and waits for their answers."""
 
     def __init__(
@@ -107,8 +106,10 @@ class Requester:
     ) -> None:
         self.institution = institution
         self.system = system
-        self._key_id = key_id
-        self._key = key
+        self._publisher = Publisher(
+            institution=institution, system=system, key_id=key_id, key=key, catalog=catalog,
+            schemas=schemas, producer=producer,
+        )  # fmt: skip
         self._catalog = catalog
         self._schemas = schemas
         self._producer = producer
@@ -149,7 +150,7 @@ class Requester:
             RequestError: the institution has no reply topic (it is granted no API).
         """
         await self._view.start()
-        await self._producer.start()
+        await self._publisher.start()
         await self._consumer.start()
         try:
             await assign_topics(
@@ -171,20 +172,8 @@ class Requester:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self._consumer.stop()
-        await self._producer.stop()
+        await self._publisher.stop()
         await self._view.stop()
-
-    async def __aenter__(self) -> Requester:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def send(self, api_code: str, body: Mapping[str, Any]) -> str:
         """Publish one request; return its id once the broker acknowledged it.
@@ -196,22 +185,19 @@ class Requester:
         if service is None:
             raise RequestError(f"unknown api code {api_code!r}; see schemas/catalog.yaml")
         try:
-            record = checked_record(service.request, body)
+            checked_record(service.request, body)  # before the registry is asked
+            request_id = requests.new_request_id()
+            prepared = self._publisher.prepare(
+                service.request, await self._schemas.id_for(service.request), body,
+                event_id=request_id, subject=request_id,
+            )  # fmt: skip
         except PublishError as error:
             raise RequestError(str(error)) from None
-        schema_id = await self._schemas.id_for(service.request)
-        value = encode(schema_id, service.request.parsed, record)
-        request_id = requests.new_request_id()
-        envelope = new_envelope(self.institution, self.system, service.request.name,
-                                request_id, event_id=request_id)  # fmt: skip
-        headers = [
-            *envelope.sealed(self._key_id, self._key, value).to_headers(),
-            (requests.API_HEADER, api_code.encode()),
-        ]
+        headers = [*prepared.headers, (requests.API_HEADER, api_code.encode())]
         self._waiting[request_id] = asyncio.get_running_loop().create_future()
         try:
             await self._producer.send_and_wait(
-                topics.ingress(self.institution), value, key=request_id.encode(), headers=headers
+                prepared.topic, prepared.value, key=prepared.key, headers=headers
             )
         except BaseException:
             self._waiting.pop(request_id, None)
