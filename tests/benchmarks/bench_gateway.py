@@ -273,6 +273,21 @@ async def drive(
     return result
 
 
+async def produce_ms_mean(http: aiohttp.ClientSession, metrics_urls: list[str]) -> float:
+    """Mean time from encoding to the broker's acknowledgement over the run, in ms, from the
+    gateway processes' ``govesb_gateway_produce_seconds`` histograms."""
+    total_s, count = 0.0, 0.0
+    for url in metrics_urls:
+        async with http.get(url) as response:
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith("govesb_gateway_produce_seconds_sum "):
+                total_s += float(line.split()[1])
+            elif line.startswith("govesb_gateway_produce_seconds_count "):
+                count += float(line.split()[1])
+    return round(1000 * total_s / max(1.0, count), 2)
+
+
 async def token_for(http: aiohttp.ClientSession, base: str) -> str:
     async with http.post(
         f"{base}/oauth/token",
@@ -352,6 +367,13 @@ async def run(
                                 f"e.g. {result.example}; see {LOGS}"
                             )
             added = await ingress_end(kafka) - before
+            produce_ms = {
+                "gateway": await produce_ms_mean(http, [f"{servers['gateway']}/metrics"]),
+                "gateway_processes": await produce_ms_mean(http, [
+                    f"http://127.0.0.1:{gateways.web_port + 1 + i}/metrics"
+                    for i in range(PROCESSES)
+                ]),
+            }  # fmt: skip
         section = Section(
             f"HTTP gateway (1 and {PROCESSES} processes): accepted events/s ({clients} clients) "
             "vs a bare aiohttp handler"
@@ -418,6 +440,8 @@ async def run(
                 sum(statuses["gateway_processes"].values()) - statuses["gateway_processes"][202]
             ),
             "gateway_processes": PROCESSES,
+            # the wall figures are bound by clients / latency when this is large
+            "produce_ms_mean": produce_ms,
             "cores": os.cpu_count(),
             "load_average": [round(load, 2) for load in os.getloadavg()],
             "bare_non_202": sum(statuses["bare"].values()) - statuses["bare"][202],
