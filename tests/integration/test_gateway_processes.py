@@ -220,6 +220,12 @@ async def test_a_token_one_process_issued_is_accepted_by_both(
     now = _per_process(gateways, "govesb_gateway_requests_total",
                        route="/engine/esb/push-request", status="202")  # fmt: skip
     assert all(n > p for n, p in zip(now, pushed, strict=True)), (pushed, now)
+    # Neither the token nor a client secret is in any process's log, /metrics or /health.
+    pages = [gateways.command.log_path.read_text()]
+    for index in range(PROCESSES):
+        pages += [gateways.process(index).metrics(), json.dumps(gateways.process(index).health())]
+    for secret in (token, *SECRETS.values()):
+        assert not any(secret in page for page in pages)
 
 
 async def test_tokens_per_client_are_counted_per_process_so_at_most_n_times_the_limit(

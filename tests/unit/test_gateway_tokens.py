@@ -97,3 +97,31 @@ async def test_an_expired_token_is_refused_and_no_longer_counted() -> None:
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         TokenSigner(b"short")
+
+
+def test_the_processes_of_one_command_share_one_token_key_unless_one_is_configured() -> None:
+    from pydantic import SecretStr
+
+    from connectors.gateway.processes import child_settings
+    from connectors.gateway.runner import admin_port
+    from connectors.settings import GatewaySettings
+
+    made = SecretStr("m" * 43)
+    settings = GatewaySettings(web_port=8088, process_count=3)
+    children = [child_settings(settings, made) for _ in range(3)]
+    assert {c.token_key.get_secret_value() for c in children if c.token_key} == {"m" * 43}
+    assert {c.web_port for c in children} == {8088}  # the one shared port
+    assert [admin_port(settings, i) for i in range(3)] == [8089, 8090, 8091]
+    configured = GatewaySettings(token_key=SecretStr("c" * 32))
+    assert child_settings(configured, made).token_key == configured.token_key
+    assert "c" * 32 not in repr(configured)
+
+
+def test_a_configured_token_key_must_be_long_enough() -> None:
+    from pydantic import SecretStr, ValidationError
+
+    from connectors.settings import GatewaySettings
+
+    with pytest.raises(ValidationError, match="GOVESB_TOKEN_KEY needs at least 32"):
+        GatewaySettings(token_key=SecretStr("short"))
+    assert GatewaySettings().process_count == 1
