@@ -442,6 +442,9 @@ async def run(
             "gateway_processes": PROCESSES,
             # the wall figures are bound by clients / latency when this is large
             "produce_ms_mean": produce_ms,
+            "produce_bound_events_per_s": {
+                side: round(clients / max(1e-6, ms / 1000)) for side, ms in produce_ms.items()
+            },
             "cores": os.cpu_count(),
             "load_average": [round(load, 2) for load in os.getloadavg()],
             "bare_non_202": sum(statuses["bare"].values()) - statuses["bare"][202],
