@@ -160,8 +160,12 @@ def connect_gateway(
         return
     import logging
 
-    from connectors.gateway.processes import supervise
+    from connectors.gateway.processes import busy_port, supervise
 
+    busy = busy_port(settings, settings.process_count)
+    if busy is not None:
+        err.print(f"[red]error:[/red] port {busy} on {settings.web_host} is in use")
+        raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
     raise typer.Exit(supervise(settings, settings.process_count))
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 
 from pydantic import SecretStr
 
@@ -44,6 +45,31 @@ HTTP_DRAIN_S = 60.0  # aiohttp's AppRunner waits this long for the requests in f
 def child_settings(settings: GatewaySettings, token_key: SecretStr) -> GatewaySettings:
     """A child's settings: the parent's, with the token key every child shares."""
     return settings.model_copy(update={"token_key": settings.token_key or token_key})
+
+
+def busy_port(settings: GatewaySettings, processes: int) -> int | None:
+    """The first of the command's ports (the shared one, then each process's own) that another
+    program listens on, or None.
+
+    ``SO_REUSEPORT`` would let a second command share the port silently (each taking part of
+    the connections, with other clients and keys): a bind without it fails instead if anything
+    listens there.
+    """
+    ports = [settings.web_port, *(admin_port(settings, i) for i in range(processes))]
+    for port in ports:
+        try:
+            family, kind, _, _, address = socket.getaddrinfo(
+                settings.web_host, port, type=socket.SOCK_STREAM
+            )[0]
+        except OSError:
+            return None  # an address the processes cannot bind either: they say so
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no use
+            try:
+                probe.bind(address)
+            except OSError:
+                return port
+    return None
 
 
 def _gateway_main(settings: GatewaySettings, slot: ProcessSlot) -> None:

@@ -17,6 +17,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -178,6 +180,18 @@ async def test_each_process_has_its_own_health_and_the_shared_port_answers_for_b
     # The processes' own ports serve /health and /metrics only, never the API.
     async with fresh.post(f"http://127.0.0.1:{gateways.process(0).web_port}/oauth/token") as r:
         assert r.status in (404, 405)
+
+
+def test_a_second_command_on_the_same_port_is_refused(gateways: Gateways) -> None:
+    # SO_REUSEPORT would let it share the port silently, with its own clients and token key.
+    started = subprocess.run(
+        [str(Path(sys.executable).with_name("govesb")), "connect", "gateway",
+         "--web-port", str(gateways.command.web_port), "--processes", str(PROCESSES)],
+        env={**os.environ, **DEMO_GATEWAY_ENV, "GOVESB_CLIENTS__NIDA": SECRETS["nida"]},
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 2, started
+    assert f"port {gateways.command.web_port} on 127.0.0.1 is in use" in started.stderr.decode()
 
 
 async def test_a_token_one_process_issued_is_accepted_by_both(
