@@ -5,7 +5,9 @@ shared ``web_port`` with ``SO_REUSEPORT``: the kernel hands each new connection 
 (by a hash of its addresses), so a keep-alive connection stays with one process and many
 connections spread over all. Supervision is :class:`streams.supervising.Supervisor`'s: a child
 that dies is started again after a backoff, its siblings answer on the port meanwhile; SIGTERM
-stops them all, each draining like a single gateway.
+stops them all, each draining like a single gateway. The command refuses to start (exit 2) on
+a port another program listens on: ``SO_REUSEPORT`` would otherwise let a second command share
+it silently.
 
 Child ``i`` also serves its own ``/health`` and ``/metrics`` on ``web_port + 1 + i``, so that
 Prometheus scrapes every process; ``/health`` on the shared port answers for whichever process
