@@ -130,12 +130,21 @@ def connect_provider(
 def connect_gateway(
     ctx: typer.Context,
     web_port: Annotated[int | None, typer.Option(help="listening port")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="gateway processes on the one port (SO_REUSEPORT), one per core; process i "
+            "also serves /health and /metrics on port + 1 + i; one that dies is started again "
+            "[default: GOVESB_PROCESS_COUNT, else 1]",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP gateway for legacy publishers until SIGTERM."""
     from connectors.gateway.runner import run_gateway
     from connectors.settings import GatewaySettings
 
-    settings = process_settings(ctx, GatewaySettings, web_port=web_port)
+    settings = process_settings(ctx, GatewaySettings, web_port=web_port, process_count=processes)
     if settings.signing_key_file is None or not settings.signing_key_id:
         err.print("[red]error:[/red] set GOVESB_SIGNING_KEY_FILE and GOVESB_SIGNING_KEY_ID")
         raise typer.Exit(2)
@@ -146,7 +155,19 @@ def connect_gateway(
     if not settings.clients:
         err.print("[red]error:[/red] no clients: set GOVESB_CLIENTS__<INSTITUTION>=<secret>")
         raise typer.Exit(2)
-    asyncio.run(run_gateway(settings))
+    if settings.process_count == 1:
+        asyncio.run(run_gateway(settings))
+        return
+    import logging
+
+    from connectors.gateway.processes import busy_port, supervise
+
+    busy = busy_port(settings, settings.process_count)
+    if busy is not None:
+        err.print(f"[red]error:[/red] port {busy} on {settings.web_host} is in use")
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    raise typer.Exit(supervise(settings, settings.process_count))
 
 
 def portal(

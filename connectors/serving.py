@@ -18,9 +18,15 @@ def stop_requested() -> asyncio.Event:
     return stopping
 
 
-async def serve(app: web.Application, host: str, port: int, **options: Any) -> web.AppRunner:
-    """Serve ``app`` on ``host:port``; ``options`` go to the ``AppRunner``. Clean it up after."""
+async def serve(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False, **options: Any
+) -> web.AppRunner:
+    """Serve ``app`` on ``host:port``; ``options`` go to the ``AppRunner``. Clean it up after.
+
+    ``reuse_port``: bind with ``SO_REUSEPORT``, so that several processes listen on one port
+    and the kernel spreads the connections among them.
+    """
     runner = web.AppRunner(app, **options)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     return runner

@@ -18,6 +18,7 @@ from streams.settings import (
 )
 
 MIN_CLIENT_SECRET_CHARS = 16
+MIN_TOKEN_KEY_CHARS = 32
 
 
 class SinkSettings(BaseSettings):
@@ -181,14 +182,29 @@ class GatewaySettings(DemoKeyPolicy):
     token_ttl_s: int = Field(
         default=3600,
         gt=0,
-        description="lifetime of `/oauth/token` access tokens, in seconds; a token is held in "
-        "the memory of the gateway process that issued it, and forgotten when it expires",
+        description="lifetime of `/oauth/token` access tokens, in seconds; a token carries its "
+        "client id and expiry under an HMAC of `token_key`, so every gateway process with that "
+        "key accepts it until it expires",
+    )
+    token_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of the access tokens (at least 32 characters): gateways on "
+        "several machines given the same key accept each other's tokens. Unset: a random key "
+        "made at start (by `--processes N` once, for all its processes), so tokens do not "
+        "outlive the command",
+    )
+    process_count: int = Field(
+        default=1,
+        ge=1,
+        description="gateway processes sharing `web_port` (`SO_REUSEPORT`), one per core; "
+        "process i also serves `/health` and `/metrics` on `web_port + 1 + i`; one that dies is "
+        "started again; `--processes` overrides it",
     )
     max_live_tokens: int = Field(
         default=100_000,
         ge=1,
-        description="most unexpired access tokens held at once; past it the least recently "
-        "used is forgotten (its client asks for a new one)",
+        description="most unexpired tokens a process counts in `govesb_gateway_live_tokens` "
+        "(tokens beyond it stay valid: they are checked by their HMAC, not looked up)",
     )
     token_failures_per_client: int = Field(
         default=10,
@@ -219,6 +235,13 @@ class GatewaySettings(DemoKeyPolicy):
     produce_timeout_s: float = Field(
         default=10.0, description="how long a request waits for the broker's ack before 503"
     )
+
+    @field_validator("token_key")
+    @classmethod
+    def _key_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < MIN_TOKEN_KEY_CHARS:
+            raise ValueError(f"GOVESB_TOKEN_KEY needs at least {MIN_TOKEN_KEY_CHARS} characters")
+        return key
 
     @field_validator("clients")
     @classmethod

@@ -75,7 +75,7 @@ class GatewayMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.live_tokens = Gauge(
-            "govesb_gateway_live_tokens", "Access tokens issued and not yet expired.",
+            "govesb_gateway_live_tokens", "Access tokens this process issued, not yet expired.",
             registry=self.registry,
         )  # fmt: skip
         self.produce_latency = Histogram(

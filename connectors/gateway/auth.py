@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import math
 import secrets
 import time
@@ -64,6 +66,59 @@ class RateLimit:
         return len(self._buckets)
 
 
+TOKEN_KEY_BYTES = 32
+MAX_TOKEN_CHARS = 512  # a token issued here is ~110 characters; longer is no token of ours
+_TOKEN_CONTEXT = b"govesb-gateway-access-token-v1\0"
+
+
+class TokenSigner:
+    """Access tokens that carry who they were issued to, checked by an HMAC, not a lookup.
+
+    A token is ``base64url(client id, expiry, nonce) "." base64url(HMAC-SHA256)`` under
+    ``key``: every gateway process given the same key accepts every token any of them issued
+    (``govesb connect gateway --processes N`` hands its children one key; several machines
+    share ``GOVESB_TOKEN_KEY``), and none holds a table of tokens. The expiry is wall-clock
+    time (seconds since the epoch), which processes and machines share. The nonce (128 random
+    bits) makes every token unique; the MAC makes one unforgeable without the key.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < TOKEN_KEY_BYTES // 2:
+            raise ValueError("a token key needs at least 16 bytes")
+        self._key = key
+
+    def _mac(self, body: str) -> bytes:
+        return hmac.new(self._key, _TOKEN_CONTEXT + body.encode(), hashlib.sha256).digest()
+
+    def issue(self, client_id: str, expires_at: int) -> str:
+        """A token for ``client_id`` valid until ``expires_at`` (epoch seconds)."""
+        nonce = secrets.token_hex(16)
+        body = _b64(f"{client_id}\n{expires_at}\n{nonce}".encode("utf-8", "surrogateescape"))
+        return f"{body}.{_b64(self._mac(body))}"
+
+    def owner(self, token: str, now: float) -> str | None:
+        """The client ``token`` was issued to, or None: not ours, tampered or expired."""
+        if len(token) > MAX_TOKEN_CHARS:
+            return None
+        body, dot, mac = token.partition(".")
+        if not dot or not token.isascii():
+            return None
+        try:
+            given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+            if not hmac.compare_digest(given, self._mac(body)):
+                return None
+            text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            client_id, expires_at, _nonce = text.decode("utf-8", "surrogateescape").rsplit("\n", 2)
+            expiry = int(expires_at)
+        except (ValueError, binascii.Error):
+            return None
+        return client_id if now < expiry else None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 def _limited(wait: int, message: str) -> HttpError:
     return HttpError(429, "rate_limited", message, retry_after=wait)
 
@@ -72,7 +127,9 @@ class Authenticator:
     """The clients, the tokens issued to them and the limits on both.
 
     ``clients`` maps client id (the institution id) to its secret. Tokens live
-    ``token_ttl_s`` seconds in a bounded map that forgets them when they expire. The token
+    ``token_ttl_s`` seconds and are checked by their MAC under ``token_key`` (a
+    :class:`TokenSigner`; a random key when none is given: then only this object accepts
+    them); a token of a client no longer in ``clients`` is refused. The token
     endpoint counts, per client id and per source address, the attempts that failed and
     refuses further ones with 429 while either count is spent, so secrets cannot be guessed
     at the speed of the network; issued tokens are limited per client too. The limits on
@@ -91,10 +148,13 @@ class Authenticator:
         token_failures_per_ip: int = 30,
         tokens_per_client: int = 10,
         token_limit_period_s: float = 60.0,
+        token_key: bytes | None = None,
     ) -> None:
         self.clients = dict(clients)
         self.token_ttl_s = token_ttl_s
-        self._tokens: TTLCache[str, str] = TTLCache(
+        self.tokens = TokenSigner(token_key or secrets.token_bytes(TOKEN_KEY_BYTES))
+        # Only counted (``live_tokens``): a token is accepted by its MAC, not found here.
+        self._issued: TTLCache[str, float] = TTLCache(
             maxsize=max_live_tokens, ttl=token_ttl_s, timer=time.monotonic
         )
         self.requests = RateLimit(burst, rate_per_s)
@@ -107,9 +167,11 @@ class Authenticator:
 
     @property
     def live_tokens(self) -> int:
-        """Tokens issued and not expired (expired ones are forgotten here and at each issue)."""
-        self._tokens.expire()
-        return len(self._tokens)
+        """Tokens this object issued that have not expired (at most ``max_live_tokens``
+        counted). With several gateway processes, each counts its own: their sum is the bus's.
+        """
+        self._issued.expire()
+        return len(self._issued)
 
     async def issue_token(
         self, authorization: str | None, form: Mapping[str, str], address: str
@@ -139,8 +201,8 @@ class Authenticator:
             raise HttpError(401, "invalid_client", "unknown client or wrong secret")
         if wait := await self.issued.take(client_id):
             raise _limited(wait, "too many tokens requested for this client")
-        token = secrets.token_urlsafe(32)
-        self._tokens[token] = client_id
+        token = self.tokens.issue(client_id, int(time.time()) + self.token_ttl_s)
+        self._issued[token] = time.monotonic()
         return {
             "access_token": token,
             "token_type": "bearer",
@@ -149,8 +211,9 @@ class Authenticator:
         }
 
     def token_owner(self, token: str) -> str | None:
-        """The institution a live token was issued to, or None."""
-        return self._tokens.get(token)
+        """The institution a live token was issued to (and still a client), or None."""
+        owner = self.tokens.owner(token, time.time())
+        return owner if owner is not None and owner in self.clients else None
 
     async def institution_of(
         self, headers: Mapping[str, str], address: str, *, raw_token: bool = False
@@ -169,7 +232,7 @@ class Authenticator:
         elif raw_token and header.strip():
             token = header.strip()
         if token is not None:
-            found = self._tokens.get(token)
+            found = self.token_owner(token)
             if found is None:
                 raise HttpError(401, "invalid_token", "unknown or expired bearer token")
             institution = found

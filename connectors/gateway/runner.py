@@ -21,6 +21,7 @@ from streams.audit.chain import new_chain
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.registry.view import RegistryView
+from streams.supervising import ProcessSlot
 from streams.tracing import GATEWAY, Tracing
 
 
@@ -35,8 +36,14 @@ class AccessLog(AbstractAccessLogger):
         self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
 
 
-async def run_gateway(settings: Any) -> None:
-    """``govesb connect gateway``: serve until SIGTERM/SIGINT."""
+async def run_gateway(settings: Any, slot: ProcessSlot | None = None) -> None:
+    """``govesb connect gateway``: serve until SIGTERM/SIGINT.
+
+    ``slot``: this is process ``slot.index`` of ``--processes N``
+    (:mod:`connectors.gateway.processes`): it listens on ``web_port`` with ``SO_REUSEPORT``
+    beside its siblings, serves its own ``/health`` and ``/metrics`` on
+    ``admin_port(settings, slot.index)`` too, and its ``/health`` has a ``process`` check.
+    """
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
     from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
@@ -63,6 +70,9 @@ async def run_gateway(settings: Any) -> None:
             token_failures_per_ip=settings.token_failures_per_ip,
             tokens_per_client=settings.tokens_per_client,
             token_limit_period_s=settings.token_limit_period_s,
+            token_key=(
+                settings.token_key.get_secret_value().encode() if settings.token_key else None
+            ),
         ),
         max_body_bytes=settings.max_body_bytes,
         produce_timeout_s=settings.produce_timeout_s,
@@ -74,17 +84,36 @@ async def run_gateway(settings: Any) -> None:
     await calls.start()
     await tickets.start()
     attach(gateway, calls, tickets, new_chain("gateway"))
+    runners: list[web.AppRunner] = []
+    if slot is not None:
+        gateway.checks["process"] = slot.health
+        admin = web.Application()
+        admin.router.add_get("/health", gateway.health)
+        admin.router.add_get("/metrics", gateway.metrics_page)
+        port = admin_port(settings, slot.index)
+        runners.append(await serve(admin, settings.web_host, port, access_log=None))
     stopping = stop_requested()
-    runner = await serve(
-        gateway.application(), settings.web_host, settings.web_port, access_log_class=AccessLog
+    api = gateway.application()
+    shared = slot is not None  # SO_REUSEPORT: its siblings listen on the same port
+    site = serve(
+        api, settings.web_host, settings.web_port, reuse_port=shared, access_log_class=AccessLog
     )
+    runners.append(await site)
     try:
         await stopping.wait()
     finally:
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
         with contextlib.suppress(TimeoutError):  # bounded: a dead broker cannot be flushed
             await asyncio.wait_for(producer.stop(), settings.produce_timeout_s)
         await tickets.stop()
         await calls.stop()
         await view.stop()
         await asyncio.to_thread(gateway.tracing.shutdown)  # the last spans exported
+
+
+def admin_port(settings: Any, index: int) -> int:
+    """Where process ``index`` of ``--processes N`` serves its own ``/health`` and ``/metrics``:
+    ``web_port + 1 + index`` (the shared ``web_port`` answers for whichever process took the
+    connection)."""
+    return int(settings.web_port) + 1 + index

@@ -53,12 +53,12 @@ from streams.pipeline.outputs import (
     was_cut,
 )
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline, traced
-from streams.pipeline.supervisor import ProcessSlot
 from streams.pipeline.validation import IngressRecord, Limits
 from streams.pipeline.writer import OutputWriter, Unwritable, event_id
 from streams.registry.view import RegistryView
 from streams.retrying import until_available
 from streams.settings import KafkaSettings, WorkerSettings
+from streams.supervising import ProcessSlot
 from streams.tracing import WORKER, Hop, SpanKind, Tracing
 
 log = logging.getLogger(__name__)

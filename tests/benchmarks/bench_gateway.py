@@ -3,17 +3,19 @@
     python -m tests.benchmarks.bench_gateway [--events N] [--repeat R] [--clients C]
 
 Registers the schemas, applies the example registry and starts a real ``govesb connect
-gateway`` (RITA's client secret in ``GOVESB_CLIENTS__RITA``, rate limits out of the way), and
-a bare aiohttp app in a child process of its own that reads each body and answers 202 with a
-small JSON, doing nothing else. One client in this process, C concurrent connections (16),
-sends both servers the very same N requests, pre-built: CloudEvents (structured JSON,
+gateway`` (RITA's client secret in ``GOVESB_CLIENTS__RITA``, rate limits out of the way), a
+``govesb connect gateway --processes 2`` beside it (the same token key, so one token serves
+both), and a bare aiohttp app in a child process of its own that reads each body and answers
+202 with a small JSON, doing nothing else. One client in this process, C concurrent connections
+(16), sends the three servers the very same N requests, pre-built: CloudEvents (structured JSON,
 ``tz.go.rita.DeathRegistered``) to ``/v1/events``, then GovESB pushes signed with RITA's key to
 ``/engine/esb/push-request``. The gateway answers 202 only after the broker acknowledged the
 event (acks=all), so its figure is accepted events/s; the ratio gateway / bare is taken per
-repetition. The CPU each server's processes use per accepted event is sampled from ``/proc``
+repetition (``gateway_processes_ratio``: the 2-process gateway over the same bare 1-process
+handler). The CPU each server's processes use per accepted event is sampled from ``/proc``
 too (``gateway_cpu_ratio``: bare CPU per event / gateway CPU per event, which holds still when
-other work shares the machine). Every answer must be 202: others are counted, and more than 1%
-fails the run.
+other work shares the machine), and the client's own (this process) per request. Every answer
+must be 202: others are counted, and more than 1% fails the run.
 Prints a table, then one JSON line.
 """
 
@@ -23,6 +25,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -39,7 +43,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from connectors.http_sink.delivery import basic_auth
 from deploy.demo_legacy import RITA_SECRET
 from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
-from deploy.worker import DEMO_GATEWAY_ENV, WorkerProcess, start_govesb
+from deploy.worker import DEMO_GATEWAY_ENV, WorkerProcess, free_ports, start_govesb
 from streams.client.consuming import assign_topics
 from streams.contract import topics
 from streams.contract.jsonavro import to_json
@@ -68,6 +72,7 @@ EXAMPLE_REGISTRY = REPO / "deploy" / "registry.example.yaml"
 MAX_FAILED_SHARE = 0.01
 EVENTS_PATH = "/v1/events"
 PUSH_PATH = "/engine/esb/push-request"
+PROCESSES = 2  # of the gateway measured beside the single process
 
 Request = tuple[str, bytes, dict[str, str]]  # path, body, headers
 
@@ -124,11 +129,12 @@ async def prepare(bus: BenchBus) -> BusRegistry:
     return registry
 
 
-def start_gateway(bus: BenchBus) -> WorkerProcess:
-    """``govesb connect gateway`` as ``make demo`` starts it, with the rate limit lifted."""
-    port = free_port()
+def start_gateway(bus: BenchBus, token_key: str, processes: int = 1) -> WorkerProcess:
+    """``govesb connect gateway [--processes N]`` as ``make demo`` starts it, with the rate
+    limit lifted; with N > 1 process i serves its own ``/health`` on port + 1 + i."""
+    port = free_ports(1 + processes) if processes > 1 else free_port()
     return start_govesb(
-        ["connect", "gateway", "--web-port", str(port)],
+        ["connect", "gateway", "--web-port", str(port), "--processes", str(processes)],
         {
             "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bus.bootstrap,
             "GOVESB_SCHEMA_REGISTRY__URL": bus.registry_url,
@@ -137,11 +143,32 @@ def start_gateway(bus: BenchBus) -> WorkerProcess:
             # The benchmark measures the gateway, not its per-institution token bucket.
             "GOVESB_RATE_PER_S": "1000000",
             "GOVESB_BURST": "1000000",
+            "GOVESB_TOKEN_KEY": token_key,
         },
-        LOGS / "gateway.log",
+        LOGS / ("gateway.log" if processes == 1 else f"gateway-{processes}.log"),
         port,
         lambda body: body["status"] == "ok",
     )
+
+
+async def gateway_pids(http: aiohttp.ClientSession, gateway: WorkerProcess, n: int) -> list[int]:
+    """The supervising command and each of its ``n`` processes (from their own ``/health``,
+    once all of them answer)."""
+    pids = [gateway.process.pid]
+    for index in range(n):
+        url = f"http://127.0.0.1:{gateway.web_port + 1 + index}/health"
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    async with http.get(url) as response:
+                        body = await response.json()
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        pids.append(int(body["checks"]["process"]["pid"]))
+    return pids
 
 
 async def ingress_end(kafka: KafkaSettings) -> int:
@@ -208,6 +235,7 @@ class Drive:
     statuses: Counter[int] = field(default_factory=Counter)
     example: str = ""  # the body of one answer that was not 202
     server_cpu_us: float = 0.0  # CPU of the server's processes per accepted event
+    client_cpu_us: float = 0.0  # CPU of this process (the client) per request
 
     @property
     def failed(self) -> int:
@@ -226,6 +254,7 @@ async def drive(
     pending = iter(requests)
     result = Drive(0.0)
     cpu = sum(map(cpu_seconds, server_pids))
+    client_cpu = time.process_time()
 
     async def client() -> None:
         for path, body, headers in pending:  # one shared iterator: each request sent once
@@ -240,7 +269,23 @@ async def drive(
     result.events_per_s = result.statuses[202] / (time.perf_counter() - started)
     cpu = sum(map(cpu_seconds, server_pids)) - cpu
     result.server_cpu_us = 1e6 * cpu / max(1, result.statuses[202])
+    result.client_cpu_us = 1e6 * (time.process_time() - client_cpu) / max(1, len(requests))
     return result
+
+
+async def produce_ms_mean(http: aiohttp.ClientSession, metrics_urls: list[str]) -> float:
+    """Mean time from encoding to the broker's acknowledgement over the run, in ms, from the
+    gateway processes' ``govesb_gateway_produce_seconds`` histograms."""
+    total_s, count = 0.0, 0.0
+    for url in metrics_urls:
+        async with http.get(url) as response:
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith("govesb_gateway_produce_seconds_sum "):
+                total_s += float(line.split()[1])
+            elif line.startswith("govesb_gateway_produce_seconds_count "):
+                count += float(line.split()[1])
+    return round(1000 * total_s / max(1.0, count), 2)
 
 
 async def token_for(http: aiohttp.ClientSession, base: str) -> str:
@@ -266,25 +311,31 @@ async def run(
     kafka = KafkaSettings(bootstrap_servers=bus.bootstrap)
     bare = start_bare(free_port())
     gateway: WorkerProcess | None = None
+    gateways: WorkerProcess | None = None
+    token_key = secrets.token_urlsafe(32)  # one for both gateways: one token serves both
     started = time.monotonic()
     try:
         registry = await prepare(bus)
-        gateway = await asyncio.to_thread(start_gateway, bus)
+        gateway = await asyncio.to_thread(start_gateway, bus, token_key)
+        gateways = await asyncio.to_thread(start_gateway, bus, token_key, PROCESSES)
         samples = yaml.safe_load((registry.catalog.path.parent / "samples.yaml").read_text())
         rita = load_private_key((REPO / "deploy" / "demo-keys" / "rita.key.pem").read_text())
         servers = {
             "gateway": f"http://127.0.0.1:{gateway.web_port}",
+            "gateway_processes": f"http://127.0.0.1:{gateways.web_port}",
             "bare": f"http://127.0.0.1:{bare.port}",
         }
         pids = {"gateway": [gateway.process.pid], "bare": [bare.process.pid]}
         rates: dict[tuple[str, str], list[float]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
-        statuses: dict[str, Counter[int]] = {"gateway": Counter(), "bare": Counter()}
+        client_cpu: dict[tuple[str, str], list[float]] = {}
+        statuses: dict[str, Counter[int]] = {side: Counter() for side in servers}
         examples: list[str] = []
         connector = aiohttp.TCPConnector(limit=clients * 2, limit_per_host=clients)
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             await bare.wait_ready(http)
+            pids["gateway_processes"] = await gateway_pids(http, gateways, PROCESSES)
             token = await token_for(http, servers["gateway"])
             before = await ingress_end(kafka)
             warm_accepted = 0
@@ -294,7 +345,7 @@ async def run(
                     pushes(samples, clients * 8, token, rita),
                 ):
                     result = await drive(http, base, requests, clients)
-                    warm_accepted += result.statuses[202] if side == "gateway" else 0
+                    warm_accepted += result.statuses[202] if side != "bare" else 0
             for _ in range(repeat):
                 for path, build in (
                     ("events", lambda: cloudevents(samples, events, token)),
@@ -305,6 +356,7 @@ async def run(
                         result = await drive(http, base, requests, clients, pids[side])
                         rates.setdefault((side, path), []).append(result.events_per_s)
                         cpu.setdefault((side, path), []).append(result.server_cpu_us)
+                        client_cpu.setdefault((side, path), []).append(result.client_cpu_us)
                         statuses[side].update(result.statuses)
                         if result.example:
                             examples.append(f"{side} {path}: {result.example}")
@@ -315,8 +367,16 @@ async def run(
                                 f"e.g. {result.example}; see {LOGS}"
                             )
             added = await ingress_end(kafka) - before
+            produce_ms = {
+                "gateway": await produce_ms_mean(http, [f"{servers['gateway']}/metrics"]),
+                "gateway_processes": await produce_ms_mean(http, [
+                    f"http://127.0.0.1:{gateways.web_port + 1 + i}/metrics"
+                    for i in range(PROCESSES)
+                ]),
+            }  # fmt: skip
         section = Section(
-            f"HTTP gateway: accepted events/s ({clients} clients) vs a bare aiohttp handler"
+            f"HTTP gateway (1 and {PROCESSES} processes): accepted events/s ({clients} clients) "
+            "vs a bare aiohttp handler"
         )
         for path, what in (("events", "CloudEvents /v1/events"), ("push", "GovESB push")):
             infix = "" if path == "events" else "_push"
@@ -348,12 +408,45 @@ async def run(
                 f"gateway{infix}_cpu_ratio", f"gateway / bare by server CPU per event, {what}",
                 ratios(bare_cpu, gateway_cpu), "x",
             )  # fmt: skip
-        accepted = statuses["gateway"][202]
+            processes_rate = rates[("gateway_processes", path)]
+            section.add(
+                f"gateway_processes{infix}_events_per_s", f"gateway x{PROCESSES}, {what}",
+                Figure.of(processes_rate), "events/s",
+            )  # fmt: skip
+            section.add(
+                f"gateway{infix}_processes_ratio", f"gateway x{PROCESSES} / bare, {what}",
+                ratios(processes_rate, bare_rate), "x",
+            )  # fmt: skip
+            section.add(
+                f"gateway{infix}_processes_scaling", f"gateway x{PROCESSES} / gateway x1, {what}",
+                ratios(processes_rate, gateway_rate), "x",
+            )  # fmt: skip
+            section.add(
+                f"gateway_processes{infix}_cpu_us_per_event",
+                f"gateway x{PROCESSES} CPU per event, {what}",
+                Figure.of(cpu[("gateway_processes", path)]), "us",
+            )  # fmt: skip
+            section.add(
+                f"client{infix}_cpu_us_per_request", f"the client's CPU per request, {what}",
+                Figure.of(client_cpu[("gateway", path)]), "us",
+            )  # fmt: skip
+        accepted = statuses["gateway"][202] + statuses["gateway_processes"][202]
         section.extra |= {
             "events_per_repetition": events,
             "clients": clients,
             "repetitions": repeat,
-            "gateway_non_202": sum(statuses["gateway"].values()) - accepted,
+            "gateway_non_202": sum(statuses["gateway"].values()) - statuses["gateway"][202],
+            "gateway_processes_non_202": (
+                sum(statuses["gateway_processes"].values()) - statuses["gateway_processes"][202]
+            ),
+            "gateway_processes": PROCESSES,
+            # the wall figures are bound by clients / latency when this is large
+            "produce_ms_mean": produce_ms,
+            "produce_bound_events_per_s": {
+                side: round(clients / max(1e-6, ms / 1000)) for side, ms in produce_ms.items()
+            },
+            "cores": os.cpu_count(),
+            "load_average": [round(load, 2) for load in os.getloadavg()],
             "bare_non_202": sum(statuses["bare"].values()) - statuses["bare"][202],
             "gateway_statuses": {str(k): v for k, v in sorted(statuses["gateway"].items())},
             "non_202_examples": examples[:3],
@@ -368,8 +461,9 @@ async def run(
             )
         return section
     finally:
-        if gateway is not None:
-            await asyncio.to_thread(gateway.stop)
+        for started_gateway in (gateway, gateways):
+            if started_gateway is not None:
+                await asyncio.to_thread(started_gateway.stop)
         bare.stop()
 
 
