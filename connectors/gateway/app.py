@@ -54,7 +54,7 @@ from streams.contract.catalog import Catalog, EventType
 from streams.contract.codec import RegistryUnavailableError, SchemaStore, encode, schema_errors
 from streams.contract.envelope import new_envelope, parse_source, source_for
 from streams.contract.jsonavro import JsonAvroError, from_json
-from streams.contract.signing import PrivateKey, sign_event
+from streams.contract.signing import PrivateKey
 from streams.contract.tracecontext import TRACEPARENT, TRACESTATE, TraceParent
 from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
 from streams.registry.view import RegistryView
@@ -216,10 +216,7 @@ class Gateway:
             institution, system, event_type.name, record[event_type.key],
             event_id=event_id, correlation_id=correlation_id,
         )  # fmt: skip
-        signature = sign_event(
-            self.bus_key, envelope.id, envelope.source, envelope.type, envelope.time, value
-        )
-        envelope = envelope.signed(self.bus_key_id, signature)
+        envelope = envelope.sealed(self.bus_key_id, self.bus_key, value)
         started = time.monotonic()
         try:
             await asyncio.wait_for(

@@ -79,7 +79,6 @@ from streams.contract.requests import (
     new_request_id,
     read_ticket,
 )
-from streams.contract.signing import sign_event
 from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
 from streams.registry.view import ServiceRecord, grant_for
 
@@ -305,11 +304,7 @@ class RequestDesk:
             institution, system, event_type.name, request_id,
             event_id=event_id or request_id, correlation_id=correlation_id,
         )  # fmt: skip
-        signature = sign_event(
-            gateway.bus_key, envelope.id, envelope.source, envelope.type, envelope.time,
-            value or b"",
-        )  # fmt: skip
-        envelope = envelope.signed(gateway.bus_key_id, signature)
+        envelope = envelope.sealed(gateway.bus_key_id, gateway.bus_key, value or b"")
         try:
             await asyncio.wait_for(
                 gateway.producer.send_and_wait(
