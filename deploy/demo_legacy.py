@@ -22,13 +22,14 @@ from rich.console import Console
 from rich.table import Table
 
 from connectors.http_sink.delivery import basic_auth
-from deploy.demo_requests import client_secret, demo_clients
 from deploy.kafka.launcher import REPO, LauncherError, LocalBus, free_port
 from deploy.worker import (
     DEMO_BUS_KEY,
     DEMO_BUS_KEY_ID,
     DEMO_GATEWAY_ENV,
     WorkerProcess,
+    client_secret,
+    demo_clients,
     start_govesb,
 )
 from streams.contract.catalog import Catalog

@@ -30,7 +30,7 @@ from rich.table import Table
 from connectors.gateway.govesb import exact_data
 from connectors.http_sink.delivery import basic_auth
 from deploy.kafka.launcher import REPO, LocalBus, free_port
-from deploy.worker import DEMO_BUS_KEY, DEMO_GATEWAY_ENV, WorkerProcess, start_govesb
+from deploy.worker import DEMO_BUS_KEY, DEMO_GATEWAY_ENV, WorkerProcess, client_secret, start_govesb
 from streams.client.answering import Provider, ProviderFailure
 from streams.client.requesting import Answer, Requester
 from streams.contract import requests, topics
@@ -45,16 +45,6 @@ NIDA_TOKEN = "demo-nida-api-token"  # noqa: S105 - the demo NIDA endpoint's bear
 SAMPLES = yaml.safe_load((REPO / "schemas" / "samples.yaml").read_text())
 CITIZEN = SAMPLES["tz.go.nida.CitizenRegistered"]
 TIN = SAMPLES["TIN_STATUS.response"]
-
-
-def client_secret(institution: str) -> str:
-    """The gateway client secret of a demo institution (README, next to the demo keys)."""
-    return f"demo-{institution}-client-secret"
-
-
-def demo_clients(institutions: list[str]) -> dict[str, str]:
-    """``GOVESB_CLIENTS__<ID>`` for every demo institution."""
-    return {f"GOVESB_CLIENTS__{i.upper()}": client_secret(i) for i in institutions}
 
 
 def _key(institution: str) -> PrivateKey:

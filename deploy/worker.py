@@ -35,6 +35,16 @@ DEMO_GATEWAY_ENV = {
 }
 
 
+def client_secret(institution: str) -> str:
+    """The gateway client secret of a demo institution (README, next to the demo keys)."""
+    return f"demo-{institution}-client-secret"
+
+
+def demo_clients(institutions: list[str]) -> dict[str, str]:
+    """``GOVESB_CLIENTS__<ID>`` for every demo institution."""
+    return {f"GOVESB_CLIENTS__{i.upper()}": client_secret(i) for i in institutions}
+
+
 @dataclass
 class WorkerProcess:
     """A running ``govesb worker`` and where it serves /health and /metrics."""
@@ -139,7 +149,12 @@ def start_worker(
         **(extra_env or {}),
     }
     return start_govesb(
-        ["worker", "--loglevel", "WARNING", "--processes", str(processes)],
+        [
+            "worker",
+            "--loglevel",
+            "WARNING",
+            *(["--processes", str(processes)] if processes > 1 else []),
+        ],
         env,
         log_path,
         port,

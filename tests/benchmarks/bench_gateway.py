@@ -59,6 +59,7 @@ from tests.benchmarks.common import (
     Figure,
     Section,
     bench_bus,
+    cli_has_option,
     cpu_seconds,
     print_section,
     ratios,
@@ -317,12 +318,14 @@ async def run(
     try:
         registry = await prepare(bus)
         gateway = await asyncio.to_thread(start_gateway, bus, token_key)
-        gateways = await asyncio.to_thread(start_gateway, bus, token_key, PROCESSES)
+        # an older tree (``--before``) may have no ``--processes``: then one process alone
+        if await asyncio.to_thread(cli_has_option, ["connect", "gateway"], "--processes"):
+            gateways = await asyncio.to_thread(start_gateway, bus, token_key, PROCESSES)
         samples = yaml.safe_load((registry.catalog.path.parent / "samples.yaml").read_text())
         rita = load_private_key((REPO / "deploy" / "demo-keys" / "rita.key.pem").read_text())
         servers = {
             "gateway": f"http://127.0.0.1:{gateway.web_port}",
-            "gateway_processes": f"http://127.0.0.1:{gateways.web_port}",
+            **({"gateway_processes": f"http://127.0.0.1:{gateways.web_port}"} if gateways else {}),
             "bare": f"http://127.0.0.1:{bare.port}",
         }
         pids = {"gateway": [gateway.process.pid], "bare": [bare.process.pid]}
@@ -335,7 +338,8 @@ async def run(
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             await bare.wait_ready(http)
-            pids["gateway_processes"] = await gateway_pids(http, gateways, PROCESSES)
+            if gateways:
+                pids["gateway_processes"] = await gateway_pids(http, gateways, PROCESSES)
             token = await token_for(http, servers["gateway"])
             before = await ingress_end(kafka)
             warm_accepted = 0
@@ -367,13 +371,12 @@ async def run(
                                 f"e.g. {result.example}; see {LOGS}"
                             )
             added = await ingress_end(kafka) - before
-            produce_ms = {
-                "gateway": await produce_ms_mean(http, [f"{servers['gateway']}/metrics"]),
-                "gateway_processes": await produce_ms_mean(http, [
+            produce_ms = {"gateway": await produce_ms_mean(http, [f"{servers['gateway']}/metrics"])}
+            if gateways:
+                produce_ms["gateway_processes"] = await produce_ms_mean(http, [
                     f"http://127.0.0.1:{gateways.web_port + 1 + i}/metrics"
                     for i in range(PROCESSES)
-                ]),
-            }  # fmt: skip
+                ])  # fmt: skip
         section = Section(
             f"HTTP gateway (1 and {PROCESSES} processes): accepted events/s ({clients} clients) "
             "vs a bare aiohttp handler"
@@ -408,6 +411,12 @@ async def run(
                 f"gateway{infix}_cpu_ratio", f"gateway / bare by server CPU per event, {what}",
                 ratios(bare_cpu, gateway_cpu), "x",
             )  # fmt: skip
+            section.add(
+                f"client{infix}_cpu_us_per_request", f"the client's CPU per request, {what}",
+                Figure.of(client_cpu[("gateway", path)]), "us",
+            )  # fmt: skip
+            if not gateways:
+                continue
             processes_rate = rates[("gateway_processes", path)]
             section.add(
                 f"gateway_processes{infix}_events_per_s", f"gateway x{PROCESSES}, {what}",
@@ -426,20 +435,15 @@ async def run(
                 f"gateway x{PROCESSES} CPU per event, {what}",
                 Figure.of(cpu[("gateway_processes", path)]), "us",
             )  # fmt: skip
-            section.add(
-                f"client{infix}_cpu_us_per_request", f"the client's CPU per request, {what}",
-                Figure.of(client_cpu[("gateway", path)]), "us",
-            )  # fmt: skip
-        accepted = statuses["gateway"][202] + statuses["gateway_processes"][202]
+        several = statuses.get("gateway_processes", Counter())
+        accepted = statuses["gateway"][202] + several[202]
         section.extra |= {
             "events_per_repetition": events,
             "clients": clients,
             "repetitions": repeat,
             "gateway_non_202": sum(statuses["gateway"].values()) - statuses["gateway"][202],
-            "gateway_processes_non_202": (
-                sum(statuses["gateway_processes"].values()) - statuses["gateway_processes"][202]
-            ),
-            "gateway_processes": PROCESSES,
+            "gateway_processes_non_202": sum(several.values()) - several[202],
+            "gateway_processes": PROCESSES if gateways else 1,
             # the wall figures are bound by clients / latency when this is large
             "produce_ms_mean": produce_ms,
             "produce_bound_events_per_s": {

@@ -100,6 +100,7 @@ from tests.benchmarks.common import (
     Figure,
     Section,
     bench_bus,
+    cli_has_option,
     print_section,
     ratios,
 )
@@ -560,6 +561,7 @@ async def run(
     bench: PipelineBench | None = None
     try:
         bench = await setup(bus, events, workdir)
+        processes_supported = await asyncio.to_thread(cli_has_option, ["worker"], "--processes")
         setup_s = time.monotonic() - began
         in_process = bench.in_process_records()
         await bench.check_handle(in_process)
@@ -574,7 +576,8 @@ async def run(
         for _ in range(repeat):
             samples["one"].append(await bench.worker_side(1, replay=True))
             samples["two"].append(await bench.worker_side(2, replay=True))
-            samples["processes"].append(await bench.worker_side(1, replay=True, processes=2))
+            if processes_supported:  # an older tree (``--before``) may not have it
+                samples["processes"].append(await bench.worker_side(1, replay=True, processes=2))
         profile = [] if scaling_only else await bench.profile(in_process)
     except BaseException:
         print(f"bench_pipeline: logs kept in {workdir}", file=sys.stderr)
@@ -593,11 +596,14 @@ async def run(
          Figure.of(samples["two"]), "events/s"),
         ("scaling_ratio", "scaling: 2 workers / 1 worker",
          ratios(samples["two"], samples["one"]), "x"),
-        ("processes_events_per_s", "govesb worker --processes 2, batch written while it runs",
-         Figure.of(samples["processes"]), "events/s"),
-        ("processes_ratio", "scaling: --processes 2 / 1 process",
-         ratios(samples["processes"], samples["one"]), "x"),
     ]  # fmt: skip
+    if samples["processes"]:
+        scaling += [
+            ("processes_events_per_s", "govesb worker --processes 2, batch written while it runs",
+             Figure.of(samples["processes"]), "events/s"),
+            ("processes_ratio", "scaling: --processes 2 / 1 process",
+             ratios(samples["processes"], samples["one"]), "x"),
+        ]  # fmt: skip
     rows: list[tuple[str, str, Figure, str]] = [] if scaling_only else [
         ("pipeline_events_per_s", "pipeline (1 govesb worker)", Figure.of(samples["ours"]),
          "events/s"),

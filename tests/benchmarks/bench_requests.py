@@ -39,8 +39,6 @@ from deploy.demo_requests import (
     CITIZEN,
     NIDA_TOKEN,
     NidaEndpoint,
-    client_secret,
-    demo_clients,
     start_provider_connector,
 )
 from deploy.kafka.launcher import REPO, LauncherError, free_port
@@ -48,6 +46,8 @@ from deploy.worker import (
     DEMO_BUS_KEY,
     DEMO_GATEWAY_ENV,
     WorkerProcess,
+    client_secret,
+    demo_clients,
     start_govesb,
     start_worker,
 )

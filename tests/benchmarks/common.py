@@ -167,6 +167,16 @@ def bench_bus() -> Iterator[BenchBus]:
         yield BenchBus(bus.bootstrap, bus.registry_url, bus.broker.pid if bus.broker else None)
 
 
+def cli_has_option(command: list[str], option: str) -> bool:
+    """Whether ``govesb <command> --help`` lists ``option`` (an older tree run by ``--before``
+    may not have it)."""
+    helped = subprocess.run(
+        [str(Path(sys.executable).with_name("govesb")), *command, "--help"],
+        capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    return option in helped.stdout
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) process ``pid`` has used so far, from ``/proc``; 0 if gone."""
     try:
