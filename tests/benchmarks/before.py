@@ -1,7 +1,8 @@
 """``make bench ARGS="--before REV"``: every figure of this code and of ``REV``'s, side by side.
 
 ``REV``'s ``streams``, ``connectors`` and ``schemas`` are extracted (``git archive``) into a
-scratch directory, beside links to this checkout's ``tests`` and ``deploy``, which drive both.
+scratch directory, beside a link to this checkout's ``tests`` and a copy of its ``deploy``
+(with ``REV``'s example registry, the one its code reads), which drive both.
 Each repetition runs the chosen benchmarks once for each side, one after the other against
 the same broker and registry, alternating which side goes first, so drift on a busy machine
 hits both alike. A side runs as ``python -m tests.benchmarks --once``; the older side from
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +29,8 @@ from streams.settings import REPO_ROOT
 from tests.benchmarks.common import LOGS
 
 EXTRACTED = ("streams", "connectors", "schemas")
-DRIVING = ("tests", "deploy", ".cache")  # this checkout's, beside the older code
+DRIVING = ("tests", ".cache")  # this checkout's, beside the older code
+EXAMPLE_REGISTRY = "deploy/registry.example.yaml"
 
 
 def extract(rev: str, into: Path) -> str:
@@ -47,6 +50,16 @@ def extract(rev: str, into: Path) -> str:
         raise SystemExit(f"error: git archive {rev} failed")
     for shared in DRIVING:
         (into / shared).symlink_to(REPO_ROOT / shared)
+    # deploy/ is copied, not linked (its modules find the tree from their own path), with
+    # REV's example registry: the one its code reads
+    shutil.copytree(REPO_ROOT / "deploy", into / "deploy",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    registry = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "show", f"{commit.stdout.strip()}:{EXAMPLE_REGISTRY}"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if registry.returncode == 0:
+        (into / EXAMPLE_REGISTRY).write_bytes(registry.stdout)
     return commit.stdout.strip()[:12]
 
 
