@@ -135,7 +135,13 @@ def start_gateway(bus: BenchBus, token_key: str, processes: int = 1) -> WorkerPr
     limit lifted; with N > 1 process i serves its own ``/health`` on port + 1 + i."""
     port = free_ports(1 + processes) if processes > 1 else free_port()
     return start_govesb(
-        ["connect", "gateway", "--web-port", str(port), "--processes", str(processes)],
+        [
+            "connect",
+            "gateway",
+            "--web-port",
+            str(port),
+            *(["--processes", str(processes)] if processes > 1 else []),
+        ],
         {
             "GOVESB_KAFKA__BOOTSTRAP_SERVERS": bus.bootstrap,
             "GOVESB_SCHEMA_REGISTRY__URL": bus.registry_url,

@@ -309,9 +309,14 @@ class PipelineBench:
 
     @staticmethod
     async def _pids(workers: list[WorkerProcess]) -> list[int]:
-        """The pid of each worker process, as its /health tells it."""
+        """The pid of each worker process, as its /health tells it (a worker without a
+        ``process`` check, of an older tree, is a single process: the command's own)."""
         bodies = await asyncio.gather(*(asyncio.to_thread(w.health) for w in workers))
-        return [int((b or {})["checks"]["process"]["pid"]) for b in bodies if b]
+        return [
+            int(body["checks"]["process"]["pid"]) if "process" in body["checks"] else w.process.pid
+            for w, body in zip(workers, bodies, strict=True)
+            if body
+        ]
 
     async def _settled(self, workers: list[WorkerProcess]) -> list[int]:
         """Partitions per worker, once each holds some and together all, two polls running."""
