@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -82,6 +83,7 @@ class OutputWriter:
         self._renewing = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._topic_limits: TTLCache[str, int | None] = TTLCache(maxsize=1024, ttl=60)
+        self.quiet = Quiet(settings.output_linger_ms / 1000)
         self.replay_claim: ReplayClaim | None = None
         """Signs the replay claim of an undeliverable delivery (set once the bus key is)."""
 
@@ -124,11 +126,11 @@ class OutputWriter:
             self._retiring.add(retiring)
             retiring.add_done_callback(self._retiring.discard)
 
-    def send_now(self) -> None:
-        """Send what the producer holds back for its linger without waiting for the rest of
-        it: the worker calls this when no more ingress events are waiting, so nothing more
-        would join those batches."""
-        if self.producer is not None:
+    def handled(self, nothing_waiting: bool) -> None:
+        """One ingress event's outputs are queued; ``nothing_waiting``: no other event is
+        waiting to be handled. On a quiet bus the outputs then go at once (nothing more
+        would join their batches); a busy worker keeps batching (:class:`Quiet`)."""
+        if self.quiet.after_event(time.monotonic(), nothing_waiting) and self.producer:
             end_linger(self.producer)
 
     async def send(self, output: Output) -> asyncio.Future[Any]:
@@ -277,6 +279,34 @@ class OutputWriter:
                         refused.topic, *record.position, event_id(record), describe(error),
                         instead_of)  # fmt: skip
             current[0] = replacement
+
+
+BUSY_EVENTS_PER_LINGER = 4
+"""More events than this within one linger and the worker counts as busy: its outputs wait
+out the linger, to go in fuller produce requests (at 8 ms: above 500 events/s)."""
+
+
+class Quiet:
+    """Whether the worker is quiet enough for its outputs to go without their linger.
+
+    Quiet: no other event waiting, and at most :data:`BUSY_EVENTS_PER_LINGER` events handled
+    within the current window of ``linger_s``. A worker handling a stream (a replay, a peak)
+    finds its queue empty now and then between two fetches; counting the events keeps it
+    batching then, where a produce request per event would cost CPU the stream needs.
+    """
+
+    def __init__(self, linger_s: float, busy_events: int = BUSY_EVENTS_PER_LINGER) -> None:
+        self.linger_s = linger_s
+        self.busy_events = busy_events
+        self._window_began = -float("inf")
+        self._events = 0
+
+    def after_event(self, now: float, nothing_waiting: bool) -> bool:
+        """Count one event handled at ``now`` (monotonic seconds); whether to send at once."""
+        if now - self._window_began >= self.linger_s:
+            self._window_began, self._events = now, 0
+        self._events += 1
+        return nothing_waiting and self._events <= self.busy_events
 
 
 def end_linger(producer: AIOKafkaProducer) -> None:
