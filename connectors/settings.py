@@ -328,6 +328,14 @@ class ProviderSettings(DemoKeyPolicy):
         description="requests being answered at once (all partitions); a partition's offset "
         "is committed past the requests whose answers are acknowledged",
     )
+    commit_interval_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="how often the answered requests' offsets are committed, in seconds (0: "
+        "after every answer); a stop or a rebalance commits at once. A request answered "
+        "after the last commit is answered again after a crash (the same answer id; the "
+        "pipeline takes one answer per request)",
+    )
     session_timeout_ms: int = Field(default=10_000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(default=3_000, description="consumer heartbeat interval")
     flush_wait_s: float = Field(

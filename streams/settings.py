@@ -431,6 +431,15 @@ class WorkerSettings(DemoKeyPolicy):
         description="how often acknowledged ingress offsets are committed, in seconds (Faust "
         "`broker_commit_interval`); events after the last commit are read again after a crash",
     )
+    output_linger_ms: int = Field(
+        default=8,
+        ge=0,
+        le=1000,
+        description="how long the producer holds outputs back to send them together, in "
+        "milliseconds, while the worker is busy (other events waiting, or more than 4 events "
+        "within one linger: above 500 events/s at 8 ms): fewer, fuller produce requests. "
+        "On a quieter bus the outputs go at once, so an event's latency does not include it",
+    )
 
 
 class IndexSettings(BaseModel):

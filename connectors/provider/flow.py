@@ -6,7 +6,11 @@ one slow provider call must not hold those fetched after it: the loop keeps fetc
 requests are in flight, up to ``concurrency`` of them (then it pauses every partition and
 keeps polling, so the group does not drop it). Per partition the offsets in flight are kept in
 order; the committed offset is the first one not yet answered, so a request in flight when the
-process dies is read again by the partition's next consumer, and one answered is not.
+process dies is read again by the partition's next consumer. Commits go at most every
+``commit_interval_s`` (and at once before a stop or a rebalance): one commit per answer would
+cost the connector and the broker a request each, and hold the loop's next poll meanwhile; a
+request answered after the last commit is answered again after a crash, with the same answer
+id, which the pipeline takes once.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,10 +45,13 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
     concurrency: int = 64
     poll_ms: int = 200
     wait_s: float = 10.0
+    commit_interval_s: float = 0.5
     _in_flight: dict[TopicPartition, OrderedDict[int, asyncio.Task[Any]]] = field(
         default_factory=dict
     )
+    _answered: dict[TopicPartition, int] = field(default_factory=dict)  # offset to commit
     _paused: bool = False
+    _committed_at: float = 0.0
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -65,14 +73,21 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
                     )
                 self._wake.clear()
                 wake = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait({poll, stop, wake}, return_when=asyncio.FIRST_COMPLETED)
+                commit_at = self._committed_at + self.commit_interval_s
+                await asyncio.wait(
+                    {poll, stop, wake},
+                    timeout=max(0.0, commit_at - time.monotonic()) if self._answered else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 wake.cancel()
                 if poll.done():
                     batches, poll = poll.result(), None
                     for records in batches.values():
                         for record in records:
                             self._start(record)
-                await self._commit(list(self._in_flight))
+                self._forget_answered()
+                if self._answered and time.monotonic() >= commit_at:
+                    await self._commit(list(self._answered))
                 self._pace()
         finally:
             stop.cancel()
@@ -80,7 +95,7 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
                 poll.cancel()  # getmany hands records over only when it returns
                 with contextlib.suppress(asyncio.CancelledError, KafkaError):
                     await poll
-            await self._settle(set(self._in_flight))
+            await self._settle(set(self._in_flight) | set(self._answered))
 
     def _start(self, record: ConsumerRecord[bytes, bytes]) -> None:
         partition = TopicPartition(record.topic, record.partition)
@@ -100,15 +115,15 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
             self.consumer.resume(*self.consumer.assignment())
         self._paused = full
 
-    async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
-        """Commit, per partition, past the requests answered with none before them unanswered.
+    def _forget_answered(self) -> None:
+        """Move each partition's answered prefix (no request before it unanswered) out of
+        the requests in flight, to be committed.
 
         A task that failed (the producer could not write an answer) raises here: the process
         stops with that request uncommitted.
         """
-        offsets = {}
-        for partition in partitions:
-            tasks = self._in_flight.get(partition)
+        for partition in list(self._in_flight):
+            tasks = self._in_flight[partition]
             done = None
             while tasks and next(iter(tasks.values())).done():
                 offset, task = next(iter(tasks.items()))
@@ -118,10 +133,17 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
                     task.result()
                 tasks.popitem(last=False)
                 done = offset
-            if tasks is not None and not tasks:
+            if not tasks:
                 del self._in_flight[partition]
             if done is not None:
-                offsets[partition] = done + 1
+                self._answered[partition] = done + 1
+
+    async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
+        """Commit, per partition of ``partitions``, past the requests answered with none
+        before them unanswered."""
+        self._forget_answered()
+        offsets = {p: self._answered.pop(p) for p in set(partitions) if p in self._answered}
+        self._committed_at = time.monotonic()
         if not offsets:
             return
         try:

@@ -151,8 +151,9 @@ async def run_provider(settings: ProviderSettings) -> None:
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
     )
     flow = RequestFlow(
-        consumer, connector.handle, concurrency=settings.concurrency, wait_s=settings.flush_wait_s
-    )
+        consumer, connector.handle, concurrency=settings.concurrency,
+        wait_s=settings.flush_wait_s, commit_interval_s=settings.commit_interval_s,
+    )  # fmt: skip
     consumer.subscribe([topics.request(settings.institution)], listener=flow)
     await consumer.start()
     stopping = stop_requested()

@@ -193,6 +193,7 @@ class PipelineWorker:
             self.metrics.in_flight_bytes.inc(size)
             item = _InFlight(event, record, outcome, futures, started, size, hop)
             self.lanes.put((record.topic, record.partition), item)
+            self.writer.handled(nothing_waiting=manual.channel.queue.empty())
 
     def _hop(self, record: IngressRecord) -> tuple[Hop, TraceParent | None]:
         """The worker's hop of ``record``'s trace (the child of the writer's ``traceparent``,

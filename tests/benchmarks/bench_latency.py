@@ -27,7 +27,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -48,6 +48,7 @@ from streams.registry.governance import register_catalog
 from streams.registry.model import BusRegistry, load_registry
 from streams.registry.sync import apply_registry
 from streams.settings import KafkaSettings, SchemaRegistrySettings, TopicSettings
+from tests.benchmarks import hops
 from tests.benchmarks.common import (
     LOGS,
     BenchBus,
@@ -209,6 +210,7 @@ class Trial:
     duplicates: int  # deliveries beyond the first of an event (at-least-once)
     delivered_per_s: float
     sender_behind_ms: list[float]  # how late the sender started each publish, sorted
+    hops_ms: dict[str, float] = field(default_factory=dict)  # hop -> median (ms)
 
     def percentile(self, q: float) -> float:
         """Nearest-rank percentile of the latencies, ``q`` in (0, 1]."""
@@ -226,6 +228,7 @@ async def offered_load(
     http: aiohttp.ClientSession,
     rate: float,
     seconds: float,
+    kafka: KafkaSettings | None = None,
 ) -> Trial:
     """Publish ``rate * seconds`` events on a fixed schedule; wait for them at the endpoint."""
     n = max(1, round(rate * seconds))
@@ -236,6 +239,7 @@ async def offered_load(
         response.raise_for_status()
     t0 = time.monotonic() + 0.1
     due = [t0 + i / rate for i in range(n)]  # the schedule, fixed before the first send
+    epoch = time.time() - time.monotonic()  # CLOCK_MONOTONIC -> epoch, for Kafka timestamps
     sends: list[asyncio.Task[str]] = []
     behind = [0.0] * n
     for i in range(n):
@@ -276,6 +280,12 @@ async def offered_load(
             f"see the logs in {LOGS}"
         )
     ours = [arrivals[event_id] for event_id in ids if event_id in arrivals]
+    hops_ms: dict[str, float] = {}
+    if kafka is not None:
+        keys = {payloads[i]["entryNumber"]: i for i in range(n) if ids[i] in arrivals}
+        sent = {key: (due[i] + epoch) * 1000 for key, i in keys.items()}
+        arrived = {key: (arrivals[ids[i]] + epoch) * 1000 for key, i in keys.items()}
+        hops_ms = await split_hops(kafka, sent, arrived)
     return Trial(
         rate=rate,
         scheduled=n,
@@ -285,7 +295,30 @@ async def offered_load(
         duplicates=report["deliveries"] - len(arrivals),
         delivered_per_s=len(ours) / max(max(ours) - t0, 1e-9),
         sender_behind_ms=sorted(behind),
+        hops_ms=hops_ms,
     )
+
+
+HOPS = {  # the hop from the previous point to this topic (or to the endpoint), by name
+    "publisher_and_worker": topics.ingress("rita"),
+    "worker_to_deliver": topics.deliver("utumishi"),
+    "sink": "out",
+}
+
+
+async def split_hops(
+    kafka: KafkaSettings, sent: dict[str, float], arrived: dict[str, float]
+) -> dict[str, float]:
+    """Median of each hop, per business key, from the records' Kafka timestamps: scheduled
+    send -> on the ingress topic (the publisher's work up to its producer), -> on the
+    delivery topic (the publisher's linger, the worker), -> at the endpoint (the worker's
+    linger, the sink)."""
+    path = [t for t in HOPS.values() if t != "out"]
+    found = await hops.stamps(kafka, path, sent, int(min(sent.values())) - 1000)
+    medians = hops.median_hops(path, found, sent, arrived)
+    return {name: medians[f"{a}->{b}"]
+            for (name, b), a in zip(HOPS.items(), ["in", *path], strict=True)
+            if f"{a}->{b}" in medians}  # fmt: skip
 
 
 # ----------------------------------------------------------------- the benchmark
@@ -330,6 +363,11 @@ def summarise(trials: dict[float, list[Trial]], seconds: float) -> Section:
             _nearest_rank(t.sender_behind_ms, 0.99) for t in runs
         )
         section.extra[f"sender_max_behind_ms_at_{at}"] = max(t.sender_behind_ms[-1] for t in runs)
+        for hop in HOPS:
+            spans = [t.hops_ms[hop] for t in runs if hop in t.hops_ms]
+            if spans:
+                section.add(f"hop_{hop}_p50_ms_at_{at}", f"hop {hop}, p50 at {rate:g}/s",
+                            Figure.of(spans), "ms")  # fmt: skip
     section.extra["seconds_per_rate"] = seconds
     section.extra["repetitions"] = len(next(iter(trials.values())))
     if 200.0 in trials:
@@ -382,7 +420,7 @@ async def run(
             for _ in range(repeat):
                 for rate in rates:
                     trials[rate].append(
-                        await offered_load(publisher, payload, endpoint, http, rate, seconds)
+                        await offered_load(publisher, payload, endpoint, http, rate, seconds, kafka)
                     )
                     await asyncio.sleep(1.0)  # let commits and timers settle between runs
         section = summarise(trials, seconds)

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import yaml
@@ -57,6 +58,7 @@ from streams.registry.governance import register_catalog
 from streams.registry.model import load_registry
 from streams.registry.sync import apply_registry
 from streams.settings import KafkaSettings, TopicSettings
+from tests.benchmarks import hops
 from tests.benchmarks.bench_latency import skip_backlog
 from tests.benchmarks.common import (
     LOGS,
@@ -65,7 +67,9 @@ from tests.benchmarks.common import (
     Figure,
     Section,
     bench_bus,
+    cpu_seconds,
     print_section,
+    process_tree,
     start_child_server,
 )
 
@@ -156,6 +160,10 @@ class Trial:
     round_trips_ms: list[float]
     failures: int
     behind_ms: float  # the sender's worst lateness (it would show in the round trips)
+    sent_ms: dict[str, float] = field(default_factory=dict)  # request id -> due (epoch ms)
+    answered_ms: dict[str, float] = field(default_factory=dict)  # -> answer read (epoch ms)
+    hops_ms: dict[str, float] = field(default_factory=dict)  # hop -> median (ms)
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # process -> CPU ms per request
 
     def percentile(self, q: float) -> float:
         ordered = self.round_trips_ms
@@ -194,6 +202,9 @@ async def offered_load(
     t0 = time.monotonic() + 0.1
     due = [t0 + i / rate for i in range(n)]
     behind = 0.0
+    epoch = time.time() - time.monotonic()  # monotonic -> epoch (for the Kafka timestamps)
+    sent_ms: dict[str, float] = {}
+    answered_ms: dict[str, float] = {}
 
     async def call(i: int) -> float | None:
         async with http.post(url, data=bodies[i], headers=headers) as response:
@@ -203,7 +214,13 @@ async def offered_load(
             data = json.loads(text)["data"]
         except (ValueError, KeyError, TypeError):
             return None
-        return (done - due[i]) * 1000 if data.get("success") is True else None
+        if data.get("success") is not True:
+            return None
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            request_id = str(uuid.UUID(data.get("requestId")))  # shown without dashes
+            sent_ms[request_id] = (due[i] + epoch) * 1000
+            answered_ms[request_id] = (done + epoch) * 1000
+        return (done - due[i]) * 1000
 
     calls = []
     for i in range(n):
@@ -217,7 +234,30 @@ async def offered_load(
     answered = sorted(r for r in results if isinstance(r, float))
     if not answered:
         raise RuntimeError(f"no call to {url} was answered at {rate:g}/s; see the logs in {LOGS}")
-    return Trial(rate, n, answered, n - len(answered), behind)
+    return Trial(rate, n, answered, n - len(answered), behind, sent_ms, answered_ms)
+
+
+HOPS = {  # the hop from the previous point to this topic (or to the answer), by name
+    "gateway": topics.ingress("tra"),
+    "worker_request": topics.request("nida"),
+    "provider_connector": topics.ingress("nida"),
+    "worker_answer": topics.reply("tra"),
+    "gateway_answer": "out",
+}
+
+
+async def split_hops(kafka: KafkaSettings, trial: Trial) -> None:
+    """The median of each hop of ``trial``'s round trips, from the records' Kafka timestamps
+    (each hop ends when its process hands the record to its producer)."""
+    if not trial.sent_ms:
+        return
+    path = [t for t in HOPS.values() if t != "out"]
+    since = int(min(trial.sent_ms.values())) - 1000
+    found = await hops.stamps(kafka, path, trial.sent_ms, since)
+    medians = hops.median_hops(path, found, trial.sent_ms, trial.answered_ms)
+    trial.hops_ms = {name: medians[f"{a}->{b}"]
+                     for (name, b), a in zip(HOPS.items(), ["in", *path], strict=True)
+                     if f"{a}->{b}" in medians}  # fmt: skip
 
 
 async def _token(http: aiohttp.ClientSession, base: str) -> str:
@@ -260,6 +300,15 @@ def summarise(bus: dict[float, list[Trial]], direct: dict[float, list[Trial]]) -
         section.extra[f"sender_max_behind_ms_at_{at}"] = max(
             t.behind_ms for t in bus[rate] + direct[rate]
         )
+        for name in bus[rate][0].cpu_ms:
+            section.add(f"cpu_ms_per_request_{name}_at_{at}",
+                        f"CPU of the {name} per request at {rate:g}/s",
+                        Figure.of([t.cpu_ms[name] for t in bus[rate]]), "ms")  # fmt: skip
+        for hop in HOPS:
+            spans = [t.hops_ms[hop] for t in bus[rate] if hop in t.hops_ms]
+            if spans:
+                section.add(f"hop_{hop}_p50_ms_at_{at}", f"hop {hop}, p50 at {rate:g}/s",
+                            Figure.of(spans), "ms")  # fmt: skip
     if 200.0 in bus:
         p99 = Figure.of([t.percentile(0.99) for t in bus[200.0]]).median
         section.extra["target_request_p99_ms_at_200"] = TARGET_P99_MS_AT_200
@@ -293,6 +342,13 @@ async def run(
         processes.append(gateway)
         base = f"http://127.0.0.1:{gateway_port}"
         on_bus: dict[float, list[Trial]] = {rate: [] for rate in rates}
+        cpu = {  # the processes whose CPU time is counted per request
+            "worker": process_tree(processes[0].process.pid),
+            "provider_connector": process_tree(processes[1].process.pid),
+            "gateway": process_tree(gateway.process.pid),
+            "broker": [bus.broker_pid] if bus.broker_pid else [],
+        }
+        cpu = {name: pids for name, pids in cpu.items() if pids}
         direct: dict[float, list[Trial]] = {rate: [] for rate in rates}
         connector = aiohttp.TCPConnector(limit=512)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -315,9 +371,15 @@ async def run(
                     direct[rate].append(
                         await offered_load(http, *provider_call, _direct_requests(n), rate)
                     )
-                    on_bus[rate].append(
-                        await offered_load(http, *gateway_call, _signed_requests(n), rate)
-                    )
+                    bodies = _signed_requests(n)
+                    used = {name: sum(map(cpu_seconds, pids)) for name, pids in cpu.items()}
+                    trial = await offered_load(http, *gateway_call, bodies, rate)
+                    trial.cpu_ms = {
+                        name: (sum(map(cpu_seconds, pids)) - used[name]) * 1000 / n
+                        for name, pids in cpu.items()
+                    }
+                    await split_hops(kafka, trial)
+                    on_bus[rate].append(trial)
                     await asyncio.sleep(1.0)
         section = summarise(on_bus, direct)
         section.extra["backlog_skipped"] = skipped

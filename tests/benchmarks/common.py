@@ -214,3 +214,20 @@ def print_section(section: Section) -> None:
     width = max([len(label) for label, _, _ in section.rows] + [10])
     for label, figure, unit in section.rows:
         print(f"  {label:<{width}}  {figure.text():>32}  {unit}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (a supervisor's children), from ``/proc``."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        tree += children
+        frontier = children
+    return tree
