@@ -33,13 +33,11 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from deploy.demo_legacy import SINK_TOKEN, registry_with_endpoint
 from deploy.kafka.launcher import REPO, LauncherError, die_with_parent, free_port
 from deploy.worker import DEMO_BUS_KEY, DEMO_BUS_KEY_ID, WorkerProcess, start_govesb, start_worker
-from streams.client.consuming import assign_topics
 from streams.client.publisher import Publisher
 from streams.contract import topics
 from streams.contract.jsonavro import from_json
@@ -59,6 +57,7 @@ from tests.benchmarks.common import (
     print_section,
     start_child_server,
 )
+from tests.groups import start_group_at_ends
 
 DEATH = "tz.go.rita.DeathRegistered"
 RATES = (200.0, 1000.0)
@@ -139,29 +138,6 @@ async def prepare(bus: BenchBus, endpoint_port: int) -> BusRegistry:
         raise LauncherError("; ".join(map(str, problems)))
     await apply_registry(registry, KafkaSettings(bootstrap_servers=bus.bootstrap), TopicSettings())
     return registry
-
-
-async def skip_backlog(kafka: KafkaSettings, group: str, prefix: str) -> int:
-    """Commit the end offsets of every ``prefix*`` topic for ``group``; return records skipped.
-
-    What earlier runs on the same bus left unread (a gateway benchmark's ingress, say) would
-    otherwise be processed, and delivered, during the measurement.
-    """
-    consumer = AIOKafkaConsumer(
-        **kafka.aiokafka_options(), group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        names = sorted(t for t in await consumer.topics() if t.startswith(prefix))
-        if not names:
-            return 0
-        partitions = await assign_topics(consumer, names, from_beginning=False)
-        ends = await consumer.end_offsets(partitions)
-        committed = {tp: await consumer.committed(tp) for tp in partitions}
-        await consumer.commit(dict(ends))
-        return sum(end - (committed[tp] or 0) for tp, end in ends.items())
-    finally:
-        await consumer.stop()
 
 
 def start_sink(bus: BenchBus) -> WorkerProcess:
@@ -394,8 +370,10 @@ async def run(
     try:
         registry = await prepare(bus, endpoint.port)
         app_id = f"bench-latency-{uuid.uuid4().hex[:8]}"
-        skipped = await skip_backlog(kafka, app_id, "esb.ingress.")
-        skipped += await skip_backlog(kafka, topics.sink_group("utumishi"), "esb.deliver.utumishi")
+        skipped = await start_group_at_ends(kafka.bootstrap_servers, app_id, "esb.ingress.")
+        skipped += await start_group_at_ends(
+            kafka.bootstrap_servers, topics.sink_group("utumishi"), "esb.deliver.utumishi"
+        )
         processes.append(
             await asyncio.to_thread(
                 start_worker, bus.bootstrap, bus.registry_url, LOGS / "latency-worker.log",

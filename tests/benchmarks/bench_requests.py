@@ -59,7 +59,6 @@ from streams.registry.model import load_registry
 from streams.registry.sync import apply_registry
 from streams.settings import KafkaSettings, TopicSettings
 from tests.benchmarks import hops
-from tests.benchmarks.bench_latency import skip_backlog
 from tests.benchmarks.common import (
     LOGS,
     BenchBus,
@@ -72,6 +71,7 @@ from tests.benchmarks.common import (
     process_tree,
     start_child_server,
 )
+from tests.groups import start_group_at_ends
 
 RATES = (50.0, 200.0)
 SECONDS = 10.0
@@ -329,8 +329,10 @@ async def run(
     try:
         await prepare(bus, provider.port, max(rates))
         app_id = f"bench-requests-{uuid.uuid4().hex[:8]}"
-        skipped = await skip_backlog(kafka, app_id, "esb.ingress.")
-        skipped += await skip_backlog(kafka, topics.provider_group("nida"), "esb.request.nida")
+        skipped = await start_group_at_ends(kafka.bootstrap_servers, app_id, "esb.ingress.")
+        skipped += await start_group_at_ends(
+            kafka.bootstrap_servers, topics.provider_group("nida"), "esb.request.nida"
+        )
         processes.append(
             await asyncio.to_thread(
                 start_worker, bus.bootstrap, bus.registry_url, LOGS / "requests-worker.log",

@@ -14,16 +14,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from typer.testing import CliRunner
 
 from connectors.cli import app
 from streams.client.answering import Provider, ProviderFailure
-from streams.client.consuming import assign_topics
 from streams.client.requesting import Requester
 from streams.contract import requests
 from streams.contract.signing import load_private_key
 from streams.settings import REPO_ROOT, KafkaSettings, SchemaRegistrySettings
+from tests.groups import start_group_at_ends
 from tests.integration.test_provider_connector import (  # noqa: F401 - fixtures
     KNOWN_NIN,
     LegacyNida,
@@ -54,21 +53,11 @@ def _system(institution: str) -> str:
 
 
 async def start_worker_at_the_end(kafka: str, start_worker: Any) -> None:
-    """A worker whose group starts at the end of every ingress topic.
-
-    On a broker shared with other tests (and their benchmarks) the ingress topics may hold
-    hundreds of thousands of records; a fresh group reading them from the beginning would
-    reach this test's requests minutes later. Its offsets are committed at the ends first.
-    """
+    """A worker whose group starts at the end of every ingress topic (on a broker shared with
+    other tests and their benchmarks, a fresh group reading the ingress topics from the
+    beginning would reach this test's requests minutes later)."""
     app_id = f"test-pipeline-{uuid.uuid4().hex[:8]}"
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=app_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ingress = sorted(t for t in await consumer.topics() if t.startswith("esb.ingress."))
-        partitions = await assign_topics(consumer, ingress, from_beginning=False)
-        await consumer.commit({p: await consumer.position(p) for p in partitions})
-    finally:
-        await consumer.stop()
+    await start_group_at_ends(kafka, app_id, "esb.ingress.")
     await asyncio.to_thread(start_worker, app_id)
 
 
