@@ -10,12 +10,15 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
-from deploy.worker import WorkerProcess
+from deploy.kafka.launcher import LauncherError
+from deploy.worker import WorkerProcess, start_worker
 from streams.client.consuming import assign_topics
 from streams.contract import topics
 from streams.contract.codec import SchemaStore, decode_body, encode
@@ -61,6 +64,23 @@ async def worker_caught_up(
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+def caught_up_worker(
+    kafka: str, registry: str, log_path: Path, app_id: str, institutions: list[str]
+) -> WorkerProcess:
+    """A worker of group ``app_id`` (one group across runs: a broker shared with earlier
+    runs is read once), committing every 0.5 s, returned once it has read every ingress
+    partition of ``institutions`` up to now (:func:`worker_caught_up`)."""
+    try:
+        process = start_worker(
+            kafka, registry, log_path, app_id=app_id,
+            extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5"},
+        )  # fmt: skip
+    except LauncherError as error:
+        pytest.fail(str(error))
+    asyncio.run(worker_caught_up(kafka, process, institutions))
+    return process
 
 
 @dataclass

@@ -37,15 +37,14 @@ from deploy.worker import (
     WorkerProcess,
     free_ports,
     start_govesb,
-    start_worker,
 )
 from streams.contract import topics
 from tests.corpus.malformed import CITIZEN, demo_key, push_data, push_text, signed, structured
 from tests.integration.kafka_native import (
+    caught_up_worker,
     kafka_native_provider,
     reader_at_end,
     signed_body,
-    worker_caught_up,
 )
 from tests.unit.pipeline_fixtures import SAMPLES
 
@@ -73,16 +72,10 @@ class Gateways:
 def worker(
     kafka: str, registry: str, applied_registry: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    try:
-        process = start_worker(
-            kafka, registry, tmp_path_factory.mktemp("processes-worker") / "worker.log",
-            # One group across runs: a broker shared with earlier runs is read once.
-            app_id="test-gateway-processes",
-            extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5"},
-        )  # fmt: skip
-    except LauncherError as error:
-        pytest.fail(str(error))
-    asyncio.run(worker_caught_up(kafka, process, ["tra", "brela"]))
+    log_path = tmp_path_factory.mktemp("processes-worker") / "worker.log"
+    process = caught_up_worker(
+        kafka, registry, log_path, "test-gateway-processes", ["tra", "brela"]
+    )
     yield process
     process.stop()
 

@@ -30,7 +30,6 @@ from deploy.worker import (
     DEMO_GATEWAY_KEY,
     WorkerProcess,
     start_govesb,
-    start_worker,
 )
 from streams.contract import topics
 from streams.contract.requests import answer_id, bus_request_id, govesb_request_id, header
@@ -47,11 +46,11 @@ from tests.corpus.govesb_clients import (
 from tests.corpus.malformed import demo_key
 from tests.integration.kafka_native import (
     ProviderError,
+    caught_up_worker,
     first_record,
     kafka_native_provider,
     reader_at_end,
     signed_body,
-    worker_caught_up,
 )
 from tests.unit.pipeline_fixtures import CATALOG, SAMPLES
 
@@ -82,16 +81,10 @@ class Gateway:
 def worker(
     kafka: str, registry: str, applied_registry: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    try:
-        process = start_worker(
-            kafka, registry, tmp_path_factory.mktemp("requests-worker") / "worker.log",
-            # One group across runs: a broker shared with earlier runs is read once.
-            app_id="test-gateway-requests",
-            extra_env={"GOVESB_COMMIT_INTERVAL_S": "0.5"},
-        )  # fmt: skip
-    except LauncherError as error:
-        pytest.fail(str(error))
-    asyncio.run(worker_caught_up(kafka, process, ["tra", "nida", "brela"]))
+    log_path = tmp_path_factory.mktemp("requests-worker") / "worker.log"
+    process = caught_up_worker(
+        kafka, registry, log_path, "test-gateway-requests", ["tra", "nida", "brela"]
+    )
     yield process
     process.stop()
 
