@@ -33,6 +33,7 @@ class InFlightBudget:
         self.events = 0
         self.bytes = 0
         self._changed = asyncio.Condition()
+        self._waiting = 0  # acquire() calls waiting for room, in arrival order
 
     def _fits(self, size: int) -> bool:
         if self.events == 0:
@@ -41,17 +42,26 @@ class InFlightBudget:
 
     async def acquire(self, size: int) -> None:
         """Wait until an event of ``size`` bytes fits, then count it."""
+        if not self._waiting and self._fits(size):  # the usual case: no lock, no wait
+            self.events += 1
+            self.bytes += size
+            return
         async with self._changed:
-            await self._changed.wait_for(lambda: self._fits(size))
+            self._waiting += 1
+            try:
+                await self._changed.wait_for(lambda: self._fits(size))
+            finally:
+                self._waiting -= 1
             self.events += 1
             self.bytes += size
 
     async def release(self, size: int) -> None:
         """An event of ``size`` bytes is no longer in flight."""
-        async with self._changed:
-            self.events -= 1
-            self.bytes -= size
-            self._changed.notify_all()
+        self.events -= 1
+        self.bytes -= size
+        if self._waiting:
+            async with self._changed:
+                self._changed.notify_all()
 
 
 @dataclass

@@ -165,6 +165,25 @@ async def test_the_budget_bounds_bytes_in_flight_but_lets_one_big_event_pass_alo
     assert (budget.events, budget.bytes) == (1, 10)
 
 
+async def test_an_event_arriving_while_another_waits_for_room_waits_behind_it() -> None:
+    budget = InFlightBudget(max_events=1, max_bytes=1_000)
+    await budget.acquire(10)  # room for one: taken
+    first = asyncio.create_task(budget.acquire(20))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(budget.acquire(30))  # room or not, it queues behind `first`
+    await asyncio.sleep(0)
+    assert not first.done()
+    assert not second.done()
+    await budget.release(10)
+    await asyncio.wait_for(first, 1)
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    assert (budget.events, budget.bytes) == (1, 20)
+    await budget.release(20)
+    await asyncio.wait_for(second, 1)
+    assert (budget.events, budget.bytes) == (1, 30)
+
+
 async def test_a_lane_that_dies_is_reported_and_does_not_hold_other_partitions() -> None:
     acked: list[str] = []
     deaths: list[BaseException] = []
