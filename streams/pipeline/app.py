@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from faust.exceptions import ConsumerNotStarted
@@ -54,7 +53,7 @@ from streams.pipeline.outputs import (
 )
 from streams.pipeline.process import BusKey, Outcome, Output, Pipeline, traced
 from streams.pipeline.validation import IngressRecord, Limits
-from streams.pipeline.writer import OutputWriter, Unwritable, event_id
+from streams.pipeline.writer import OutputProducer, OutputWriter, Unwritable, event_id
 from streams.registry.view import RegistryView
 from streams.retrying import until_available
 from streams.settings import KafkaSettings, WorkerSettings
@@ -125,12 +124,12 @@ class PipelineWorker:
         )
 
     @property
-    def producer(self) -> AIOKafkaProducer | None:
+    def producer(self) -> OutputProducer | None:
         """The producer of the outputs (None before ``start``)."""
         return self.writer.producer
 
     @producer.setter
-    def producer(self, producer: AIOKafkaProducer | None) -> None:
+    def producer(self, producer: OutputProducer | None) -> None:
         self.writer.producer = producer
 
     async def start(self) -> None:
@@ -219,7 +218,14 @@ class PipelineWorker:
         def replaced(refused: Output, replacement: Output) -> None:
             self._count_replacement(item, refused, replacement)
 
+        futures = item.futures
+        waiting = [future for future in futures if not future.done()]
+        if waiting:  # one wait for all; what is not acknowledged in time is settled below
+            await asyncio.wait(waiting, timeout=self.settings.output_check_s)
         for index, output in enumerate(item.outcome.outputs):
+            future = futures[index]
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue  # acknowledged: nearly every output, every time
             try:
                 await self.writer.settle(item.record, output, item.futures[index], replaced)
             except Unwritable as failure:

@@ -17,7 +17,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -40,17 +40,18 @@ from streams.pipeline.outputs import (
     was_cut,
 )
 from streams.pipeline.process import Output
+from streams.pipeline.rdproducer import MAX_REQUEST_BYTES, RdProducer
 from streams.pipeline.validation import IngressRecord
 from streams.retrying import until_available
 from streams.settings import PRODUCE_BATCH_BYTES, WorkerSettings
 
 log = logging.getLogger(__name__)
-# aiokafka's default, named because rejection copies are cut to fit it: the largest record
-# (with its headers) the producer sends.
-MAX_REQUEST_BYTES = 1_048_576
 # A record whose batch the broker refused as too large, but that fits alone, goes again up to
 # this many times before it counts as undeliverable (its new batch may hold others again).
 RESEND_ALONE_TIMES = 3
+
+OutputProducer: TypeAlias = AIOKafkaProducer | RdProducer
+"""The client that writes the outputs (``output_client``): both raise aiokafka's errors."""
 
 
 class Unwritable(Exception):
@@ -76,14 +77,14 @@ class OutputWriter:
     def __init__(self, settings: WorkerSettings, metrics: PipelineMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.producer: AIOKafkaProducer | None = None
-        self._issued_by: weakref.WeakKeyDictionary[asyncio.Future[Any], AIOKafkaProducer] = (
+        self.producer: OutputProducer | None = None
+        self._issued_by: weakref.WeakKeyDictionary[asyncio.Future[Any], OutputProducer] = (
             weakref.WeakKeyDictionary()
         )
         self._renewing = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._topic_limits: TTLCache[str, int | None] = TTLCache(maxsize=1024, ttl=60)
-        self.quiet = Quiet(settings.output_linger_ms / 1000)
+        self.quiet = Quiet(settings.linger_ms / 1000)
         self.replay_claim: ReplayClaim | None = None
         """Signs the replay claim of an undeliverable delivery (set once the bus key is)."""
 
@@ -97,28 +98,35 @@ class OutputWriter:
             await self.producer.stop()
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
-    async def _new_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **self.settings.kafka.durable_producer_options(
-                # Fewer, fuller produce requests while busy: the broker shares the machine's
-                # cores with the workers (make bench: one worker 1,099 -> 1,360 events/s, two
-                # 1,231 -> 1,722 going from 2 to 8 ms); ended early by send_now when idle.
-                linger_ms=self.settings.output_linger_ms,
-                max_batch_size=PRODUCE_BATCH_BYTES,
-                max_request_size=MAX_REQUEST_BYTES,
+    async def _new_producer(self) -> OutputProducer:
+        producer: OutputProducer
+        if self.settings.output_client == "librdkafka":
+            producer = RdProducer.for_cluster(self.settings.kafka, **{
+                "linger.ms": self.settings.linger_ms, "batch.size": PRODUCE_BATCH_BYTES,
+            })  # fmt: skip
+        else:
+            producer = AIOKafkaProducer(
+                **self.settings.kafka.durable_producer_options(
+                    # Fewer, fuller produce requests while busy: the broker shares the
+                    # machine's cores with the workers (make bench: one worker 1,099 -> 1,360
+                    # events/s, two 1,231 -> 1,722 going from 2 to 8 ms); ended early by
+                    # end_linger when quiet.
+                    linger_ms=self.settings.linger_ms,
+                    max_batch_size=PRODUCE_BATCH_BYTES,
+                    max_request_size=MAX_REQUEST_BYTES,
+                )
             )
-        )
         await producer.start()
         return producer
 
-    async def _renew_producer(self, failed: AIOKafkaProducer | None, error: KafkaError) -> None:
+    async def _renew_producer(self, failed: OutputProducer | None, error: KafkaError) -> None:
         """A new producer in place of ``failed``, whose sequence numbers the broker no longer
         follows; the old one stops in the background (what it still holds settles or fails,
         and is sent again through the new one)."""
         async with self._renewing:
             if failed is None or self.producer is not failed:
                 return  # renewed already, for another output
-            old: AIOKafkaProducer = failed
+            old: OutputProducer = failed
             self.producer = await self._new_producer()
             log.warning("the broker lost step with the producer (%s): a new producer takes over",
                         describe(error))  # fmt: skip
@@ -129,35 +137,42 @@ class OutputWriter:
     def handled(self, nothing_waiting: bool) -> None:
         """One ingress event's outputs are queued; ``nothing_waiting``: no other event is
         waiting to be handled. On a quiet bus the outputs then go at once (nothing more
-        would join their batches); a busy worker keeps batching (:class:`Quiet`)."""
-        if self.quiet.after_event(time.monotonic(), nothing_waiting) and self.producer:
-            end_linger(self.producer)
+        would join their batches); a busy worker keeps batching (:class:`Quiet`). (librdkafka's
+        short linger needs none of this.)"""
+        producer = self.producer
+        if isinstance(producer, RdProducer) or producer is None:
+            return
+        if self.quiet.after_event(time.monotonic(), nothing_waiting):
+            end_linger(producer)
 
     async def send(self, output: Output) -> asyncio.Future[Any]:
         """Queue ``output``; a transient error is waited out, any other comes back as the
         returned future's exception (so that every error is classified in one place)."""
+        try:  # the way nearly every output goes: queued at the first attempt
+            return await self._queue(output)
+        except TransientSendError:
+            return await until_available(lambda: self._queue(output), TransientSendError,
+                                         f"broker for {output.topic}", log)  # fmt: skip
 
-        async def queue() -> asyncio.Future[Any]:
-            producer = self.producer  # the current one: it may be renewed between attempts
-            assert producer is not None  # noqa: S101 - start() ran
-            try:
-                future: asyncio.Future[Any] = await producer.send(
-                    output.topic, output.value, key=output.key, headers=list(output.headers)
-                )
-                self._issued_by[future] = producer
-                return future
-            except KafkaError as error:
-                refusal = error if classify(error) is not Failure.TRANSIENT else None
-                if isinstance(error, UnknownTopicOrPartitionError):
-                    refusal = await self._refusal_by_metadata(output.topic)
-                if refusal is None:
-                    self.metrics.output_errors.labels(type(error).__name__, "transient").inc()
-                    raise TransientSendError(error) from error
-                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                failed.set_exception(refusal)
-                return failed
-
-        return await until_available(queue, TransientSendError, f"broker for {output.topic}", log)
+    async def _queue(self, output: Output) -> asyncio.Future[Any]:
+        producer = self.producer  # the current one: it may be renewed between attempts
+        assert producer is not None  # noqa: S101 - start() ran
+        try:
+            future: asyncio.Future[Any] = await producer.send(
+                output.topic, output.value, key=output.key, headers=list(output.headers)
+            )
+            self._issued_by[future] = producer
+            return future
+        except KafkaError as error:
+            refusal = error if classify(error) is not Failure.TRANSIENT else None
+            if isinstance(error, UnknownTopicOrPartitionError):
+                refusal = await self._refusal_by_metadata(output.topic)
+            if refusal is None:
+                self.metrics.output_errors.labels(type(error).__name__, "transient").inc()
+                raise TransientSendError(error) from error
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(refusal)
+            return failed
 
     async def _fits_alone(self, output: Output, error: KafkaError) -> bool:
         """Whether the broker's size refusal of ``output`` was for the batch it shared, not
@@ -193,8 +208,11 @@ class OutputWriter:
     async def _refusal_by_metadata(self, topic: str) -> KafkaError | None:
         """The error the cluster's fresh metadata gives ``topic`` (absent, not authorized), or
         None when the topic is there or the cluster cannot be asked."""
-        assert self.producer is not None  # noqa: S101 - start() ran
-        client = self.producer.client
+        producer = self.producer
+        assert producer is not None  # noqa: S101 - start() ran
+        if isinstance(producer, RdProducer):
+            return await producer.refusal(topic)
+        client = producer.client
         if not await client.force_metadata_update():
             return None
         if topic in client.cluster.unauthorized_topics:

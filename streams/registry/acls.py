@@ -376,21 +376,8 @@ async def cluster_acls(kafka: KafkaSettings) -> set[AclBinding]:
 
 def admin_config(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka configuration of an admin client with ``kafka``'s TLS and SASL settings."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "client.id": kafka.client_id,
-        "security.protocol": kafka.security_protocol.lower(),
-        "log_level": 3,  # errors only: failed requests are reported by their futures
-    }
-    if kafka.sasl_mechanism:
-        config["sasl.mechanism"] = kafka.sasl_mechanism
-        config["sasl.username"] = kafka.sasl_username or ""
-        config["sasl.password"] = (
-            kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-        )
-    if kafka.ssl_cafile is not None:
-        config["ssl.ca.location"] = str(kafka.ssl_cafile)
-    return config
+    # errors only: failed requests are reported by their futures
+    return {**kafka.librdkafka_options(), "log_level": 3}
 
 
 def _to_kafka(acl: AclBinding) -> KafkaAcl:

@@ -11,7 +11,8 @@
   naming topic, size and error, while the same events still reach their other subscriber.
 - A delivery topic that refuses some records of a partition and takes the others: the
   refused ones are undeliverable, the ones behind them on the same partition delivered
-  (after a refused batch the broker finds the idempotent producer out of sequence).
+  (after a refused batch the broker finds aiokafka's idempotent producer out of sequence),
+  with either output client.
 - A rejection topic that takes nothing (``esb.rejected.tra``): the partition of the record
   whose reason cannot be written is held (never acked), ``/health`` is 503 naming the
   record, and the other institutions' events flow on.
@@ -236,8 +237,9 @@ async def test_a_delivery_topic_that_refuses_records_gets_undeliverable_rejectio
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.parametrize("output_client", ["librdkafka", "aiokafka"])
 async def test_records_refused_between_taken_ones_on_one_partition_do_not_stop_the_others(
-    outputs_bus: LocalBus, tmp_path: Path
+    outputs_bus: LocalBus, tmp_path: Path, output_client: str
 ) -> None:
     kafka, registry = outputs_bus.bootstrap, outputs_bus.registry_url
     await apply_registry(kafka, registry, registry_document(None), tmp_path)
@@ -250,7 +252,8 @@ async def test_records_refused_between_taken_ones_on_one_partition_do_not_stop_t
         resource = ConfigResource(ConfigResourceType.TOPIC, "esb.deliver.utumishi",
                                   configs={"max.message.bytes": "3000"})  # fmt: skip
         await admin.alter_configs([resource])
-        worker = worker_process(kafka, registry, tmp_path / "worker.log")
+        worker = worker_process(kafka, registry, tmp_path / "worker.log",
+                                output_client=output_client)  # fmt: skip
         try:
             system = new_system()
             source = f"/institutions/rita/systems/{system}"
