@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import BrokerResponseError, KafkaError
 from prometheus_client import (
     CollectorRegistry,
@@ -55,7 +56,6 @@ from streams.contract.envelope import new_envelope, parse_source, source_for
 from streams.contract.jsonavro import JsonAvroError, from_json
 from streams.contract.signing import PrivateKey
 from streams.contract.tracecontext import TRACEPARENT, TRACESTATE, TraceParent
-from streams.pipeline.rdproducer import RdProducer
 from streams.pipeline.validation import VIA_GATEWAY, VIA_HEADER
 from streams.registry.view import RegistryView
 from streams.tracing import SpanKind, Tracing
@@ -91,7 +91,7 @@ class Gateway:
     view: RegistryView
     catalog: Catalog
     schemas: SchemaStore
-    producer: RdProducer
+    producer: AIOKafkaProducer
     bus_key: PrivateKey
     bus_key_id: str
     auth: Authenticator

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiokafka import AIOKafkaProducer
 
 from connectors.gateway.app import Gateway
 from connectors.gateway.auth import Authenticator
@@ -19,7 +20,6 @@ from connectors.serving import serve, stop_requested
 from streams.audit.chain import new_chain
 from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
-from streams.pipeline.rdproducer import RdProducer
 from streams.registry.view import RegistryView
 from streams.supervising import ProcessSlot
 from streams.tracing import GATEWAY, Tracing
@@ -51,8 +51,7 @@ async def run_gateway(settings: Any, slot: ProcessSlot | None = None) -> None:
 
     view = RegistryView(settings.kafka, refused_keys=settings.refused_key_ids)
     await view.start()
-    # librdkafka: batches, requests and answers off the event loop the requests need
-    producer = RdProducer.for_cluster(settings.kafka, **{"linger.ms": 1})
+    producer = AIOKafkaProducer(**settings.kafka.durable_producer_options(linger_ms=1))
     await producer.start()
     gateway = Gateway(
         view=view,
@@ -106,8 +105,7 @@ async def run_gateway(settings: Any, slot: ProcessSlot | None = None) -> None:
         for runner in reversed(runners):
             await runner.cleanup()
         with contextlib.suppress(TimeoutError):  # bounded: a dead broker cannot be flushed
-            await asyncio.wait_for(producer.stop(settings.produce_timeout_s),
-                                   settings.produce_timeout_s + 1)  # fmt: skip
+            await asyncio.wait_for(producer.stop(), settings.produce_timeout_s)
         await tickets.stop()
         await calls.stop()
         await view.stop()

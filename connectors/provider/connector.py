@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from connectors.gateway.replies import SchemaViolation, avro_record
 from connectors.http_sink.delivery import (
@@ -59,7 +59,6 @@ from streams.contract.jsonavro import to_json
 from streams.contract.reasons import EventError, Reason
 from streams.contract.requests import Status, Ticket, TicketError, read_ticket
 from streams.contract.signing import PrivateKey, PublicKey, SigningError, verify_event
-from streams.pipeline.rdproducer import RdProducer
 from streams.pipeline.validation import OPERATOR
 from streams.registry.model import Endpoint
 from streams.registry.view import RegistryView, ServiceRecord
@@ -86,7 +85,7 @@ class ProviderConnector:
     view: RegistryView
     catalog: Catalog
     session: aiohttp.ClientSession
-    producer: RdProducer
+    producer: AIOKafkaProducer
     schemas: SchemaStore
     bus_key: PrivateKey
     answer_key: PrivateKey

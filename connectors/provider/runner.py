@@ -9,7 +9,7 @@ import logging
 
 import aiohttp
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.http_sink.delivery import RetryPolicy
@@ -22,7 +22,6 @@ from streams.contract.catalog import Catalog
 from streams.contract.codec import SchemaStore
 from streams.contract.signing import load_private_key
 from streams.health import metrics_text, registry_view_check, report
-from streams.pipeline.rdproducer import RdProducer
 from streams.registry.view import RegistryView
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ async def build_connector(settings: ProviderSettings, view: RegistryView) -> Pro
     delivery_key, answer_key = settings.delivery_key_file, settings.signing_key_file
     if delivery_key is None or answer_key is None or not settings.signing_key_id:
         raise ProviderError("no keys")  # check() said so already
-    producer = RdProducer.for_cluster(settings.kafka, **{"linger.ms": 1})
+    producer = AIOKafkaProducer(**settings.kafka.durable_producer_options(linger_ms=1))
     await producer.start()
     institution = view.institutions[settings.institution]
     return ProviderConnector(

@@ -1,4 +1,5 @@
-"""An asyncio producer over librdkafka (confluent-kafka), for the worker's outputs.
+"""An asyncio producer over librdkafka (confluent-kafka): the worker's outputs with
+``GOVESB_OUTPUT_CLIENT=librdkafka``.
 
 aiokafka builds batches, produce requests and their answers in Python, on the event loop the
 pipeline needs for its own work (``make bench``: its ``send`` and sender took about a fifth

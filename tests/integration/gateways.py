@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connectors.gateway.app import Gateway
@@ -17,7 +18,6 @@ from deploy.kafka.launcher import free_port
 from deploy.worker import DEMO_GATEWAY_KEY, DEMO_GATEWAY_KEY_ID
 from streams.contract.codec import SchemaStore
 from streams.contract.signing import load_private_key
-from streams.pipeline.rdproducer import RdProducer
 from streams.registry.view import RegistryView
 from streams.settings import KafkaSettings
 from tests.unit.pipeline_fixtures import CATALOG
@@ -31,7 +31,7 @@ async def served_gateway(
 ) -> AsyncIterator[tuple[int, Gateway]]:
     """The port and the gateway (the demo bus key, the test catalogue; ``options`` are the
     ``Gateway``'s and its ``Authenticator``'s limits and timeouts), until the block ends."""
-    producer = RdProducer.for_cluster(KafkaSettings(bootstrap_servers=kafka), **{"linger.ms": 1})
+    producer = AIOKafkaProducer(**KafkaSettings(bootstrap_servers=kafka).durable_producer_options())
     await producer.start()
     limits = {name: options.pop(name) for name in AUTH_OPTIONS & set(options)}
     state = Gateway(
