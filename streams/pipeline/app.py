@@ -227,7 +227,7 @@ class PipelineWorker:
             if future.done() and not future.cancelled() and future.exception() is None:
                 continue  # acknowledged: nearly every output, every time
             try:
-                await self.writer.settle(item.record, output, item.futures[index], replaced)
+                await self.writer.settle(item.record, output, future, replaced)
             except Unwritable as failure:
                 await self._halt(item, failure.output, failure.error, failure.failure)
 

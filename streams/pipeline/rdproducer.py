@@ -2,9 +2,11 @@
 ``GOVESB_OUTPUT_CLIENT=librdkafka``.
 
 aiokafka builds batches, produce requests and their answers in Python, on the event loop the
-pipeline needs for its own work (``make bench``: its ``send`` and sender took about a fifth
-of a busy worker's samples). librdkafka does all of that in its own threads, outside the GIL;
-``produce()`` costs a few microseconds. :class:`RdProducer` gives it aiokafka's shape:
+pipeline needs for its own work (py-spy: its ``send`` and sender took about a fifth of a busy
+worker's samples). librdkafka does all of that in its own threads, outside the GIL;
+``produce()`` costs a few microseconds. Measured on 2 cores shared with the broker
+(``make bench``), that did not make the worker cheaper: the same worker CPU per event, more
+broker CPU, hence an opt-in. :class:`RdProducer` gives it aiokafka's shape:
 ``await send(...)`` queues a record and returns a future that the broker's acknowledgement
 resolves, and a failure is the aiokafka error of the same Kafka error code
 (:func:`aiokafka_error`), so that the worker classifies every failure one way whichever client
@@ -170,16 +172,6 @@ class RdProducer:
         except KafkaException as refused:
             raise aiokafka_error(refused.args[0], self.fatal) from None
         return future
-
-    async def send_and_wait(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: Iterable[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        """:meth:`send`, then wait for the broker's acknowledgement."""
-        await (await self.send(topic, value, key=key, headers=headers))
 
     def _delivered(
         self, future: asyncio.Future[None], error: RdKafkaError | None, _message: Any
