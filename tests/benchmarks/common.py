@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from deploy.kafka.launcher import LauncherError, LocalBus, die_with_parent
 from streams.settings import REPO_ROOT
@@ -155,15 +157,60 @@ class BenchBus:
     broker_pid: int | None = None  # when the bench started the broker: its CPU is sampled
 
 
+WARM_UP_S = 30.0
+"""How long a fresh broker is driven before the first figure: its JVM compiles the produce
+and fetch paths in that time (before it, the broker took 0.7-0.9 cores beside a worker that
+used 0.8, and the first benchmark of a run paid for the compilation)."""
+
+
+def warm_up(bootstrap: str, seconds: float = WARM_UP_S, per_s: int = 20_000) -> int:
+    """Produce (acks=all, idempotent, many small requests) and consume ``per_s`` records a
+    second on a scratch topic for ``seconds``, then delete it; the records read back. The rate
+    is bounded so that the warm-up writes about 100 MB, not what the broker could take."""
+    topic = f"bench.warm-up.{os.getpid()}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=12, replication_factor=1)])[topic].result(
+        30
+    )
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 1})  # fmt: skip
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    consumer.subscribe([topic])
+    value = b"x" * 200
+    step_s, per_step = 0.05, max(1, int(per_s * 0.05))
+    read = 0
+    began = time.monotonic()
+    try:
+        for step in range(int(seconds / step_s)):
+            for n in range(per_step):
+                producer.produce(topic, value, key=str(n).encode())
+            producer.poll(0)
+            for message in consumer.consume(per_step, timeout=0.01):
+                read += message.error() is None
+            time.sleep(max(0.0, began + (step + 1) * step_s - time.monotonic()))
+        producer.flush(30)
+    finally:
+        consumer.close()
+        admin.delete_topics([topic])[topic].result(30)
+    return read
+
+
 @contextmanager
 def bench_bus() -> Iterator[BenchBus]:
-    """``GOVESB_TEST_BOOTSTRAP`` / ``GOVESB_TEST_REGISTRY`` if set, else a fresh local bus."""
+    """``GOVESB_TEST_BOOTSTRAP`` / ``GOVESB_TEST_REGISTRY`` if set, else a fresh local bus,
+    warmed up (:func:`warm_up`)."""
     bootstrap = os.environ.get("GOVESB_TEST_BOOTSTRAP")
     registry_url = os.environ.get("GOVESB_TEST_REGISTRY")
     if bootstrap and registry_url:
         yield BenchBus(bootstrap, registry_url)
         return
     with LocalBus() as bus:
+        print(f"[bench] warming the new broker up for {WARM_UP_S:.0f} s ...", file=sys.stderr,
+              flush=True)  # fmt: skip
+        read = warm_up(bus.bootstrap)
+        print(f"[bench] warm-up: {read:,} records produced and read back", file=sys.stderr,
+              flush=True)  # fmt: skip
         yield BenchBus(bus.bootstrap, bus.registry_url, bus.broker.pid if bus.broker else None)
 
 

@@ -1,17 +1,18 @@
 """The worker's Faust consumer (``streams.pipeline.consumer``): a message is handed to the
-agent's stream inline when nothing has to wait, and Faust's rebalance guard still cancels a
-hand-over that waits when the flow is suspended. No broker: the consumer is built, not
-started."""
+agent's stream inline when nothing has to wait, Faust's rebalance guard still cancels a
+hand-over that waits when the flow is suspended, and the aiokafka consumer is reached on the
+worker's own loop, not through a thread. No broker: the consumer is built, not started."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 
 from streams.pipeline.app import create_app
-from streams.pipeline.consumer import Consumer, QuietMonitor, run_eagerly
+from streams.pipeline.consumer import Consumer, LoopConsumerThread, QuietMonitor, run_eagerly
 from streams.settings import WorkerSettings
 
 
@@ -127,3 +128,38 @@ async def test_no_message_is_handed_over_while_the_flow_is_suspended() -> None:
     consumer.stop_flow()
     await asyncio.wait_for(consumer._deliver(on_message, "event-1"), 5)
     assert handed == []
+
+
+async def test_the_consumers_calls_run_on_the_workers_loop_and_thread() -> None:
+    consumer = _consumer()
+    delegate = consumer._thread
+    assert isinstance(delegate, LoopConsumerThread)
+    here = (asyncio.get_running_loop(), threading.get_ident())
+
+    async def where() -> tuple[asyncio.AbstractEventLoop, int]:
+        await asyncio.sleep(0)
+        return asyncio.get_running_loop(), threading.get_ident()
+
+    # Faust's own delegate would queue these to a thread that is not running: no answer in 5 s
+    assert await asyncio.wait_for(delegate.call_thread(where), 5) == here
+    assert await asyncio.wait_for(delegate.call_thread(lambda n: n + 1, 1), 5) == 2  # plain too
+    assert delegate.thread_loop is asyncio.get_running_loop()
+
+
+async def test_a_rebalance_callback_runs_in_the_callers_task() -> None:
+    consumer = _consumer()
+    seen: list[tuple[str, asyncio.Task[Any] | None]] = []
+
+    async def revoked(revoked: set[Any]) -> None:
+        seen.append(("revoked", asyncio.current_task()))
+
+    async def assigned(assigned: set[Any], generation_id: int = 0) -> None:
+        seen.append(("assigned", asyncio.current_task()))
+
+    consumer.on_partitions_revoked = revoked
+    consumer.on_partitions_assigned = assigned
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(5):  # Faust's would wait for a method queue that is not started
+        await consumer.threadsafe_partitions_revoked(loop, set())
+        await consumer.threadsafe_partitions_assigned(loop, set(), 3)
+    assert seen == [("revoked", asyncio.current_task()), ("assigned", asyncio.current_task())]
