@@ -99,7 +99,10 @@ class TicketError(ValueError):
 
 def header(headers: Iterable[tuple[str, bytes | None]], name: str) -> bytes | None:
     """The value of the first header called ``name``."""
-    return next((v for k, v in headers if k == name), None)
+    for key, value in headers:  # a loop, not next(generator): this runs several times an event
+        if key == name:
+            return value
+    return None
 
 
 def read_ticket(
