@@ -118,11 +118,13 @@ class LoopConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if not self._started.is_set() or self._stopped.is_set():
             return
         self._stopped.set()
-        await self.on_thread_stop()  # the aiokafka consumer leaves its group and stops
-        await self._default_stop_children()
-        await self._default_stop_futures()
-        await self._default_stop_exit_stacks()
-        self._shutdown.set()
+        try:
+            await self.on_thread_stop()  # the aiokafka consumer leaves its group and stops
+            await self._default_stop_children()
+            await self._default_stop_futures()
+            await self._default_stop_exit_stacks()
+        finally:
+            self._shutdown.set()  # stopped, even if stopping failed
 
 
 class Consumer(faust_aiokafka.Consumer):
