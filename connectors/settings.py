@@ -89,6 +89,14 @@ class SinkSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(
         default=3_000, description="how often the consumer sends heartbeats to its group"
     )
+    commit_interval_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="how often the offsets of delivered records are committed, in seconds (0: "
+        "after every partition's batch); a stop or a rebalance commits at once. A record "
+        "delivered after the last commit is delivered again after a crash (the same "
+        "`Idempotency-Key`)",
+    )
     flush_wait_s: float = Field(
         default=10.0,
         description="how long a stop or a rebalance waits for deliveries in flight; what is "

@@ -173,6 +173,7 @@ async def run_sink(settings: SinkSettings) -> None:
         sink,
         max_records=settings.batch_max_records,
         wait_s=settings.flush_wait_s,
+        commit_interval_s=settings.commit_interval_s,
         every_poll=follow_registry,
         after_commit=lambda: record_lag(sink, consumer),
     )

@@ -27,6 +27,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from streams.client.fetch_pacing import FetchPacer
+
 log = logging.getLogger(__name__)
 Answer = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Any]]
 
@@ -64,6 +66,7 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
         stop = asyncio.ensure_future(stopping.wait())
         poll: asyncio.Future[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None
         poll = None
+        pacer = FetchPacer(self.consumer)  # fuller fetches under load (fetch_pacing)
         try:
             while not stopping.is_set():
                 if poll is None:
@@ -82,6 +85,7 @@ class RequestFlow(ConsumerRebalanceListener):  # type: ignore[misc]
                 wake.cancel()
                 if poll.done():
                     batches, poll = poll.result(), None
+                    pacer.observe(sum(map(len, batches.values())))
                     for records in batches.values():
                         for record in records:
                             self._start(record)

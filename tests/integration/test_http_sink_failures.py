@@ -229,13 +229,15 @@ class Bus:
         default_factory=list
     )
 
-    async def start_sink(self, sink: HttpSink) -> AIOKafkaConsumer:
+    async def start_sink(self, sink: HttpSink, commit_interval_s: float = 0.5) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.kafka, group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_interval_ms=MAX_POLL_INTERVAL_S * 1000,
             session_timeout_ms=6000, heartbeat_interval_ms=1000,
         )  # fmt: skip
-        flow = PartitionFlow(consumer, sink, max_records=50, wait_s=3)
+        flow = PartitionFlow(
+            consumer, sink, max_records=50, wait_s=3, commit_interval_s=commit_interval_s
+        )
         consumer.subscribe([self.topic], listener=flow)
         await consumer.start()
         stopping = asyncio.Event()
@@ -364,6 +366,29 @@ async def test_a_sink_joining_while_deliveries_wait_takes_over_without_loss(
         TopicPartition(bus.topic, p) for p in range(3)
     }
     bus.check_delivered_once_in_order(endpoint)
+    assert await dead_letters(kafka, subscriber) == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_rebalance_commits_what_was_delivered_at_once_not_at_the_next_interval(
+    kafka: str, bus: Bus, make_sink: Callable[..., HttpSink], subscriber: str
+) -> None:
+    async with Endpoint_(Outage()).serving() as endpoint:
+        endpoint_config = Endpoint(url=endpoint.url(), timeout_s=5)
+        first = await bus.start_sink(make_sink(endpoint_config), commit_interval_s=600)
+        await wait_for(lambda: len(first.assignment()) == 3, 30)
+        await bus.publish(18, keys=6)
+        await wait_for(lambda: len(endpoint.delivered()) == 18, 30)
+        # delivered, and resumed, but not committed: the interval is ten minutes
+        committed = await bus.admin.list_consumer_group_offsets(bus.group)
+        assert all(committed[p].offset <= 0 for p in committed if p.topic == bus.topic)
+        second = await bus.start_sink(make_sink(endpoint_config), commit_interval_s=600)
+        await wait_for(lambda: bool(second.assignment()) and len(first.assignment()) < 3, 60)
+        await bus.all_committed()  # within 30 s: the rebalance committed them
+        await bus.publish(6, keys=6)
+        await wait_for(lambda: len(endpoint.delivered()) == 24, 60)
+
+    bus.check_delivered_once_in_order(endpoint)  # the new owner delivered nothing again
     assert await dead_letters(kafka, subscriber) == []
 
 
